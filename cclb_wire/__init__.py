@@ -1,0 +1,130 @@
+"""cclb_wire: cc-lb's WebAssembly plugin wire format (rkyv 0.8, wire V1) for Python.
+
+The codec comes from the Cython extension when it is built, else from the
+pure-Python fallback; both behave identically. ``BACKEND`` says which loaded.
+Set ``CCLB_WIRE_PUREPYTHON=1`` to force the fallback, or
+``CCLB_WIRE_REQUIRE_EXTENSION=1`` to make a missing extension an ImportError.
+"""
+
+import os as _os
+
+from . import schema, wire
+from .errors import (
+    CclbWireError,
+    DecodeError,
+    DialectError,
+    EncodeError,
+    EncodeTypeError,
+    FilterError,
+    InvalidDiscriminant,
+    InvalidUtf8,
+    ObservabilityError,
+    PointerOutOfRange,
+    UnalignedPointer,
+    WireError,
+)
+from .host_types import (
+    AnthropicDirect,
+    AuthnComplete,
+    CacheScore,
+    Chunk,
+    ErrorEvent,
+    FilterOutput,
+    PerCandidateReason,
+    Principal,
+    PrincipalKind,
+    RequestContext,
+    RequestFinished,
+    RequestStarted,
+    ShapedRequest,
+    ShapeOriginPolicy,
+    UpstreamCandidate,
+    UpstreamChosen,
+    UpstreamKind,
+    WireBounds,
+)
+from .jsonvalue import decode_json, encode_json
+from .schema import FINGERPRINTS, WIRE_VERSION
+
+__version__ = "0.1.0"
+
+
+def _load_backend():
+    if _os.environ.get("CCLB_WIRE_PUREPYTHON", "") not in ("", "0"):
+        from . import _fallback
+
+        return "python", _fallback
+    try:
+        from . import _codec  # type: ignore[attr-defined]
+    except ImportError:
+        if _os.environ.get("CCLB_WIRE_REQUIRE_EXTENSION", "") not in ("", "0"):
+            raise
+        from . import _fallback
+
+        return "python", _fallback
+    return "cython", _codec
+
+
+BACKEND, _backend = _load_backend()
+
+encode = _backend.encode
+encoded_size = _backend.encoded_size
+encode_into = _backend.encode_into
+decode = _backend.decode
+encode_filter_request = _backend.encode_filter_request
+encode_shape_request = _backend.encode_shape_request
+encode_observe_event = _backend.encode_observe_event
+decode_filter_output = _backend.decode_filter_output
+decode_shaped_request = _backend.decode_shaped_request
+
+__all__ = [
+    "BACKEND",
+    "WIRE_VERSION",
+    "FINGERPRINTS",
+    "schema",
+    "wire",
+    # codec
+    "encode",
+    "encoded_size",
+    "encode_into",
+    "decode",
+    "encode_json",
+    "decode_json",
+    # host level
+    "encode_filter_request",
+    "encode_shape_request",
+    "encode_observe_event",
+    "decode_filter_output",
+    "decode_shaped_request",
+    "RequestContext",
+    "Principal",
+    "PrincipalKind",
+    "UpstreamCandidate",
+    "UpstreamKind",
+    "CacheScore",
+    "AnthropicDirect",
+    "RequestStarted",
+    "AuthnComplete",
+    "UpstreamChosen",
+    "Chunk",
+    "RequestFinished",
+    "ErrorEvent",
+    "FilterOutput",
+    "PerCandidateReason",
+    "ShapedRequest",
+    "WireBounds",
+    "ShapeOriginPolicy",
+    # errors
+    "CclbWireError",
+    "WireError",
+    "DecodeError",
+    "PointerOutOfRange",
+    "UnalignedPointer",
+    "InvalidUtf8",
+    "InvalidDiscriminant",
+    "EncodeError",
+    "EncodeTypeError",
+    "FilterError",
+    "DialectError",
+    "ObservabilityError",
+]

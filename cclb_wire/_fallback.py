@@ -1,0 +1,838 @@
+"""Pure-Python wire codec: the reference behaviour both backends share.
+
+Everything here is derived from :mod:`cclb_wire.schema`: at import, each schema
+type is turned into a few small closures (size, write, read). Encoding is two
+passes, like rkyv's serializer but without reallocation: a size pass (which also
+type-checks the value) and one write pass into an exact-size buffer, or straight
+into the caller's buffer. Decoding follows rkyv 0.8's ``access`` rules exactly
+(see ``rkyv-0.8-format.md`` section 6): a window ``[lo, hi)`` that every pointee must fit
+in, post-order, aligned, strict UTF-8, valid tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from . import host_rules, host_types, schema, wire
+from .errors import (
+    DecodeError,
+    DialectError,
+    EncodeError,
+    EncodeTypeError,
+    InvalidDiscriminant,
+    InvalidUtf8,
+    FilterError,
+    PointerOutOfRange,
+    UnalignedPointer,
+    decode_error,
+    encode_error,
+)
+from .host_types import (
+    AnthropicDirect,
+    FilterOutput,
+    Principal,
+    RequestContext,
+    ShapedRequest,
+    ShapeOriginPolicy,
+    UpstreamCandidate,
+    WireBounds,
+)
+from .wire import WireValue, class_for, schema_for
+
+DEFAULT_BOUNDS = WireBounds()
+
+__all__ = [
+    "encode",
+    "encoded_size",
+    "encode_into",
+    "decode",
+    "encode_filter_request",
+    "encode_shape_request",
+    "encode_observe_event",
+    "decode_filter_output",
+    "decode_shaped_request",
+]
+
+#: rkyv's relative pointers are i32: no archive may reach 2 GiB.
+MAX_ARCHIVE_SIZE = 0x7FFF_FFFF
+
+_POINTER = struct.Struct("<iI")
+_PACK_POINTER = _POINTER.pack_into
+_UNPACK_POINTER = _POINTER.unpack_from
+_INT_STRUCTS = {2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+NamedType = Union[schema.StructType, schema.EnumType]
+
+
+class _Fault(Exception):
+    """Internal: a failure deep in a walk; containers prepend their path part."""
+
+    def __init__(self, error_class: type, detail: str, offset: Optional[int] = None):
+        super().__init__(detail)
+        self.error_class = error_class
+        self.detail = detail
+        self.offset = offset
+        self.path: List[str] = []  # innermost first
+
+
+def _join_path(parts: List[str]) -> str:
+    text = ""
+    for part in reversed(parts):
+        if part.startswith("["):
+            text += part
+        else:
+            text += "." + part if text else part
+    return text
+
+
+def _round_up(value: int, align: int) -> int:
+    return (value + align - 1) & -align
+
+
+# ============================================================================
+# Encoding
+# ============================================================================
+#
+# Per type, three closures:
+#   size(cursor, value) -> cursor   out-of-line bytes of the value (checks types)
+#   deps(buf, cursor, value) -> (cursor, resolver)   writes those bytes
+#   put(buf, pos, value, resolver)  writes the archived value in place
+# ``size`` and ``deps`` walk the same bytes in the same order, so the write
+# pass lands exactly where the size pass said it would.
+
+
+class _Encoder:
+    __slots__ = ("size", "deps", "put")
+
+    def __init__(self, size: Callable, deps: Callable, put: Callable):
+        self.size = size
+        self.deps = deps
+        self.put = put
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _str_encoder(pointer: schema.Pointer) -> _Encoder:
+    def size(cursor: int, value: Any) -> int:
+        if not isinstance(value, str):
+            raise _Fault(EncodeTypeError, f"expected str, got {_type_name(value)}")
+        if value.isascii():
+            return cursor + len(value)
+        try:
+            return cursor + len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise _Fault(EncodeError, f"str is not encodable as UTF-8 ({exc.reason} at index {exc.start})") from None
+
+    def deps(buf: Any, cursor: int, value: str) -> Tuple[int, Tuple[int, int]]:
+        data = value.encode("utf-8")
+        end = cursor + len(data)
+        buf[cursor:end] = data
+        return end, (cursor, len(data))
+
+    return _Encoder(size, deps, _put_pointer)
+
+
+def _bytes_encoder(pointer: schema.Pointer) -> _Encoder:
+    def size(cursor: int, value: Any) -> int:
+        if isinstance(value, (bytes, bytearray)):
+            return cursor + len(value)
+        if isinstance(value, memoryview):
+            return cursor + value.nbytes
+        raise _Fault(EncodeTypeError, f"expected bytes, got {_type_name(value)}")
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Tuple[int, int]]:
+        length = value.nbytes if isinstance(value, memoryview) else len(value)
+        end = cursor + length
+        buf[cursor:end] = value if not isinstance(value, memoryview) else value.cast("B")
+        return end, (cursor, length)
+
+    return _Encoder(size, deps, _put_pointer)
+
+
+def _put_pointer(buf: Any, pos: int, value: Any, resolver: Tuple[int, int]) -> None:
+    target, length = resolver
+    _PACK_POINTER(buf, pos, target - pos, length)
+
+
+def _int_encoder(primitive: schema.Primitive) -> _Encoder:
+    limit = primitive.max_value
+    pack_into = _INT_STRUCTS[primitive.size].pack_into
+
+    def size(cursor: int, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Fault(EncodeTypeError, f"expected int ({primitive.name}), got {_type_name(value)}")
+        if not 0 <= value <= limit:
+            raise _Fault(EncodeError, f"{value} is out of range for {primitive.name} (0..{limit})")
+        return cursor
+
+    def deps(buf: Any, cursor: int, value: int) -> Tuple[int, None]:
+        return cursor, None
+
+    def put(buf: Any, pos: int, value: int, resolver: None) -> None:
+        pack_into(buf, pos, value)
+
+    return _Encoder(size, deps, put)
+
+
+def _option_encoder(option: schema.OptionOf) -> _Encoder:
+    inner = _encoder(option.inner)
+    payload = option.payload_offset
+    inner_size, inner_deps, inner_put = inner.size, inner.deps, inner.put
+
+    def size(cursor: int, value: Any) -> int:
+        return cursor if value is None else inner_size(cursor, value)
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Any]:
+        return (cursor, None) if value is None else inner_deps(buf, cursor, value)
+
+    def put(buf: Any, pos: int, value: Any, resolver: Any) -> None:
+        # The region is zero-filled already: None is all zeros.
+        if value is not None:
+            buf[pos] = 1
+            inner_put(buf, pos + payload, value, resolver)
+
+    return _Encoder(size, deps, put)
+
+
+def _slice_encoder(slice_type: schema.SliceOf) -> _Encoder:
+    elem = slice_type.elem
+    elem_size, elem_align = elem.size, elem.align
+    element = _encoder(elem)
+    e_size, e_deps, e_put = element.size, element.deps, element.put
+
+    def size(cursor: int, value: Any) -> int:
+        if not isinstance(value, (tuple, list)):
+            raise _Fault(EncodeTypeError, f"expected a tuple or list of {elem.name}, got {_type_name(value)}")
+        for index, item in enumerate(value):
+            try:
+                cursor = e_size(cursor, item)
+            except _Fault as fault:
+                fault.path.append(f"[{index}]")
+                raise
+        return _round_up(cursor, elem_align) + elem_size * len(value)
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Tuple[int, int]]:
+        resolvers = []
+        for item in value:
+            cursor, resolver = e_deps(buf, cursor, item)
+            resolvers.append(resolver)
+        start = _round_up(cursor, elem_align)
+        end = start + elem_size * len(value)
+        buf[cursor:end] = bytes(end - cursor)
+        pos = start
+        for item, resolver in zip(value, resolvers):
+            e_put(buf, pos, item, resolver)
+            pos += elem_size
+        return end, (start, len(value))
+
+    return _Encoder(size, deps, _put_pointer)
+
+
+def _fields_encoder(fields: Tuple[schema.Field, ...]) -> Tuple[Callable, Callable, Callable]:
+    """size/deps/put over a tuple of field values laid out at the given offsets."""
+    parts = [(f.name, f.offset, _encoder(f.type)) for f in fields]
+    count = len(parts)
+
+    def size(cursor: int, value: Any) -> int:
+        for index in range(count):
+            name, _, encoder = parts[index]
+            try:
+                cursor = encoder.size(cursor, value[index])
+            except _Fault as fault:
+                fault.path.append(name)
+                raise
+        return cursor
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, list]:
+        resolvers = []
+        for index in range(count):
+            cursor, resolver = parts[index][2].deps(buf, cursor, value[index])
+            resolvers.append(resolver)
+        return cursor, resolvers
+
+    def put(buf: Any, pos: int, value: Any, resolvers: list) -> None:
+        for index in range(count):
+            _, offset, encoder = parts[index]
+            encoder.put(buf, pos + offset, value[index], resolvers[index])
+
+    return size, deps, put
+
+
+def _struct_encoder(struct_type: schema.StructType) -> _Encoder:
+    cls = class_for(struct_type)
+    count = len(struct_type.fields)
+    f_size, f_deps, f_put = _fields_encoder(struct_type.fields)
+
+    def size(cursor: int, value: Any) -> int:
+        # A struct field takes its value class or a plain tuple of its fields.
+        kind = type(value)
+        if (kind is not cls and kind is not tuple) or len(value) != count:
+            raise _Fault(
+                EncodeTypeError,
+                f"expected {struct_type.name} (or a tuple of its {count} fields), got {_type_name(value)}",
+            )
+        return f_size(cursor, value)
+
+    return _Encoder(size, f_deps, f_put)
+
+
+def _enum_encoder(enum_type: schema.EnumType) -> _Encoder:
+    base = class_for(enum_type)
+    by_class = {}
+    for variant_class in base.VARIANTS:  # type: ignore[attr-defined]
+        variant = variant_class.WIRE_VARIANT
+        by_class[variant_class] = (variant.name, variant.tag, _fields_encoder(variant.fields))
+
+    def size(cursor: int, value: Any) -> int:
+        entry = by_class.get(type(value))
+        if entry is None:
+            raise _Fault(EncodeTypeError, f"expected a {enum_type.name} variant, got {_type_name(value)}")
+        try:
+            return entry[2][0](cursor, value)
+        except _Fault as fault:
+            fault.path.append(entry[0])
+            raise
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Any]:
+        return by_class[type(value)][2][1](buf, cursor, value)
+
+    def put(buf: Any, pos: int, value: Any, resolvers: Any) -> None:
+        _, tag, (_, _, f_put) = by_class[type(value)]
+        buf[pos] = tag
+        f_put(buf, pos, value, resolvers)
+
+    return _Encoder(size, deps, put)
+
+
+_ENCODERS: Dict[Any, _Encoder] = {}
+
+
+def _encoder(wire_type: Any) -> _Encoder:
+    found = _ENCODERS.get(wire_type)
+    if found is None:
+        if isinstance(wire_type, schema.Primitive):
+            found = _int_encoder(wire_type)
+        elif wire_type is schema.STR:
+            found = _str_encoder(wire_type)
+        elif wire_type is schema.BYTES:
+            found = _bytes_encoder(wire_type)
+        elif isinstance(wire_type, schema.OptionOf):
+            found = _option_encoder(wire_type)
+        elif isinstance(wire_type, schema.SliceOf):
+            found = _slice_encoder(wire_type)
+        elif isinstance(wire_type, schema.StructType):
+            found = _struct_encoder(wire_type)
+        else:
+            found = _enum_encoder(wire_type)
+        _ENCODERS[wire_type] = found
+    return found
+
+
+class _RootPlan:
+    """A value whose exact archive size is known; ``write`` fills a buffer."""
+
+    __slots__ = ("root", "value", "size", "root_pos")
+
+    def __init__(self, root: NamedType, value: Any):
+        encoder = _encoder(root)
+        try:
+            deps_end = encoder.size(0, value)
+        except _Fault as fault:
+            raise encode_error(fault.error_class, root.name, _join_path(fault.path), fault.detail) from None
+        self.root = root
+        self.value = value
+        self.root_pos = _round_up(deps_end, root.align)
+        self.size = self.root_pos + root.size
+        if self.size > MAX_ARCHIVE_SIZE:
+            raise encode_error(
+                EncodeError, root.name, "", f"the archive would be {self.size} bytes; rkyv's i32 offsets allow at most {MAX_ARCHIVE_SIZE}"
+            )
+
+    def write(self, buf: Any) -> None:
+        """Write the archive at ``buf[0:size]`` (a writable byte buffer starting 16-aligned)."""
+        root = self.root
+        encoder = _encoder(root)
+        cursor, resolver = encoder.deps(buf, 0, self.value)
+        pos = self.root_pos
+        buf[cursor : pos + root.size] = bytes(pos + root.size - cursor)
+        encoder.put(buf, pos, self.value, resolver)
+
+
+def _root_of_value(value: Any) -> NamedType:
+    if isinstance(value, WireValue) and type(value).WIRE_TYPE is not None:
+        wire_type = type(value).WIRE_TYPE
+        if wire_type.name in schema.ROOT_TYPES:
+            return wire_type
+    raise TypeError(
+        f"encode() takes a root wire value ({', '.join(schema.ROOT_TYPES)}) from cclb_wire.wire, "
+        f"got {_type_name(value)}"
+    )
+
+
+def encode_root(root: NamedType, value: Any) -> bytes:
+    """Encode a tuple-shaped value of ``root`` (no class check at the top)."""
+    plan = _RootPlan(root, value)
+    buf = bytearray(plan.size)
+    plan.write(buf)
+    return bytes(buf)
+
+
+def encode(value: Any) -> bytes:
+    """The archive rkyv 0.8's ``to_bytes`` produces for ``value`` (a root wire value)."""
+    return encode_root(_root_of_value(value), value)
+
+
+def encoded_size(value: Any) -> int:
+    """The exact length of ``encode(value)``, computed without writing anything."""
+    return _RootPlan(_root_of_value(value), value).size
+
+
+def _writable_bytes(buffer: Any) -> memoryview:
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"encode_into() needs a writable buffer, got {_type_name(buffer)}") from None
+    if view.readonly:
+        raise TypeError(f"encode_into() needs a writable buffer; this {_type_name(buffer)} is read-only")
+    if not view.c_contiguous:
+        raise TypeError("encode_into() needs a C-contiguous buffer")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def encode_into(value: Any, buffer: Any, offset: int = 0) -> int:
+    """Write ``encode(value)`` into ``buffer`` at ``offset``; return the number of bytes written.
+
+    ``offset`` must be a multiple of 16 (rkyv aligns relative to the archive's
+    start, and readers check the archive's alignment). Nothing is written when
+    the archive does not fit.
+    """
+    plan = _RootPlan(_root_of_value(value), value)
+    return write_plan(plan, buffer, offset)
+
+
+def write_plan(plan: _RootPlan, buffer: Any, offset: int) -> int:
+    view = _writable_bytes(buffer)
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise TypeError(f"offset must be an int, got {_type_name(offset)}")
+    if offset < 0 or offset % 16:
+        raise ValueError(f"offset must be a non-negative multiple of 16, got {offset}")
+    if offset + plan.size > view.nbytes:
+        raise ValueError(
+            f"the {plan.root.name} archive needs {plan.size} bytes at offset {offset}, "
+            f"but the buffer has {view.nbytes} bytes"
+        )
+    plan.write(view[offset : offset + plan.size])
+    return plan.size
+
+
+# ============================================================================
+# Decoding
+# ============================================================================
+#
+# Per type, ``read(state, pos) -> value`` checks and reads the archived value at
+# ``pos``; its position was already checked by whoever holds it. ``state`` holds
+# the bytes and the validator's window [lo, hi). Entering a pointee at
+# [t, t+n) requires lo <= t, t+n <= hi and t % align == 0; its own pointees
+# must then lie in [lo, t), and afterwards the window is [t+n, hi).
+
+
+class _State:
+    __slots__ = ("data", "lo", "hi")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.lo = 0
+        self.hi = len(data)
+
+
+def _out_of_range(target: int, size: int, state: _State, pointer_pos: int) -> _Fault:
+    return _Fault(
+        PointerOutOfRange,
+        f"pointee [{target}, {target + size}) is outside the allowed range [{state.lo}, {state.hi})",
+        pointer_pos,
+    )
+
+
+def _unaligned(target: int, align: int, pointer_pos: int) -> _Fault:
+    return _Fault(UnalignedPointer, f"pointee at {target} is not aligned to {align}", pointer_pos)
+
+
+def _str_reader(pointer: schema.Pointer) -> Callable:
+    def read(state: _State, pos: int) -> str:
+        relative, length = _UNPACK_POINTER(state.data, pos)
+        target = pos + relative
+        if target < state.lo or target + length > state.hi:
+            raise _out_of_range(target, length, state, pos)
+        end = target + length
+        try:
+            text = state.data[target:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Fault(InvalidUtf8, f"invalid UTF-8 ({exc.reason})", target + exc.start) from None
+        state.lo = end
+        return text
+
+    return read
+
+
+def _bytes_reader(pointer: schema.Pointer) -> Callable:
+    def read(state: _State, pos: int) -> bytes:
+        relative, length = _UNPACK_POINTER(state.data, pos)
+        target = pos + relative
+        if target < state.lo or target + length > state.hi:
+            raise _out_of_range(target, length, state, pos)
+        end = target + length
+        state.lo = end
+        return state.data[target:end]
+
+    return read
+
+
+def _int_reader(primitive: schema.Primitive) -> Callable:
+    unpack_from = _INT_STRUCTS[primitive.size].unpack_from
+
+    def read(state: _State, pos: int) -> int:
+        return unpack_from(state.data, pos)[0]
+
+    return read
+
+
+def _option_reader(option: schema.OptionOf) -> Callable:
+    inner = _reader(option.inner)
+    payload = option.payload_offset
+
+    def read(state: _State, pos: int) -> Any:
+        tag = state.data[pos]
+        if tag == 0:
+            return None  # rkyv never looks at a None's payload
+        if tag == 1:
+            return inner(state, pos + payload)
+        raise _Fault(InvalidDiscriminant, f"invalid discriminant {tag} for Option", pos)
+
+    return read
+
+
+def _slice_reader(slice_type: schema.SliceOf) -> Callable:
+    elem = slice_type.elem
+    elem_size, elem_align = elem.size, elem.align
+    read_elem = _reader(elem)
+
+    def read(state: _State, pos: int) -> tuple:
+        relative, count = _UNPACK_POINTER(state.data, pos)
+        target = pos + relative
+        size = count * elem_size
+        # Checked before anything is allocated for the elements.
+        if target < state.lo or target + size > state.hi:
+            raise _out_of_range(target, size, state, pos)
+        if target % elem_align:
+            raise _unaligned(target, elem_align, pos)
+        saved_hi = state.hi
+        state.hi = target
+        items = []
+        at = target
+        for index in range(count):
+            try:
+                items.append(read_elem(state, at))
+            except _Fault as fault:
+                fault.path.append(f"[{index}]")
+                raise
+            at += elem_size
+        state.lo = target + size
+        state.hi = saved_hi
+        return tuple(items)
+
+    return read
+
+
+def _fields_reader(fields: Tuple[schema.Field, ...]) -> Callable:
+    parts = [(f.name, f.offset, _reader(f.type)) for f in fields]
+
+    def read(state: _State, pos: int) -> list:
+        values = []
+        for name, offset, read_field in parts:
+            try:
+                values.append(read_field(state, pos + offset))
+            except _Fault as fault:
+                fault.path.append(name)
+                raise
+        return values
+
+    return read
+
+
+def _struct_reader(struct_type: schema.StructType) -> Callable:
+    cls = class_for(struct_type)
+    read_fields = _fields_reader(struct_type.fields)
+    new = tuple.__new__
+
+    def read(state: _State, pos: int) -> Any:
+        return new(cls, read_fields(state, pos))
+
+    return read
+
+
+def _enum_reader(enum_type: schema.EnumType) -> Callable:
+    base = class_for(enum_type)
+    variants = [
+        (variant_class, variant_class.WIRE_VARIANT.name, _fields_reader(variant_class.WIRE_VARIANT.fields))
+        for variant_class in base.VARIANTS  # type: ignore[attr-defined]
+    ]
+    count = len(variants)
+    new = tuple.__new__
+
+    def read(state: _State, pos: int) -> Any:
+        tag = state.data[pos]
+        if tag >= count:
+            raise _Fault(InvalidDiscriminant, f"invalid discriminant {tag} for enum {enum_type.name}", pos)
+        cls, name, read_fields = variants[tag]
+        try:
+            return new(cls, read_fields(state, pos))
+        except _Fault as fault:
+            fault.path.append(name)
+            raise
+
+    return read
+
+
+_READERS: Dict[Any, Callable] = {}
+
+
+def _reader(wire_type: Any) -> Callable:
+    found = _READERS.get(wire_type)
+    if found is None:
+        if isinstance(wire_type, schema.Primitive):
+            found = _int_reader(wire_type)
+        elif wire_type is schema.STR:
+            found = _str_reader(wire_type)
+        elif wire_type is schema.BYTES:
+            found = _bytes_reader(wire_type)
+        elif isinstance(wire_type, schema.OptionOf):
+            found = _option_reader(wire_type)
+        elif isinstance(wire_type, schema.SliceOf):
+            found = _slice_reader(wire_type)
+        elif isinstance(wire_type, schema.StructType):
+            found = _struct_reader(wire_type)
+        else:
+            found = _enum_reader(wire_type)
+        _READERS[wire_type] = found
+    return found
+
+
+def input_bytes(data: Any) -> bytes:
+    """Any C-contiguous buffer as bytes (positions count from its first byte)."""
+    if isinstance(data, bytes):
+        return data
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"decode() needs a bytes-like object, got {_type_name(data)}") from None
+    if not view.c_contiguous:
+        raise TypeError("decode() needs a C-contiguous buffer")
+    return view.tobytes()
+
+
+def decode_root(root: NamedType, data: Any) -> Any:
+    """Validate ``data`` as an archive of ``root`` the way rkyv's ``access`` does, and read it."""
+    raw = input_bytes(data)
+    state = _State(raw)
+    pos = max(0, len(raw) - root.size)
+    try:
+        if pos + root.size > len(raw):
+            raise _Fault(
+                PointerOutOfRange,
+                f"the {root.size}-byte root does not fit in a {len(raw)}-byte buffer",
+                pos,
+            )
+        if pos % root.align:
+            raise _Fault(UnalignedPointer, f"root at {pos} is not aligned to {root.align}", pos)
+        state.hi = pos
+        return _reader(root)(state, pos)
+    except _Fault as fault:
+        offset = fault.offset if fault.offset is not None else pos
+        raise decode_error(fault.error_class, root.name, _join_path(fault.path), offset, fault.detail) from None
+
+
+def decode(type_: Any, data: Any) -> Any:
+    """Decode an archive of ``type_`` (a root type name, value class or schema type)."""
+    root = schema_for(type_)
+    if root.name not in schema.ROOT_TYPES:
+        raise TypeError(f"{root.name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}")
+    return decode_root(root, data)
+
+
+# ============================================================================
+# Host level: host objects -> request archives, answer archives -> host objects
+# ============================================================================
+
+_log = logging.getLogger("cclb_wire")
+
+
+def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
+    if not isinstance(ctx, RequestContext):
+        raise TypeError(f"ctx must be a cclb_wire.RequestContext, got {_type_name(ctx)}")
+    if not isinstance(principal, Principal):
+        raise TypeError(f"principal must be a cclb_wire.Principal, got {_type_name(principal)}")
+    return (
+        ctx.request_id,
+        ctx.method,
+        ctx.path,
+        ctx.query,
+        host_rules.wire_headers(ctx.headers, cookie_redaction),
+        ctx.body,
+        (principal.id, principal.wire_kind, principal.wire_claims),
+    )
+
+
+def _wire_candidate(candidate: Any) -> tuple:
+    if not isinstance(candidate, UpstreamCandidate):
+        raise TypeError(f"candidates must be cclb_wire.UpstreamCandidate, got {_type_name(candidate)}")
+    score = candidate.cache_score
+    return (
+        str(candidate.upstream_id),
+        candidate.name,
+        candidate.wire_kind,
+        candidate.observed_at_unix_secs,
+        0 if score is None else score.predicted_cache_read_tokens,
+    )
+
+
+def _wire_upstream(upstream: Any) -> Any:
+    if not isinstance(upstream, AnthropicDirect):
+        raise TypeError(f"upstream must be a cclb_wire.AnthropicDirect, got {_type_name(upstream)}")
+    return wire.AnthropicDirect(upstream.base_url)
+
+
+def encode_filter_request(ctx: Any, principal: Any, candidates: Any, *, cookie_redaction: bool = False) -> bytes:
+    """The FilterRequest archive a filter plugin receives for this request."""
+    value = _request_head(ctx, principal, cookie_redaction) + (tuple(map(_wire_candidate, candidates)),)
+    return encode_root(schema.FILTER_REQUEST, value)
+
+
+def encode_shape_request(ctx: Any, principal: Any, upstream: Any, *, cookie_redaction: bool = False) -> bytes:
+    """The ShapeRequest archive a shape plugin receives for this request and upstream."""
+    value = _request_head(ctx, principal, cookie_redaction) + (_wire_upstream(upstream),)
+    return encode_root(schema.SHAPE_REQUEST, value)
+
+
+def _wire_event(event: Any) -> Any:
+    kind = type(event)
+    if kind is host_types.RequestStarted:
+        return wire.RequestStarted(event.request_id, event.downstream_user_agent)
+    if kind is host_types.AuthnComplete:
+        return wire.AuthnComplete(event.principal_id, host_rules.kind_text(event.principal_kind))
+    if kind is host_types.UpstreamChosen:
+        return wire.UpstreamChosen(_wire_upstream(event.upstream))
+    if kind is host_types.Chunk:
+        return wire.Chunk(event.batch_index, event.event_count, event.total_bytes)
+    if kind is host_types.RequestFinished:
+        return wire.RequestFinished(
+            event.status,
+            event.input_tokens,
+            event.output_tokens,
+            event.cache_creation_input_tokens,
+            event.cache_read_input_tokens,
+            event.duration_ms,
+        )
+    if kind is host_types.ErrorEvent:
+        return wire.Error(event.code, event.message, event.source)
+    raise TypeError(f"event must be a cclb_wire observe event (RequestStarted, ..., ErrorEvent), got {_type_name(event)}")
+
+
+def encode_observe_event(event: Any) -> bytes:
+    """The ObserveEvent archive an observe plugin receives for this host event."""
+    return encode_root(schema.OBSERVE_EVENT, _wire_event(event))
+
+
+def _nbytes(data: Any) -> int:
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    try:
+        return memoryview(data).nbytes
+    except TypeError:
+        raise TypeError(f"plugin output must be a bytes-like object, got {_type_name(data)}") from None
+
+
+def decode_filter_output(data: Any, bounds: WireBounds = DEFAULT_BOUNDS) -> FilterOutput:
+    """Convert a filter plugin's FilterResponse archive the way the reference host does.
+
+    Raises FilterError (kind ``"runtime"``) for an oversized output, an invalid
+    archive (the DecodeError is the ``__cause__``) or an invalid upstream_id.
+    """
+    size = _nbytes(data)
+    if size > bounds.output_body_bytes:
+        raise FilterError.runtime(
+            f"filter output {size} bytes exceeds wire_bounds.output_body_bytes ({bounds.output_body_bytes})"
+        )
+    try:
+        (results,) = decode_root(schema.FILTER_RESPONSE, data)
+    except DecodeError as exc:
+        raise FilterError.runtime(f"rkyv access response: {exc}") from exc
+    kept = []
+    rejected = []
+    reasons = []
+    cap = bounds.reason_bytes
+    for upstream_id, decision, reason in results:
+        parsed = host_rules.parse_uuid(upstream_id)
+        if parsed is None:
+            raise FilterError.runtime(f"plugin returned invalid upstream_id `{upstream_id}`: {host_rules.UUID_FORMS_TEXT}")
+        if decision == "accept":
+            kept.append(parsed)
+        else:
+            rejected.append(host_rules.label_reason(decision))
+        if reason:
+            reasons.append(f"{upstream_id}: {host_rules.truncate_reason(reason, cap)}")
+    return FilterOutput(tuple(kept), "; ".join(reasons), tuple(rejected))
+
+
+def decode_shaped_request(
+    data: Any,
+    upstream: Any,
+    *,
+    origin_policy: ShapeOriginPolicy = ShapeOriginPolicy.UNRESTRICTED,
+    bounds: WireBounds = DEFAULT_BOUNDS,
+) -> ShapedRequest:
+    """Convert a shape plugin's ShapeResponse archive the way the reference host does.
+
+    Raises DialectError (kind ``"unsupported_request"``): oversized output,
+    invalid archive, too many headers, an unparsable URL, a URL off the selected
+    upstream's origin (under ``SELECTED_UPSTREAM_ORIGIN``), an invalid method,
+    an over-long or invalid header. Hop-by-hop and signer-owned headers are dropped.
+    """
+    if not isinstance(upstream, AnthropicDirect):
+        raise TypeError(f"upstream must be a cclb_wire.AnthropicDirect, got {_type_name(upstream)}")
+    size = _nbytes(data)
+    unsupported = DialectError.unsupported_request
+    if size > bounds.output_body_bytes:
+        raise unsupported(f"shape output {size} bytes exceeds wire_bounds.output_body_bytes ({bounds.output_body_bytes})")
+    try:
+        url, method, headers, body = decode_root(schema.SHAPE_RESPONSE, data)
+    except DecodeError as exc:
+        raise unsupported(f"rkyv access ShapeResponse: {exc}") from exc
+    if len(headers) > bounds.max_headers:
+        raise unsupported(
+            f"shape plugin returned {len(headers)} headers, exceeds wire_bounds.max_headers ({bounds.max_headers})"
+        )
+    href = host_rules.shape_url(url, upstream.base_url, origin_policy is ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN)
+    if not host_rules.is_method_token(method):
+        raise unsupported(f"plugin returned invalid method `{method}`: invalid HTTP method")
+    kept = []
+    value_cap = bounds.max_header_value_bytes
+    for name, value in headers:
+        lower = host_rules.ascii_lower(name)
+        if host_rules.is_dropped_shape_header(lower):
+            _log.debug("dropping shape-plugin output header %r per hop-by-hop/signer contract", name)
+            continue
+        if len(value) > value_cap:
+            raise unsupported(
+                f"shape plugin header `{name}` value {len(value)} bytes exceeds "
+                f"wire_bounds.max_header_value_bytes ({value_cap})"
+            )
+        if not host_rules.is_header_name(name):
+            raise unsupported(f"plugin returned invalid header name `{name}`: invalid HTTP header name")
+        if not host_rules.is_header_value(value):
+            raise unsupported(f"plugin returned invalid header value for `{name}`: invalid HTTP header value")
+        kept.append((lower, value))
+    return ShapedRequest(href, method, tuple(kept), body)

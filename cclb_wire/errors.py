@@ -1,0 +1,163 @@
+"""The exceptions of cclb_wire, shared by both codec backends.
+
+Both backends raise these very classes with the very same messages: the Cython
+extension re-runs the pure-Python validator on the (rare) failure path to build
+the error, so the text is defined in exactly one place.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+__all__ = [
+    "CclbWireError",
+    "WireError",
+    "DecodeError",
+    "PointerOutOfRange",
+    "UnalignedPointer",
+    "InvalidUtf8",
+    "InvalidDiscriminant",
+    "EncodeError",
+    "EncodeTypeError",
+    "FilterError",
+    "DialectError",
+    "ObservabilityError",
+]
+
+
+class CclbWireError(Exception):
+    """Root of every exception this package raises on purpose."""
+
+
+class WireError(CclbWireError, ValueError):
+    """The bytes (or a value) do not follow the V1 wire format.
+
+    ``type_name`` is the archive's root type, ``path`` the field path inside it
+    (``""`` for the root itself) and ``offset`` the byte offset from the start of
+    the archive where the problem is (``None`` when encoding).
+    """
+
+    kind: str = "wire_error"
+
+    def __init__(self, message: str, *, type_name: str = "", path: str = "", offset: Optional[int] = None):
+        super().__init__(message)
+        self.type_name = type_name
+        self.path = path
+        self.offset = offset
+
+
+class DecodeError(WireError):
+    """An archive that rkyv's ``access`` would reject.
+
+    ``kind`` uses the golden vectors' ``error_kind`` names.
+    """
+
+    kind = "decode_error"
+
+
+class PointerOutOfRange(DecodeError):
+    """The root or a pointee lies outside the window the validator allows
+    (out of the buffer, overlapping a sibling, out of post-order, or inside its parent)."""
+
+    kind = "subtree_pointer_out_of_range"
+
+
+class UnalignedPointer(DecodeError):
+    """The root or a pointee is not aligned for its type."""
+
+    kind = "unaligned_pointer"
+
+
+class InvalidUtf8(DecodeError):
+    """A string field holds bytes that are not strict UTF-8."""
+
+    kind = "invalid_utf8"
+
+
+class InvalidDiscriminant(DecodeError):
+    """An Option tag other than 0/1, or an enum tag past the last variant."""
+
+    kind = "invalid_discriminant"
+
+
+class EncodeError(WireError):
+    """A value that cannot be encoded (out of range, too large, not UTF-8 encodable)."""
+
+    kind = "encode_error"
+
+
+class EncodeTypeError(EncodeError, TypeError):
+    """A value of the wrong Python type for its wire field."""
+
+    kind = "encode_type_error"
+
+
+def _where(type_name: str, path: str) -> str:
+    return f"{type_name}.{path}" if path else type_name
+
+
+def decode_error(
+    cls: type, type_name: str, path: str, offset: int, detail: str
+) -> DecodeError:
+    """Build a decode error with the one message format both backends use."""
+    message = f"invalid {type_name} archive: {detail} at {_where(type_name, path)} (offset {offset})"
+    return cls(message, type_name=type_name, path=path, offset=offset)
+
+
+def encode_error(cls: type, type_name: str, path: str, detail: str) -> EncodeError:
+    """Build an encode error with the one message format both backends use."""
+    return cls(f"cannot encode {_where(type_name, path)}: {detail}", type_name=type_name, path=path)
+
+
+# --- host-level errors (the Python face of the seed's error enums) ------------
+
+
+class _KindedError(CclbWireError):
+    """An error whose ``kind`` comes from a closed set, like a Rust enum variant.
+
+    ``reason`` is the detail; ``str(error)`` is the reference host's display text.
+    """
+
+    displays: Dict[str, str] = {}
+
+    def __init__(self, kind: str, reason: str = ""):
+        display = self.displays.get(kind)
+        if display is None:
+            raise ValueError(f"{type(self).__name__} kind must be one of {tuple(self.displays)}, not {kind!r}")
+        super().__init__(display.format(reason))
+        self.kind = kind
+        self.reason = reason
+
+
+class FilterError(_KindedError):
+    """A filter plugin failed: ``kind`` is ``"trap"`` (reason ``"phase: detail"``) or ``"runtime"``."""
+
+    displays = {"trap": "filter trap error: {}", "runtime": "filter runtime error: {}"}
+
+    @classmethod
+    def trap(cls, reason: str) -> "FilterError":
+        return cls("trap", reason)
+
+    @classmethod
+    def runtime(cls, reason: str) -> "FilterError":
+        return cls("runtime", reason)
+
+
+class DialectError(_KindedError):
+    """A shape plugin's answer cannot be used: ``kind`` is ``"unsupported_request"``."""
+
+    displays = {"unsupported_request": "unsupported request: {}"}
+
+    @classmethod
+    def unsupported_request(cls, reason: str) -> "DialectError":
+        return cls("unsupported_request", reason)
+
+
+class ObservabilityError(_KindedError):
+    """An observe hook failed and the event is dropped: ``kind`` is ``"dropped"``."""
+
+    displays = {"dropped": "observability event dropped: {}"}
+
+    @classmethod
+    def dropped(cls, reason: str) -> "ObservabilityError":
+        return cls("dropped", reason)
