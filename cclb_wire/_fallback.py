@@ -141,6 +141,8 @@ def _bytes_encoder(pointer: schema.Pointer) -> _Encoder:
         if isinstance(value, (bytes, bytearray)):
             return cursor + len(value)
         if isinstance(value, memoryview):
+            if not value.c_contiguous:
+                raise _Fault(EncodeTypeError, "expected bytes, got a non-contiguous memoryview")
             return cursor + value.nbytes
         raise _Fault(EncodeTypeError, f"expected bytes, got {_type_name(value)}")
 
@@ -682,21 +684,14 @@ def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
         ctx.query,
         host_rules.wire_headers(ctx.headers, cookie_redaction),
         ctx.body,
-        (principal.id, principal.wire_kind, principal.wire_claims),
+        principal.wire_fields,
     )
 
 
 def _wire_candidate(candidate: Any) -> tuple:
     if not isinstance(candidate, UpstreamCandidate):
         raise TypeError(f"candidates must be cclb_wire.UpstreamCandidate, got {_type_name(candidate)}")
-    score = candidate.cache_score
-    return (
-        str(candidate.upstream_id),
-        candidate.name,
-        candidate.wire_kind,
-        candidate.observed_at_unix_secs,
-        0 if score is None else score.predicted_cache_read_tokens,
-    )
+    return candidate.wire_fields
 
 
 def _wire_upstream(upstream: Any) -> Any:

@@ -106,15 +106,15 @@ class Principal:
     id: str
     kind: Any = "unknown"
     claims: Mapping[str, Any] = field(default_factory=dict)
-    wire_kind: str = field(init=False, repr=False, compare=False)
-    wire_claims: Tuple[Tuple[str, bytes], ...] = field(init=False, repr=False, compare=False)
+    #: (id, kind text, ((claim key, JSON bytes), ...)): the wire Principal, computed once.
+    wire_fields: Tuple[str, str, Tuple[Tuple[str, bytes], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str):
             raise TypeError(f"Principal.id must be a str, got {type(self.id).__name__}")
-        object.__setattr__(self, "wire_kind", host_rules.kind_text(self.kind))
         object.__setattr__(self, "claims", dict(self.claims) if self.claims is not None else {})
-        object.__setattr__(self, "wire_claims", host_rules.wire_claims(self.claims))
+        wire_fields = (self.id, host_rules.kind_text(self.kind), host_rules.wire_claims(self.claims))
+        object.__setattr__(self, "wire_fields", wire_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,9 @@ class UpstreamCandidate:
     kind: Any
     observed_at_unix_secs: int
     cache_score: Optional[CacheScore] = None
-    wire_kind: str = field(init=False, repr=False, compare=False)
+    #: (id text, name, kind text, observed_at_unix_secs, predicted_cache_read_tokens):
+    #: the wire UpstreamCandidate, computed once.
+    wire_fields: Tuple[str, str, str, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.upstream_id, uuid.UUID):
@@ -142,7 +144,11 @@ class UpstreamCandidate:
                     f"UpstreamCandidate.upstream_id must be a uuid.UUID, got {type(self.upstream_id).__name__}"
                 )
             object.__setattr__(self, "upstream_id", uuid.UUID(self.upstream_id))
-        object.__setattr__(self, "wire_kind", host_rules.kind_text(self.kind))
+        # Frozen, so the wire form is computed once, here, not on every request encoded.
+        score = self.cache_score
+        tokens = 0 if score is None else score.predicted_cache_read_tokens
+        wire_fields = (str(self.upstream_id), self.name, host_rules.kind_text(self.kind), self.observed_at_unix_secs, tokens)
+        object.__setattr__(self, "wire_fields", wire_fields)
 
 
 @dataclass(frozen=True, slots=True)
