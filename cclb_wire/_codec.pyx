@@ -974,11 +974,31 @@ def encode_into(value, buffer, offset=0):
 
 
 cdef int _request_job(Job* job, int root, object ctx, object principal, bint cookie_redaction) except -1:
+    """Point the job at a host request's fields. The references are borrowed from the frozen
+    RequestContext and Principal, which the caller's arguments keep alive for the call."""
+    cdef tuple wire_principal
+    cdef object value
+    cdef int i
     if type(ctx) is not RequestContext or type(principal) is not Principal:
         _refuse()
     job.root = root
     job.host = True
     job.cookie_redaction = cookie_redaction
+    value = ctx.request_id
+    job.src[0] = <PyObject*>value
+    value = ctx.method
+    job.src[1] = <PyObject*>value
+    value = ctx.path
+    job.src[2] = <PyObject*>value
+    value = ctx.query
+    job.src[3] = <PyObject*>value
+    value = ctx.headers
+    job.src[4] = <PyObject*>value
+    value = ctx.body
+    job.src[5] = <PyObject*>value
+    wire_principal = _fields(principal.wire_fields, tuple, 3)
+    for i in range(3):
+        job.src[6 + i] = PyTuple_GET_ITEM(wire_principal, i)
     return 0
 
 
@@ -987,19 +1007,6 @@ def encode_filter_request(ctx, principal, candidates, *, cookie_redaction=False)
     cdef Job job
     try:
         _request_job(&job, ROOT_FILTER_REQUEST, ctx, principal, cookie_redaction)
-        # These locals keep the borrowed job.src references alive.
-        request_id, method, path, query = ctx.request_id, ctx.method, ctx.path, ctx.query
-        headers, body = ctx.headers, ctx.body
-        wire_principal = _fields(principal.wire_fields, tuple, 3)
-        job.src[0] = <PyObject*>request_id
-        job.src[1] = <PyObject*>method
-        job.src[2] = <PyObject*>path
-        job.src[3] = <PyObject*>query
-        job.src[4] = <PyObject*>headers
-        job.src[5] = <PyObject*>body
-        job.src[6] = PyTuple_GET_ITEM(wire_principal, 0)
-        job.src[7] = PyTuple_GET_ITEM(wire_principal, 1)
-        job.src[8] = PyTuple_GET_ITEM(wire_principal, 2)
         job.src[9] = <PyObject*>candidates
         _measure(&job)
         return _write_new(&job)
@@ -1012,19 +1019,7 @@ def encode_shape_request(ctx, principal, upstream, *, cookie_redaction=False):
     cdef Job job
     try:
         _request_job(&job, ROOT_SHAPE_REQUEST, ctx, principal, cookie_redaction)
-        request_id, method, path, query = ctx.request_id, ctx.method, ctx.path, ctx.query
-        headers, body = ctx.headers, ctx.body
-        wire_principal = _fields(principal.wire_fields, tuple, 3)
-        base_url = _upstream_base_url(upstream, True)
-        job.src[0] = <PyObject*>request_id
-        job.src[1] = <PyObject*>method
-        job.src[2] = <PyObject*>path
-        job.src[3] = <PyObject*>query
-        job.src[4] = <PyObject*>headers
-        job.src[5] = <PyObject*>body
-        job.src[6] = PyTuple_GET_ITEM(wire_principal, 0)
-        job.src[7] = PyTuple_GET_ITEM(wire_principal, 1)
-        job.src[8] = PyTuple_GET_ITEM(wire_principal, 2)
+        base_url = _upstream_base_url(upstream, True)  # held by the frozen AnthropicDirect
         job.src[9] = NULL if base_url is None else <PyObject*>base_url
         _measure(&job)
         return _write_new(&job)
