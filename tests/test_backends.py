@@ -31,17 +31,7 @@ except ImportError:  # pragma: no cover - only in a pure build asked for on purp
 
 ROOTS = sorted(schema.ROOT_TYPES)
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FALLBACK_ENTRY_POINTS = (
-    "encode",
-    "encoded_size",
-    "encode_into",
-    "decode",
-    "encode_filter_request",
-    "encode_shape_request",
-    "encode_observe_event",
-    "decode_filter_output",
-    "decode_shaped_request",
-)
+FALLBACK_ENTRY_POINTS = tuple(_fallback.__all__)  # every public function the extension may hand over
 
 
 @contextlib.contextmanager
