@@ -7,6 +7,7 @@ Set ``CCLB_WIRE_PUREPYTHON=1`` to force the fallback, or
 """
 
 import os as _os
+from typing import TYPE_CHECKING
 
 from . import schema, wire
 from .errors import (
@@ -67,15 +68,28 @@ def _load_backend():
 
 BACKEND, _backend = _load_backend()
 
-encode = _backend.encode
-encoded_size = _backend.encoded_size
-encode_into = _backend.encode_into
-decode = _backend.decode
-encode_filter_request = _backend.encode_filter_request
-encode_shape_request = _backend.encode_shape_request
-encode_observe_event = _backend.encode_observe_event
-decode_filter_output = _backend.decode_filter_output
-decode_shaped_request = _backend.decode_shaped_request
+if TYPE_CHECKING:  # both backends have these very signatures
+    from ._fallback import (
+        decode,
+        decode_filter_output,
+        decode_shaped_request,
+        encode,
+        encode_filter_request,
+        encode_into,
+        encode_observe_event,
+        encode_shape_request,
+        encoded_size,
+    )
+else:
+    encode = _backend.encode
+    encoded_size = _backend.encoded_size
+    encode_into = _backend.encode_into
+    decode = _backend.decode
+    encode_filter_request = _backend.encode_filter_request
+    encode_shape_request = _backend.encode_shape_request
+    encode_observe_event = _backend.encode_observe_event
+    decode_filter_output = _backend.decode_filter_output
+    decode_shaped_request = _backend.decode_shaped_request
 
 __all__ = [
     "BACKEND",

@@ -1749,7 +1749,7 @@ cdef object _shaped_request(In* s, object upstream, object origin_policy, object
     # The host rules, in the reference's order (everything refused here is re-judged by the fallback).
     if headers.len > max_headers:
         _refuse()
-    href = _shape_url(_str_at(s, &url), upstream.base_url, origin_policy is SELECTED_UPSTREAM_ORIGIN)
+    href = _shape_url(_str_at(s, &url), upstream.origin, origin_policy is SELECTED_UPSTREAM_ORIGIN)
     if not _is_token(s.p + method.pos, method.len):
         _refuse()
     out_headers = PyTuple_New(kept)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import host_rules, host_types, schema, wire
 from .errors import (
@@ -383,12 +383,12 @@ def encode_root(root: NamedType, value: Any) -> bytes:
     return bytes(buf)
 
 
-def encode(value: Any) -> bytes:
+def encode(value: WireValue) -> bytes:
     """The archive rkyv 0.8's ``to_bytes`` produces for ``value`` (a root wire value)."""
     return encode_root(_root_of_value(value), value)
 
 
-def encoded_size(value: Any) -> int:
+def encoded_size(value: WireValue) -> int:
     """The exact length of ``encode(value)``, computed without writing anything."""
     return _RootPlan(_root_of_value(value), value).size
 
@@ -405,7 +405,7 @@ def _writable_bytes(buffer: Any) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-def encode_into(value: Any, buffer: Any, offset: int = 0) -> int:
+def encode_into(value: WireValue, buffer: Any, offset: int = 0) -> int:
     """Write ``encode(value)`` into ``buffer`` at ``offset``; return the number of bytes written.
 
     ``offset`` must be a multiple of 16 (rkyv aligns relative to the archive's
@@ -700,13 +700,21 @@ def _wire_upstream(upstream: Any) -> Any:
     return wire.AnthropicDirect(upstream.base_url)
 
 
-def encode_filter_request(ctx: Any, principal: Any, candidates: Any, *, cookie_redaction: bool = False) -> bytes:
+def encode_filter_request(
+    ctx: RequestContext,
+    principal: Principal,
+    candidates: Iterable[UpstreamCandidate],
+    *,
+    cookie_redaction: bool = False,
+) -> bytes:
     """The FilterRequest archive a filter plugin receives for this request."""
     value = _request_head(ctx, principal, cookie_redaction) + (tuple(map(_wire_candidate, candidates)),)
     return encode_root(schema.FILTER_REQUEST, value)
 
 
-def encode_shape_request(ctx: Any, principal: Any, upstream: Any, *, cookie_redaction: bool = False) -> bytes:
+def encode_shape_request(
+    ctx: RequestContext, principal: Principal, upstream: AnthropicDirect, *, cookie_redaction: bool = False
+) -> bytes:
     """The ShapeRequest archive a shape plugin receives for this request and upstream."""
     value = _request_head(ctx, principal, cookie_redaction) + (_wire_upstream(upstream),)
     return encode_root(schema.SHAPE_REQUEST, value)
@@ -736,7 +744,7 @@ def _wire_event(event: Any) -> Any:
     raise TypeError(f"event must be a cclb_wire observe event (RequestStarted, ..., ErrorEvent), got {_type_name(event)}")
 
 
-def encode_observe_event(event: Any) -> bytes:
+def encode_observe_event(event: host_types.ObserveEventInput) -> bytes:
     """The ObserveEvent archive an observe plugin receives for this host event."""
     return encode_root(schema.OBSERVE_EVENT, _wire_event(event))
 
@@ -784,7 +792,7 @@ def decode_filter_output(data: Any, bounds: WireBounds = DEFAULT_BOUNDS) -> Filt
 
 def decode_shaped_request(
     data: Any,
-    upstream: Any,
+    upstream: AnthropicDirect,
     *,
     origin_policy: ShapeOriginPolicy = ShapeOriginPolicy.UNRESTRICTED,
     bounds: WireBounds = DEFAULT_BOUNDS,
@@ -810,7 +818,7 @@ def decode_shaped_request(
         raise unsupported(
             f"shape plugin returned {len(headers)} headers, exceeds wire_bounds.max_headers ({bounds.max_headers})"
         )
-    href = host_rules.shape_url(url, upstream.base_url, origin_policy is ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN)
+    href = host_rules.shape_url(url, upstream.origin, origin_policy is ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN)
     if not host_rules.is_method_token(method):
         raise unsupported(f"plugin returned invalid method `{method}`: invalid HTTP method")
     kept = []

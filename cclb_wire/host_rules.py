@@ -234,15 +234,15 @@ def serialize_url(url: str) -> str:
     if not isinstance(url, str):
         raise TypeError(f"a URL must be a str, got {type(url).__name__}")
     try:
-        return ada_url.URL(url).href
+        return ada_url.normalize_url(url)
     except ValueError:
         raise ValueError(f"invalid URL {url!r}") from None
 
 
 def url_origin(url: str) -> Optional[str]:
-    """The ASCII serialization of a parsed URL's origin; ``None`` for an opaque
-    origin (which, as in Rust's ``url``, equals no other origin)."""
-    origin = ada_url.URL(url).origin
+    """The ASCII serialization of a URL's origin; ``None`` for an opaque origin
+    (which, as in Rust's ``url``, equals no other origin)."""
+    origin = ada_url.parse_url(url, attributes=("origin",))["origin"]
     return None if origin == "null" else origin
 
 
@@ -323,20 +323,21 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
-def shape_url(url: str, base_url: Optional[str], enforce_origin: bool) -> str:
-    """Parse a shaped URL (WHATWG) and, when ``enforce_origin`` and the selected upstream
-    has a ``base_url``, require the same origin. Returns the serialized URL."""
+def shape_url(url: str, expected_origin: Optional[str], enforce_origin: bool) -> str:
+    """Parse a shaped URL (WHATWG) and, when ``enforce_origin``, require ``expected_origin``
+    (the selected upstream's, ``None`` when it has no base_url: then nothing is enforced).
+    Returns the serialized URL."""
     from .errors import DialectError
 
     try:
-        parsed = ada_url.URL(url)
+        if not (enforce_origin and expected_origin is not None):
+            return ada_url.normalize_url(url)
+        parsed = ada_url.parse_url(url, attributes=("href", "origin"))
     except ValueError:
         raise DialectError.unsupported_request(f"invalid upstream url: `{url}` is not a valid absolute URL") from None
-    if enforce_origin and base_url is not None:
-        expected = url_origin(base_url)
-        actual = None if parsed.origin == "null" else parsed.origin
-        if expected is None or actual is None or actual != expected:
-            raise DialectError.unsupported_request(
-                f"shape plugin returned URL origin `{actual or 'null'}` but selected upstream requires `{expected or 'null'}`"
-            )
-    return parsed.href
+    actual = parsed["origin"]
+    if actual == "null" or actual != expected_origin:
+        raise DialectError.unsupported_request(
+            f"shape plugin returned URL origin `{actual}` but selected upstream requires `{expected_origin}`"
+        )
+    return parsed["href"]

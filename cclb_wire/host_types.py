@@ -161,10 +161,14 @@ class AnthropicDirect:
     """
 
     base_url: Optional[str] = None
+    #: The base_url's origin (ASCII serialization), computed once; ``None`` without a
+    #: base_url. An opaque origin (``file:``, ``data:``) is ``"null"`` and matches nothing.
+    origin: Optional[str] = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if self.base_url is not None:
             object.__setattr__(self, "base_url", host_rules.serialize_url(self.base_url))
+            object.__setattr__(self, "origin", host_rules.url_origin(self.base_url) or "null")
 
 
 # --- observe events -----------------------------------------------------------
