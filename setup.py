@@ -20,15 +20,18 @@ def extensions():
     from Cython.Build import cythonize  # a build requirement (pyproject.toml)
 
     compile_args = [] if sys.platform == "win32" else ["-O3"]
+    link_args = []
     undef = []
-    if os.environ.get("CCLB_WIRE_SANITIZE"):  # AddressSanitizer build for the crash checks
-        compile_args = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+    sanitize = os.environ.get("CCLB_WIRE_SANITIZE")  # e.g. "address", or "fuzzer-no-link,address" with clang
+    if sanitize:
+        compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}"]
+        link_args = [f"-fsanitize={sanitize}"]
         undef = ["NDEBUG"]
     ext = Extension(
         "cclb_wire._codec",
         ["cclb_wire/_codec.pyx"],
         extra_compile_args=compile_args,
-        extra_link_args=["-fsanitize=address"] if os.environ.get("CCLB_WIRE_SANITIZE") else [],
+        extra_link_args=link_args,
         undef_macros=undef,
     )
     return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
