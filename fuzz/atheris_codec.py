@@ -24,19 +24,28 @@ sys.setdlopenflags(os.RTLD_NOW | os.RTLD_GLOBAL)
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports():
-    import cclb_wire
-    from cclb_wire import _codec, _fallback, schema, wire
+# cclb_wire is imported in main(), after atheris.Setup() has loaded libFuzzer: an
+# instrumented extension resolves its coverage hooks against it when it loads.
+cclb_wire = _codec = _fallback = schema = wire = None
+ROOTS: list = []
+UPSTREAMS: list = []
+POLICIES: list = []
+EXPECTED_ERRORS: tuple = ()
 
-ROOTS = list(schema.ROOT_TYPES)
-UPSTREAMS = [
-    cclb_wire.AnthropicDirect("https://api.anthropic.com"),
-    cclb_wire.AnthropicDirect(None),
-    cclb_wire.AnthropicDirect("http://127.0.0.1:8080/base/"),
-]
-POLICIES = list(cclb_wire.ShapeOriginPolicy)
-EXPECTED_ERRORS = (cclb_wire.DecodeError, cclb_wire.FilterError, cclb_wire.DialectError)
 
+def load_codec() -> None:
+    global cclb_wire, _codec, _fallback, schema, wire, ROOTS, UPSTREAMS, POLICIES, EXPECTED_ERRORS
+    with atheris.instrument_imports():
+        import cclb_wire
+        from cclb_wire import _codec, _fallback, schema, wire
+    ROOTS = list(schema.ROOT_TYPES)
+    UPSTREAMS = [
+        cclb_wire.AnthropicDirect("https://api.anthropic.com"),
+        cclb_wire.AnthropicDirect(None),
+        cclb_wire.AnthropicDirect("http://127.0.0.1:8080/base/"),
+    ]
+    POLICIES = list(cclb_wire.ShapeOriginPolicy)
+    EXPECTED_ERRORS = (cclb_wire.DecodeError, cclb_wire.FilterError, cclb_wire.DialectError)
 
 def outcome(function, *args, **kwargs):
     try:
@@ -58,7 +67,7 @@ def one_decode(data: bytes) -> None:
     same("decode", outcome(_codec.decode, root, payload), outcome(_fallback.decode, root, payload), data)
 
 
-def _bounds(byte: int) -> cclb_wire.WireBounds:
+def _bounds(byte: int):
     # Small bounds reach every limit with short inputs.
     return cclb_wire.WireBounds(
         output_body_bytes=(byte & 0x03) * 150 if byte & 0x80 else 100 * 1024 * 1024,
@@ -135,11 +144,12 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in ENTRIES:
         sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(ENTRIES)}}} [libFuzzer options] [corpus dir]")
     entry = sys.argv.pop(1)
+    atheris.Setup(sys.argv, ENTRIES[entry])
+    load_codec()
     corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
     if corpus:
         seed_corpus(entry, Path(corpus[0]))
     print(f"fuzzing {entry}; extension at {_codec.__file__}", flush=True)
-    atheris.Setup(sys.argv, ENTRIES[entry])
     atheris.Fuzz()
 
 
