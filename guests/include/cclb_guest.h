@@ -198,7 +198,7 @@ CCLB_INLINE cclb_u32 cclb__heap_start(void) {
     return ((cclb_u32)(cclb_uptr)&__heap_base + 15u) & ~15u;
 }
 
-static int cclb__ensure_memory(cclb_u64 end) {
+static CCLB_UNUSED int cclb__ensure_memory(cclb_u64 end) {
     cclb_u64 have = (cclb_u64)__builtin_wasm_memory_size(0) * 65536u;
     if (end <= have) return 1;
     if (end > 0x100000000ull) return 0;
@@ -207,7 +207,7 @@ static int cclb__ensure_memory(cclb_u64 end) {
     return 1;
 }
 
-static void cclb__free_block(cclb_u32 start, cclb_u32 size) {
+static CCLB_UNUSED void cclb__free_block(cclb_u32 start, cclb_u32 size) {
     cclb_u32 prev = 0, cur = cclb__free_head;
     while (cur && cur < start) {
         prev = cur;
@@ -253,7 +253,7 @@ static void cclb__free_block(cclb_u32 start, cclb_u32 size) {
 
 /* Allocates `size` bytes aligned to `align` (a power of two; at least 16 is
  * used). Returns 0 when the request is invalid or memory cannot grow. */
-static cclb_u32 cclb_alloc(cclb_u32 size, cclb_u32 align) {
+static CCLB_UNUSED cclb_u32 cclb_alloc(cclb_u32 size, cclb_u32 align) {
     if (align == 0) align = 1;
     if (align & (align - 1)) return 0;
     if (align < 16) align = 16;
@@ -307,7 +307,7 @@ static cclb_u32 cclb_alloc(cclb_u32 size, cclb_u32 align) {
     return p;
 }
 
-static void cclb_free(cclb_u32 ptr) {
+static CCLB_UNUSED void cclb_free(cclb_u32 ptr) {
     if (ptr == 0 || (ptr & 15u)) return;
     cclb_u32 base = cclb__heap_start();
     if (cclb__heap_top == 0 || ptr < base + CCLB__HDR || ptr >= cclb__heap_top) return;
@@ -362,7 +362,7 @@ CCLB_INLINE void cclb__leave(cclb__vctx *v, cclb_u64 end, cclb_u64 saved) {
 }
 
 /* Strict UTF-8 (as core::str::from_utf8). */
-static void cclb__check_utf8(const cclb_u8 *s, cclb_u32 n) {
+static CCLB_UNUSED void cclb__check_utf8(const cclb_u8 *s, cclb_u32 n) {
     cclb_u32 i = 0;
     while (i < n) {
         cclb_u8 c = s[i];
@@ -391,7 +391,7 @@ static void cclb__check_utf8(const cclb_u8 *s, cclb_u32 n) {
 }
 
 /* ArchivedBox<str> / ArchivedBox<[u8]> at `field`. */
-static void cclb__check_bytes_field(cclb__vctx *v, cclb_u32 field, int utf8) {
+static CCLB_UNUSED void cclb__check_bytes_field(cclb__vctx *v, cclb_u32 field, int utf8) {
     cclb_i64 start = (cclb_i64)field + cclb_ld_i32(field);
     cclb_u32 n = cclb_ld_u32(field + 4);
     cclb_u64 saved = cclb__enter(v, start, n, 1);
@@ -401,29 +401,29 @@ static void cclb__check_bytes_field(cclb__vctx *v, cclb_u32 field, int utf8) {
 #define cclb__check_str(v, f) cclb__check_bytes_field((v), (f), 1)
 #define cclb__check_bytes(v, f) cclb__check_bytes_field((v), (f), 0)
 
-static void cclb__check_opt_str(cclb__vctx *v, cclb_u32 field) {
+static CCLB_UNUSED void cclb__check_opt_str(cclb__vctx *v, cclb_u32 field) {
     cclb_u8 tag = cclb_ld_u8(field);
     if (tag == 1) cclb__check_str(v, field + 4);
     else if (tag != 0) CCLB_TRAP();
 }
 
-static void cclb__check_opt_u64(cclb_u32 field) {
+static CCLB_UNUSED void cclb__check_opt_u64(cclb_u32 field) {
     if (cclb_ld_u8(field) > 1) CCLB_TRAP();
 }
 
-static void cclb__check_pair(cclb__vctx *v, cclb_u32 e) { /* Header, Claim */
+static CCLB_UNUSED void cclb__check_pair(cclb__vctx *v, cclb_u32 e) { /* Header, Claim */
     cclb__check_str(v, e);
     cclb__check_bytes(v, e + 8);
 }
 
-static void cclb__check_candidate(cclb__vctx *v, cclb_u32 e) {
+static CCLB_UNUSED void cclb__check_candidate(cclb__vctx *v, cclb_u32 e) {
     cclb__check_str(v, e);
     cclb__check_str(v, e + 8);
     cclb__check_str(v, e + 16);
 }
 
 /* ArchivedBox<[T]> at `field`, elements of `size` bytes aligned to `align`. */
-static void cclb__check_slice(cclb__vctx *v, cclb_u32 field, cclb_u32 size, cclb_u32 align,
+static CCLB_UNUSED void cclb__check_slice(cclb__vctx *v, cclb_u32 field, cclb_u32 size, cclb_u32 align,
                               void (*elem)(cclb__vctx *, cclb_u32)) {
     cclb_i64 start = (cclb_i64)field + cclb_ld_i32(field);
     cclb_u32 n = cclb_ld_u32(field + 4);
@@ -433,19 +433,19 @@ static void cclb__check_slice(cclb__vctx *v, cclb_u32 field, cclb_u32 size, cclb
     cclb__leave(v, (cclb_u64)start + bytes, saved);
 }
 
-static void cclb__check_principal(cclb__vctx *v, cclb_u32 p) {
+static CCLB_UNUSED void cclb__check_principal(cclb__vctx *v, cclb_u32 p) {
     cclb__check_str(v, p);
     cclb__check_str(v, p + 8);
     cclb__check_slice(v, p + 16, 16, 4, cclb__check_pair);
 }
 
-static void cclb__check_upstream(cclb__vctx *v, cclb_u32 p) {
+static CCLB_UNUSED void cclb__check_upstream(cclb__vctx *v, cclb_u32 p) {
     if (cclb_ld_u8(p) != 0) CCLB_TRAP(); /* only AnthropicDirect */
     cclb__check_opt_str(v, p + 4);
 }
 
 /* FilterRequest and ShapeRequest share their first 76 bytes. */
-static void cclb__check_request_head(cclb__vctx *v, cclb_u32 r) {
+static CCLB_UNUSED void cclb__check_request_head(cclb__vctx *v, cclb_u32 r) {
     cclb__check_str(v, r);      /* request_id */
     cclb__check_str(v, r + 8);  /* method */
     cclb__check_str(v, r + 16); /* path */
@@ -455,17 +455,17 @@ static void cclb__check_request_head(cclb__vctx *v, cclb_u32 r) {
     cclb__check_principal(v, r + 52);
 }
 
-static void cclb__check_filter_request(cclb__vctx *v, cclb_u32 r) {
+static CCLB_UNUSED void cclb__check_filter_request(cclb__vctx *v, cclb_u32 r) {
     cclb__check_request_head(v, r);
     cclb__check_slice(v, r + 76, 40, 8, cclb__check_candidate);
 }
 
-static void cclb__check_shape_request(cclb__vctx *v, cclb_u32 r) {
+static CCLB_UNUSED void cclb__check_shape_request(cclb__vctx *v, cclb_u32 r) {
     cclb__check_request_head(v, r);
     cclb__check_upstream(v, r + 76);
 }
 
-static void cclb__check_observe_event(cclb__vctx *v, cclb_u32 r) {
+static CCLB_UNUSED void cclb__check_observe_event(cclb__vctx *v, cclb_u32 r) {
     switch (cclb_ld_u8(r)) {
     case 0: cclb__check_str(v, r + 4); cclb__check_opt_str(v, r + 12); break;
     case 1: cclb__check_str(v, r + 4); cclb__check_str(v, r + 12); break;
@@ -483,7 +483,7 @@ static void cclb__check_observe_event(cclb__vctx *v, cclb_u32 r) {
 }
 
 /* Finds and validates the root of a `len`-byte archive at `ptr`; returns its address. */
-static cclb_u32 cclb__access(cclb_u32 ptr, cclb_u32 len, cclb_u32 root_size, cclb_u32 root_align,
+static CCLB_UNUSED cclb_u32 cclb__access(cclb_u32 ptr, cclb_u32 len, cclb_u32 root_size, cclb_u32 root_align,
                              void (*check)(cclb__vctx *, cclb_u32)) {
     cclb__vctx v;
     cclb_u64 mem_end = (cclb_u64)__builtin_wasm_memory_size(0) * 65536u;
@@ -644,7 +644,7 @@ CCLB_INLINE cclb_candidate cclb_candidate_at(cclb_array a, cclb_u32 i) {
 }
 
 /* Finds a claim by key; returns 1 and fills *out when found (the first match). */
-static int cclb_find_claim(cclb_array claims, const char *key, cclb_claim *out) {
+static CCLB_UNUSED int cclb_find_claim(cclb_array claims, const char *key, cclb_claim *out) {
     cclb_u32 klen = cclb_strlen(key);
     for (cclb_u32 i = 0; i < claims.len; i++) {
         cclb_claim c = cclb_claim_at(claims, i);
@@ -656,7 +656,7 @@ static int cclb_find_claim(cclb_array claims, const char *key, cclb_claim *out) 
     return 0;
 }
 
-static void cclb__rd_request_head(cclb_u32 r, cclb_str *rid, cclb_str *method, cclb_str *path,
+static CCLB_UNUSED void cclb__rd_request_head(cclb_u32 r, cclb_str *rid, cclb_str *method, cclb_str *path,
                                   cclb_opt_str *query, cclb_array *headers, cclb_bytes *body,
                                   cclb_principal *principal) {
     *rid = cclb__rd_bytes(r);
@@ -769,7 +769,7 @@ CCLB_INLINE void cclb__relptr(cclb_u8 *out, cclb_u32 field_pos, cclb_u32 target,
 }
 
 /* Size in bytes of the FilterResponse archive for these results. */
-static cclb_u64 cclb_filter_response_size(const cclb_pcr *results, cclb_u32 n) {
+static CCLB_UNUSED cclb_u64 cclb_filter_response_size(const cclb_pcr *results, cclb_u32 n) {
     cclb_u64 pos = 0;
     for (cclb_u32 i = 0; i < n; i++)
         pos += (cclb_u64)results[i].upstream_id.len + results[i].decision.len + results[i].reason.len;
@@ -805,7 +805,7 @@ static CCLB_UNUSED cclb_u64 cclb_write_filter_response(const cclb_pcr *results, 
 }
 
 /* Size in bytes of the ShapeResponse archive. */
-static cclb_u64 cclb_shape_response_size(cclb_str url, cclb_str method, const cclb_header *headers,
+static CCLB_UNUSED cclb_u64 cclb_shape_response_size(cclb_str url, cclb_str method, const cclb_header *headers,
                                          cclb_u32 n, cclb_bytes body) {
     cclb_u64 pos = (cclb_u64)url.len + method.len;
     for (cclb_u32 i = 0; i < n; i++) pos += (cclb_u64)headers[i].name.len + headers[i].value.len;

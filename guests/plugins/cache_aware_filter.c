@@ -24,8 +24,8 @@ CCLB_PLUGIN_METADATA({
             "usage": "Principal claim keep_k: how many candidates to keep (default 1; an invalid value counts as 1; clamped to the candidate count)."
         }
     }
-})
-CCLB_HOOK_SCHEMA(filter)
+});
+CCLB_HOOK_SCHEMA(filter);
 
 /* Parses the claim value as a JSON integer. Returns 1 and sets *neg / *mag
  * (saturated) on success. */

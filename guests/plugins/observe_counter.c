@@ -20,8 +20,8 @@ CCLB_PLUGIN_METADATA({
             "usage": "No configuration; the count lives only as long as the instance."
         }
     }
-})
-CCLB_HOOK_SCHEMA(observe)
+});
+CCLB_HOOK_SCHEMA(observe);
 
 static cclb_u64 event_count;
 

@@ -20,8 +20,8 @@ CCLB_PLUGIN_METADATA({
             "usage": "No claims or settings are read."
         }
     }
-})
-CCLB_HOOK_SCHEMA(shape)
+});
+CCLB_HOOK_SCHEMA(shape);
 
 static const char DEFAULT_BASE[] = "https://api.anthropic.com";
 
