@@ -107,7 +107,7 @@ CCLB_INLINE int cclb_mem_eq(const void *a, cclb_u32 alen, const void *b, cclb_u3
     return alen == blen && (alen == 0 || __builtin_memcmp(a, b, alen) == 0);
 }
 
-CCLB_INLINE cclb_u8 cclb_ld_u8(cclb_u32 addr) { return *(const volatile cclb_u8 *)(cclb_uptr)addr; }
+CCLB_INLINE cclb_u8 cclb_ld_u8(cclb_u32 addr) { return *(const cclb_u8 *)(cclb_uptr)addr; }
 CCLB_INLINE cclb_u16 cclb_ld_u16(cclb_u32 addr) {
     cclb_u16 v;
     __builtin_memcpy(&v, (const void *)(cclb_uptr)addr, 2);
