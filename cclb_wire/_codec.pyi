@@ -1,6 +1,8 @@
 """Static types of the Cython extension cclb_wire._codec (same API as cclb_wire._fallback)."""
 
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+Into = Callable[[int], Tuple[Any, int]]
 
 from .host_types import (
     AnthropicDirect,
@@ -25,11 +27,17 @@ def encode_filter_request(
     candidates: Iterable[UpstreamCandidate],
     *,
     cookie_redaction: bool = False,
-) -> bytes: ...
+    into: Optional[Into] = None,
+) -> Any: ...
 def encode_shape_request(
-    ctx: RequestContext, principal: Principal, upstream: AnthropicDirect, *, cookie_redaction: bool = False
-) -> bytes: ...
-def encode_observe_event(event: ObserveEventInput) -> bytes: ...
+    ctx: RequestContext,
+    principal: Principal,
+    upstream: AnthropicDirect,
+    *,
+    cookie_redaction: bool = False,
+    into: Optional[Into] = None,
+) -> Any: ...
+def encode_observe_event(event: ObserveEventInput, *, into: Optional[Into] = None) -> Any: ...
 def decode_filter_output(data: Any, bounds: WireBounds = ...) -> FilterOutput: ...
 def decode_shaped_request(
     data: Any,

@@ -230,6 +230,7 @@ cdef inline object _refuse():
 cdef struct Out:
     char* base          # NULL during the size pass
     Py_ssize_t cur
+    Py_ssize_t limit    # MAX_ARCHIVE when measuring; the measured size when writing
 
 
 cdef struct Span:
@@ -238,18 +239,22 @@ cdef struct Span:
 
 
 cdef inline int _grow(Out* o, Py_ssize_t n) except -1:
-    # n and cur are both <= MAX_ARCHIVE here, so the sum cannot overflow.
-    if n > MAX_ARCHIVE or o.cur + n > MAX_ARCHIVE:
+    # n and cur are both <= MAX_ARCHIVE here, so the sum cannot overflow. The write pass
+    # never passes the measured size, even if a source changed since it was measured.
+    if n > o.limit or o.cur + n > o.limit:
         _refuse()
     o.cur += n
     return 0
 
 
-cdef inline void _pad(Out* o, Py_ssize_t align) noexcept:
+cdef inline int _pad(Out* o, Py_ssize_t align) except -1:
     cdef Py_ssize_t aligned = (o.cur + align - 1) & ~(align - 1)
+    if aligned > o.limit:
+        _refuse()
     if o.base != NULL and aligned > o.cur:
         memset(o.base + o.cur, 0, aligned - o.cur)
     o.cur = aligned
+    return 0
 
 
 cdef inline void _put_ptr(char* base, Py_ssize_t at, Py_ssize_t target, Py_ssize_t length) noexcept:
@@ -858,16 +863,27 @@ cdef int _measure(Job* job) except -1:
     cdef Out o
     o.base = NULL
     o.cur = 0
+    o.limit = MAX_ARCHIVE
     return _walk(job, &o)
+
+
+cdef int _write(Job* job, char* base) except -1:
+    """The write pass: exactly job.size bytes at base, or a refusal (nothing past them)."""
+    cdef Py_ssize_t measured = job.size
+    cdef Out o
+    o.base = base
+    o.cur = 0
+    o.limit = measured
+    _walk(job, &o)
+    if job.size != measured:
+        _refuse()
+    return 0
 
 
 cdef bytes _write_new(Job* job):
     """The measured job written into a new exact-size bytes object."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, job.size)
-    cdef Out o
-    o.base = PyBytes_AS_STRING(out)
-    o.cur = 0
-    _walk(job, &o)
+    _write(job, PyBytes_AS_STRING(out))
     return out
 
 
@@ -875,7 +891,6 @@ cdef int _write_into(Job* job, object buffer, object offset) except -1:
     """Write the measured job into the caller's buffer at offset; refuses what the fallback rejects."""
     cdef Py_buffer view
     cdef Py_ssize_t at
-    cdef Out o
     if type(offset) is not int:
         _refuse()
     at = offset
@@ -888,9 +903,7 @@ cdef int _write_into(Job* job, object buffer, object offset) except -1:
     try:
         if at > view.len or job.size > view.len - at or not PyBuffer_IsContiguous(&view, b'C'):
             _refuse()
-        o.base = <char*>view.buf + at
-        o.cur = 0
-        _walk(job, &o)
+        _write(job, <char*>view.buf + at)
     finally:
         PyBuffer_Release(&view)
     return 0
@@ -1003,33 +1016,54 @@ cdef int _request_job(Job* job, int root, object ctx, object principal, bint coo
     return 0
 
 
-def encode_filter_request(ctx, principal, candidates, *, cookie_redaction=False):
-    """The FilterRequest archive a filter plugin receives for this request."""
+cdef object _finish(Job* job, object into):
+    """Write a measured host job: a new bytes object, or where ``into(size)`` says."""
+    if into is None:
+        return _write_new(job)
+    buffer, offset = into(job.size)
+    try:
+        _write_into(job, buffer, offset)
+    except _Refused:
+        # The fallback names what is wrong with the target; anything else is a
+        # request that changed during the callback (nothing was written past the size).
+        _fallback.check_target(job.size, buffer, offset)
+        raise RuntimeError("the request changed while it was being encoded") from None
+    return job.size
+
+
+def encode_filter_request(ctx, principal, candidates, *, cookie_redaction=False, into=None):
+    """The FilterRequest archive a filter plugin receives for this request.
+
+    With ``into``, a callable taking the exact size and returning ``(buffer, offset)``,
+    the archive is written there (offset a multiple of 16) and its size returned.
+    """
     cdef Job job
     try:
         _request_job(&job, ROOT_FILTER_REQUEST, ctx, principal, cookie_redaction)
         job.src[9] = <PyObject*>candidates
         _measure(&job)
-        return _write_new(&job)
     except _Refused:
-        return _fallback.encode_filter_request(ctx, principal, candidates, cookie_redaction=cookie_redaction)
+        return _fallback.encode_filter_request(ctx, principal, candidates, cookie_redaction=cookie_redaction, into=into)
+    return _finish(&job, into)
 
 
-def encode_shape_request(ctx, principal, upstream, *, cookie_redaction=False):
-    """The ShapeRequest archive a shape plugin receives for this request and upstream."""
+def encode_shape_request(ctx, principal, upstream, *, cookie_redaction=False, into=None):
+    """The ShapeRequest archive a shape plugin receives for this request and upstream
+    (``into``: as for encode_filter_request)."""
     cdef Job job
     try:
         _request_job(&job, ROOT_SHAPE_REQUEST, ctx, principal, cookie_redaction)
         base_url = _upstream_base_url(upstream, True)  # held by the frozen AnthropicDirect
         job.src[9] = NULL if base_url is None else <PyObject*>base_url
         _measure(&job)
-        return _write_new(&job)
     except _Refused:
-        return _fallback.encode_shape_request(ctx, principal, upstream, cookie_redaction=cookie_redaction)
+        return _fallback.encode_shape_request(ctx, principal, upstream, cookie_redaction=cookie_redaction, into=into)
+    return _finish(&job, into)
 
 
-def encode_observe_event(event):
-    """The ObserveEvent archive an observe plugin receives for this host event."""
+def encode_observe_event(event, *, into=None):
+    """The ObserveEvent archive an observe plugin receives for this host event
+    (``into``: as for encode_filter_request)."""
     cdef Job job
     cdef object cls = type(event)
     cdef object f0 = None, f1 = None, f2 = None, f3 = None, f4 = None, f5 = None
@@ -1064,10 +1098,10 @@ def encode_observe_event(event):
         job.src[4] = <PyObject*>f4
         job.src[5] = <PyObject*>f5
         _measure(&job)
-        return _write_new(&job)
     except (_Refused, TypeError, ValueError):
         # TypeError/ValueError: kind_text on a bad kind; the fallback raises the canonical error.
-        return _fallback.encode_observe_event(event)
+        return _fallback.encode_observe_event(event, into=into)
+    return _finish(&job, into)
 
 
 # ==============================================================================

@@ -416,18 +416,21 @@ def encode_into(value: WireValue, buffer: Any, offset: int = 0) -> int:
     return write_plan(plan, buffer, offset)
 
 
-def write_plan(plan: _RootPlan, buffer: Any, offset: int) -> int:
+def check_target(size: int, buffer: Any, offset: Any, root_name: str = "") -> memoryview:
+    """The writable bytes of ``buffer`` where a ``size``-byte archive goes at ``offset``."""
     view = _writable_bytes(buffer)
     if not isinstance(offset, int) or isinstance(offset, bool):
         raise TypeError(f"offset must be an int, got {_type_name(offset)}")
     if offset < 0 or offset % 16:
         raise ValueError(f"offset must be a non-negative multiple of 16, got {offset}")
-    if offset + plan.size > view.nbytes:
-        raise ValueError(
-            f"the {plan.root.name} archive needs {plan.size} bytes at offset {offset}, "
-            f"but the buffer has {view.nbytes} bytes"
-        )
-    plan.write(view[offset : offset + plan.size])
+    if offset + size > view.nbytes:
+        what = f"the {root_name} archive" if root_name else "the archive"
+        raise ValueError(f"{what} needs {size} bytes at offset {offset}, but the buffer has {view.nbytes} bytes")
+    return view[offset : offset + size]
+
+
+def write_plan(plan: _RootPlan, buffer: Any, offset: int) -> int:
+    plan.write(check_target(plan.size, buffer, offset, plan.root.name))
     return plan.size
 
 
@@ -700,24 +703,47 @@ def _wire_upstream(upstream: Any) -> Any:
     return wire.AnthropicDirect(upstream.base_url)
 
 
+Into = Callable[[int], Tuple[Any, int]]
+
+
+def _encode_host(root: NamedType, value: Any, into: Optional[Into]) -> Any:
+    if into is None:
+        return encode_root(root, value)
+    plan = _RootPlan(root, value)
+    buffer, offset = into(plan.size)
+    return write_plan(plan, buffer, offset)
+
+
 def encode_filter_request(
     ctx: RequestContext,
     principal: Principal,
     candidates: Iterable[UpstreamCandidate],
     *,
     cookie_redaction: bool = False,
-) -> bytes:
-    """The FilterRequest archive a filter plugin receives for this request."""
+    into: Optional[Into] = None,
+) -> Any:
+    """The FilterRequest archive a filter plugin receives for this request.
+
+    With ``into``, a callable taking the exact size and returning ``(buffer, offset)``
+    (e.g. a guest allocation), the archive is written there (offset a multiple of 16)
+    and its size is returned instead of bytes.
+    """
     value = _request_head(ctx, principal, cookie_redaction) + (tuple(map(_wire_candidate, candidates)),)
-    return encode_root(schema.FILTER_REQUEST, value)
+    return _encode_host(schema.FILTER_REQUEST, value, into)
 
 
 def encode_shape_request(
-    ctx: RequestContext, principal: Principal, upstream: AnthropicDirect, *, cookie_redaction: bool = False
-) -> bytes:
-    """The ShapeRequest archive a shape plugin receives for this request and upstream."""
+    ctx: RequestContext,
+    principal: Principal,
+    upstream: AnthropicDirect,
+    *,
+    cookie_redaction: bool = False,
+    into: Optional[Into] = None,
+) -> Any:
+    """The ShapeRequest archive a shape plugin receives for this request and upstream
+    (``into``: as for encode_filter_request)."""
     value = _request_head(ctx, principal, cookie_redaction) + (_wire_upstream(upstream),)
-    return encode_root(schema.SHAPE_REQUEST, value)
+    return _encode_host(schema.SHAPE_REQUEST, value, into)
 
 
 def _wire_event(event: Any) -> Any:
@@ -744,9 +770,10 @@ def _wire_event(event: Any) -> Any:
     raise TypeError(f"event must be a cclb_wire observe event (RequestStarted, ..., ErrorEvent), got {_type_name(event)}")
 
 
-def encode_observe_event(event: host_types.ObserveEventInput) -> bytes:
-    """The ObserveEvent archive an observe plugin receives for this host event."""
-    return encode_root(schema.OBSERVE_EVENT, _wire_event(event))
+def encode_observe_event(event: host_types.ObserveEventInput, *, into: Optional[Into] = None) -> Any:
+    """The ObserveEvent archive an observe plugin receives for this host event
+    (``into``: as for encode_filter_request)."""
+    return _encode_host(schema.OBSERVE_EVENT, _wire_event(event), into)
 
 
 def _nbytes(data: Any) -> int:

@@ -327,3 +327,54 @@ def test_encode_allocates_only_its_output_and_encode_into_nothing():
     written, allocated = _traced_allocations(_codec.encode_into, value, buffer, 16)
     assert written == len(result)
     assert allocated == sys.getsizeof(written)  # only the returned int (ints past 256 are objects)
+
+
+# --- writing straight into a caller's buffer (guest memory) -------------------------
+
+
+@pytest.mark.parametrize("backend", [_codec, _fallback], ids=["cython", "python"])
+def test_host_encoders_write_where_into_says(backend):
+    ctx = cclb_wire.RequestContext("r", "POST", "/v1/messages", None, [("content-type", "application/json")], b"{}")
+    principal = cclb_wire.Principal("t", "api_key", {"k": 1})
+    candidates = [cclb_wire.UpstreamCandidate(uuid.UUID(int=3), "u", "k", 1, None)]
+    memory = bytearray(b"\xcc" * 4096)
+    asked = []
+
+    def into(size):
+        asked.append(size)
+        return memory, 1024
+
+    written = backend.encode_filter_request(ctx, principal, candidates, into=into)
+    expected = _fallback.encode_filter_request(ctx, principal, candidates)
+    assert asked == [len(expected)] and written == len(expected)
+    assert bytes(memory[1024 : 1024 + written]) == expected
+    assert memory[:1024] == b"\xcc" * 1024 and memory[1024 + written :] == b"\xcc" * (4096 - 1024 - written)
+    event = cclb_wire.Chunk(1, 2, 3)
+    assert backend.encode_observe_event(event, into=lambda size: (memory, 0)) == 80
+    assert bytes(memory[:80]) == _fallback.encode_observe_event(event)
+
+
+@pytest.mark.parametrize("backend", [_codec, _fallback], ids=["cython", "python"])
+def test_into_target_errors(backend):
+    ctx = cclb_wire.RequestContext("r", "GET", "/", None, (), b"")
+    principal = cclb_wire.Principal("t")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        backend.encode_filter_request(ctx, principal, [], into=lambda size: (bytearray(256), 8))
+    with pytest.raises(ValueError, match="needs"):
+        backend.encode_filter_request(ctx, principal, [], into=lambda size: (bytearray(16), 0))
+
+
+def test_a_request_changed_during_the_callback_never_overruns():
+    ctx = cclb_wire.RequestContext("r", "GET", "/", None, (), b"")
+    principal = cclb_wire.Principal("t")
+    candidates = [cclb_wire.UpstreamCandidate(uuid.UUID(int=1), "u", "k", 1, None)]
+    memory = bytearray(b"\xcc" * 4096)
+
+    def into(size):
+        candidates.extend(candidates * 10)  # another thread, say, while the guest allocates
+        return memory, 0
+
+    with pytest.raises(RuntimeError, match="changed while it was being encoded"):
+        _codec.encode_filter_request(ctx, principal, candidates, into=into)
+    measured = len(_fallback.encode_filter_request(ctx, principal, candidates[:1]))
+    assert memory[measured:] == b"\xcc" * (4096 - measured)  # nothing written past the measured size
