@@ -22,6 +22,13 @@ __all__ = [
     "FilterError",
     "DialectError",
     "ObservabilityError",
+    "PluginError",
+    "PluginRejected",
+    "PluginTimeout",
+    "PluginOutOfFuel",
+    "PluginMemoryLimit",
+    "PluginTrap",
+    "PluginOutputError",
 ]
 
 
@@ -156,8 +163,51 @@ class DialectError(_KindedError):
 class ObservabilityError(_KindedError):
     """An observe hook failed and the event is dropped: ``kind`` is ``"dropped"``."""
 
-    displays = {"dropped": "observability event dropped: {}"}
+    displays = {"dropped": "observability event dropped: {}", "queue_full": "observability queue full"}
 
     @classmethod
     def dropped(cls, reason: str) -> "ObservabilityError":
         return cls("dropped", reason)
+
+
+# --- plugin host errors ------------------------------------------------------------
+
+
+class PluginError(CclbWireError):
+    """A plugin failed or misbehaved: says which plugin, which hook and what happened."""
+
+    def __init__(self, message: str, *, plugin: str = "", hook: str = "", phase: str = ""):
+        where = " ".join(part for part in (f"plugin {plugin!r}" if plugin else "", f"hook {hook}" if hook else "") if part)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.plugin = plugin
+        self.hook = hook
+        self.phase = phase
+        self.detail = message
+
+
+class PluginRejected(PluginError):
+    """A module failed admission (parse, imports, exports, metadata, fingerprints, compile, probe)."""
+
+
+class PluginTimeout(PluginError):
+    """A call ran past its deadline (epoch interruption)."""
+
+
+class PluginOutOfFuel(PluginError):
+    """A call used up its fuel."""
+
+
+class PluginMemoryLimit(PluginError):
+    """The guest needed more memory than the store's limit allows."""
+
+
+class PluginTrap(PluginError):
+    """The guest trapped (``trap_code``: e.g. ``"unreachable"``, ``"stack_overflow"``) during ``phase``."""
+
+    def __init__(self, message: str, *, trap_code: str = "", **where: str):
+        super().__init__(message, **where)
+        self.trap_code = trap_code
+
+
+class PluginOutputError(PluginError):
+    """The guest's answer is unusable before decoding: a bad pointer or length, or too large."""

@@ -1,0 +1,352 @@
+"""Reading a plugin module before it runs: sections, exports, metadata, fingerprints.
+
+A small parser of the WebAssembly binary format (only what admission needs:
+the type, import, function and export sections, and custom sections), plus
+cc-lb's admission rules (``HOST.md``) with the reference host's reason texts.
+Pure Python: no wasmtime needed to inspect a plugin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from .errors import PluginRejected
+from .schema import FINGERPRINTS, WIRE_VERSION
+
+__all__ = [
+    "WasmParseError",
+    "FuncType",
+    "Export",
+    "ModuleInfo",
+    "HookInfo",
+    "PluginInspection",
+    "parse_module",
+    "inspect_plugin",
+    "METADATA_SECTION",
+    "HOOK_EXPORTS",
+    "SUPPORTED_WIRE_VERSIONS",
+]
+
+METADATA_SECTION = "cc_lb.plugin.v1"
+SCHEMA_SECTION_PREFIX = "cc_lb.schema."
+HOOK_EXPORTS = {"filter": "cc_lb_filter", "shape": "cc_lb_shape", "observe": "cc_lb_observe"}
+SUPPORTED_WIRE_VERSIONS = {hook: (WIRE_VERSION,) for hook in HOOK_EXPORTS}
+HOOK_SIGNATURE = (("i32", "i32"), ("i64",))
+REQUIRED_FUNCTIONS = {"cc_lb_alloc": (("i32", "i32"), ("i32",)), "cc_lb_free": (("i32", "i32", "i32"), ())}
+
+_VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128", 0x70: "funcref", 0x6F: "externref"}
+_EXPORT_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
+
+
+class WasmParseError(ValueError):
+    """The bytes are not a WebAssembly module this parser can read."""
+
+
+@dataclass(frozen=True)
+class FuncType:
+    params: Tuple[str, ...]
+    results: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        results = self.results[0] if len(self.results) == 1 else f"({', '.join(self.results)})"
+        return f"({', '.join(self.params)}) -> {results}"
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    kind: str  # func, table, memory, global, tag
+    signature: Optional[FuncType] = None  # for functions
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    imports: Tuple[Tuple[str, str], ...]
+    import_count: int
+    exports: Mapping[str, Export]
+    custom_sections: Tuple[Tuple[str, bytes], ...]
+
+    def custom(self, name: str) -> List[bytes]:
+        return [payload for section_name, payload in self.custom_sections if section_name == name]
+
+
+class _Reader:
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: Optional[int] = None):
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise WasmParseError(f"unexpected end of section at byte {self.pos}")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def u32(self) -> int:
+        result = shift = 0
+        for _ in range(5):
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if result > 0xFFFFFFFF:
+                    raise WasmParseError(f"LEB128 u32 out of range at byte {self.pos}")
+                return result
+            shift += 7
+        raise WasmParseError(f"LEB128 u32 too long at byte {self.pos}")
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise WasmParseError(f"{n} bytes at byte {self.pos} run past the end of the section")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def name(self) -> str:
+        raw = self.take(self.u32())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WasmParseError(f"a name before byte {self.pos} is not UTF-8") from None
+
+
+def _parse_types(r: _Reader) -> List[Optional[FuncType]]:
+    types: List[Optional[FuncType]] = []
+    for _ in range(r.u32()):
+        form = r.byte()
+        if form != 0x60:
+            raise WasmParseError(f"unsupported type-section entry 0x{form:02x} (only plain function types)")
+        params = []
+        for _ in range(r.u32()):
+            code = r.byte()
+            if code not in _VALTYPES:
+                raise WasmParseError(f"unsupported value type 0x{code:02x}")
+            params.append(_VALTYPES[code])
+        results = []
+        for _ in range(r.u32()):
+            code = r.byte()
+            if code not in _VALTYPES:
+                raise WasmParseError(f"unsupported value type 0x{code:02x}")
+            results.append(_VALTYPES[code])
+        types.append(FuncType(tuple(params), tuple(results)))
+    return types
+
+
+def _parse_imports(r: _Reader) -> Tuple[int, List[Tuple[str, str]], int]:
+    """(count, names, imported functions). Names are best effort: any import is refused anyway."""
+    count = r.u32()
+    names: List[Tuple[str, str]] = []
+    functions = 0
+    try:
+        for _ in range(count):
+            module, item = r.name(), r.name()
+            names.append((module, item))
+            kind = r.byte()
+            if kind == 0x00:
+                r.u32()
+                functions += 1
+            else:
+                break  # other import kinds: the count is all admission needs
+    except WasmParseError:
+        pass
+    return count, names, functions
+
+
+def parse_module(wasm: bytes) -> ModuleInfo:
+    """The parts of a WebAssembly module that admission reads. Raises WasmParseError."""
+    data = bytes(wasm)
+    if data[:4] != b"\0asm":
+        raise WasmParseError("not a WebAssembly module (bad magic)")
+    if data[4:8] != b"\x01\x00\x00\x00":
+        raise WasmParseError("unsupported WebAssembly binary version (only core modules, version 1)")
+    r = _Reader(data, 8)
+    types: List[Optional[FuncType]] = []
+    function_types: List[int] = []
+    raw_exports: List[Tuple[str, int, int]] = []
+    customs: List[Tuple[str, bytes]] = []
+    import_count, import_names, imported_functions = 0, [], 0
+    while r.pos < r.end:
+        section_id = r.byte()
+        size = r.u32()
+        body = _Reader(data, r.pos, r.pos + size)
+        if size > r.end - r.pos:
+            raise WasmParseError(f"section {section_id} of {size} bytes runs past the end of the module")
+        r.pos += size
+        if section_id == 0:
+            name = body.name()
+            customs.append((name, data[body.pos : body.end]))
+        elif section_id == 1:
+            types = _parse_types(body)
+        elif section_id == 2:
+            import_count, import_names, imported_functions = _parse_imports(body)
+        elif section_id == 3:
+            function_types = [body.u32() for _ in range(body.u32())]
+        elif section_id == 7:
+            for _ in range(body.u32()):
+                name = body.name()
+                kind = body.byte()
+                raw_exports.append((name, kind, body.u32()))
+    exports: Dict[str, Export] = {}
+    for name, kind, index in raw_exports:
+        signature = None
+        if kind == 0:
+            defined = index - imported_functions
+            if 0 <= defined < len(function_types) and function_types[defined] < len(types):
+                signature = types[function_types[defined]]
+        exports[name] = Export(name, _EXPORT_KINDS.get(kind, f"kind {kind}"), signature)
+    return ModuleInfo(tuple(import_names), import_count, exports, tuple(customs))
+
+
+# --- cc-lb's view of a module ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    kind: str
+    wire_version: object
+    description: str
+    usage: str
+    export: str
+    export_signature: Optional[str]
+    fingerprint: Optional[bytes]  # the plugin's cc_lb.schema.<kind>.v<version> section
+
+    @property
+    def fingerprint_ok(self) -> bool:
+        return self.fingerprint is not None and self.fingerprint == FINGERPRINTS.get(self.kind)
+
+
+@dataclass(frozen=True)
+class PluginInspection:
+    """Everything admission looks at, and every rule the module breaks, in order."""
+
+    module: Optional[ModuleInfo]
+    metadata: Optional[dict]
+    hooks: Tuple[HookInfo, ...]
+    problems: Tuple[str, ...] = field(default=())
+
+    def problems_for(self, slot_kind: Optional[str]) -> List[str]:
+        found = list(self.problems)
+        if slot_kind is not None and self.metadata is not None:
+            if slot_kind not in (self.metadata.get("hooks") or {}):
+                found.append(f"metadata does not declare required `{slot_kind}` hook for this slot")
+        return found
+
+    def check(self, slot_kind: Optional[str], plugin: str = "") -> None:
+        """Raise PluginRejected with the first problem (the reference host's order)."""
+        problems = self.problems_for(slot_kind)
+        if problems:
+            raise PluginRejected(f"module rejected at load time: {problems[0]}", plugin=plugin, hook=slot_kind or "")
+
+
+def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[dict]:
+    if not payloads:
+        problems.append(f"missing required `{METADATA_SECTION}` custom section")
+        return None
+    if len(payloads) > 1:
+        problems.append(f"duplicate `{METADATA_SECTION}` custom section")
+        return None
+    try:
+        metadata = json.loads(payloads[0].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: {exc}")
+        return None
+    if not isinstance(metadata, dict):
+        problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: expected an object")
+        return None
+    for key in ("name", "version", "description", "usage"):
+        if key not in metadata:
+            problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: missing field `{key}`")
+            return None
+        if not isinstance(metadata[key], str):
+            problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: `{key}` must be a string")
+            return None
+    hooks = metadata.get("hooks", {})
+    if not isinstance(hooks, dict) or not all(isinstance(v, dict) for v in hooks.values()):
+        problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: `hooks` must map hook names to objects")
+        return None
+    for hook, entry in hooks.items():
+        version = entry.get("wire_version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 255:
+            problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: hook `{hook}` wire_version must be an integer 0..255")
+            return None
+        for key in ("description", "usage"):
+            if not isinstance(entry.get(key), str):
+                problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: hook `{hook}` `{key}` must be a string")
+                return None
+    for key in ("name", "version", "description", "usage"):
+        if not metadata[key].strip():
+            problems.append(f"invalid `{METADATA_SECTION}` metadata: missing plugin {key}")
+    if not hooks:
+        problems.append(f"invalid `{METADATA_SECTION}` metadata: plugin declares no hooks")
+    for hook, entry in hooks.items():
+        if hook not in HOOK_EXPORTS:
+            problems.append(f"invalid `{METADATA_SECTION}` metadata: unknown hook name: {hook}")
+            continue
+        for key in ("description", "usage"):
+            if not entry[key].strip():
+                problems.append(f"invalid `{METADATA_SECTION}` metadata: hook '{hook}' missing {key}")
+    return metadata
+
+
+def inspect_plugin(wasm: bytes) -> PluginInspection:
+    """Parse a plugin module and list every admission rule it breaks, in order."""
+    try:
+        module = parse_module(wasm)
+    except WasmParseError as exc:
+        return PluginInspection(None, None, (), (f"wasm parse error: {exc}",))
+    problems: List[str] = []
+    if module.import_count:
+        names = ", ".join(f"{m}.{n}" for m, n in module.imports[:3])
+        problems.append(
+            f"plugin module imports {module.import_count} item(s) ({names}); cc-lb plugins may not import anything"
+        )
+    seen_schemas = set()
+    for name, payload in module.custom_sections:
+        if name.startswith(SCHEMA_SECTION_PREFIX):
+            if len(payload) != 32:
+                problems.append(f"`{name}` section is {len(payload)} bytes; expected 32")
+            if name in seen_schemas:
+                problems.append(f"duplicate `{name}` custom section")
+            seen_schemas.add(name)
+    metadata = _metadata(module.custom(METADATA_SECTION), problems)
+    memory = module.exports.get("memory")
+    if memory is None or memory.kind != "memory":
+        problems.append("missing required export `memory` (Memory)")
+    for function, (params, results) in REQUIRED_FUNCTIONS.items():
+        export = module.exports.get(function)
+        if export is None or export.kind != "func":
+            problems.append(f"missing required function export `{function}`")
+        elif export.signature != FuncType(params, results):
+            problems.append(f"export `{function}` has type {export.signature}; expected {FuncType(params, results)}")
+    hooks = []
+    for hook, entry in ((metadata or {}).get("hooks") or {}).items():
+        if hook not in HOOK_EXPORTS:
+            continue
+        version = entry["wire_version"]
+        export_name = HOOK_EXPORTS[hook]
+        export = module.exports.get(export_name)
+        section = f"{SCHEMA_SECTION_PREFIX}{hook}.v{version}"
+        payloads = module.custom(section)
+        fingerprint = payloads[0] if payloads else None
+        hooks.append(
+            HookInfo(hook, version, entry["description"], entry["usage"], export_name,
+                     str(export.signature) if export is not None and export.signature else None, fingerprint)
+        )
+        if version not in SUPPORTED_WIRE_VERSIONS[hook]:
+            problems.append(f"host does not support hook `{hook}` wire version {version}")
+            continue
+        if export is None or export.kind != "func":
+            problems.append(f"missing required function export `{export_name}` for declared hook `{hook}`")
+        elif export.signature != FuncType(*HOOK_SIGNATURE):
+            problems.append(f"export `{export_name}` has type {export.signature}; expected {FuncType(*HOOK_SIGNATURE)}")
+        if fingerprint is None:
+            problems.append(f"missing `{section}` custom section for declared hook `{hook}`")
+        elif len(fingerprint) == 32 and fingerprint != FINGERPRINTS[hook]:
+            problems.append(
+                f"`{section}` hash mismatch (host expects {FINGERPRINTS[hook].hex()} but plugin shipped {fingerprint.hex()})"
+            )
+    return PluginInspection(module, metadata, tuple(hooks), tuple(problems))
