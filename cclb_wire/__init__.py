@@ -20,6 +20,13 @@ from .errors import (
     InvalidDiscriminant,
     InvalidUtf8,
     ObservabilityError,
+    PluginError,
+    PluginMemoryLimit,
+    PluginOutOfFuel,
+    PluginOutputError,
+    PluginRejected,
+    PluginTimeout,
+    PluginTrap,
     PointerOutOfRange,
     UnalignedPointer,
     WireError,
@@ -141,4 +148,38 @@ __all__ = [
     "FilterError",
     "DialectError",
     "ObservabilityError",
+    "PluginError",
+    "PluginRejected",
+    "PluginTimeout",
+    "PluginOutOfFuel",
+    "PluginMemoryLimit",
+    "PluginTrap",
+    "PluginOutputError",
+    # plugin host (cclb_wire.runtime, loaded on first use)
+    "PluginHost",
+    "HostConfig",
+    "FailurePolicy",
+    "InstanceStrategy",
+    "FilterPlugin",
+    "UpstreamDialect",
+    "ObservabilityHook",
 ]
+
+_RUNTIME_NAMES = {
+    "PluginHost",
+    "HostConfig",
+    "FailurePolicy",
+    "InstanceStrategy",
+    "FilterPlugin",
+    "UpstreamDialect",
+    "ObservabilityHook",
+}
+
+
+def __getattr__(name: str):
+    # The plugin host is loaded on first use, so codec-only users never import it (or wasmtime).
+    if name in _RUNTIME_NAMES:
+        from . import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'cclb_wire' has no attribute {name!r}")

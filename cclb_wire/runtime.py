@@ -187,6 +187,16 @@ class _Wasmtime:
         self.trap_names = {code.value: code.name.lower() for code in wasmtime.TrapCode}
 
 
+def _trap_text(message: str) -> str:
+    """The line of a wasmtime error that says what happened (after "Caused by:"), not the backtrace."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        after = lines[lines.index("Caused by:") + 1 :]
+        if after:
+            return after[-1]
+    return lines[0] if lines else "trap"
+
+
 def _package_version(name: str) -> str:
     try:
         from importlib.metadata import version
@@ -296,10 +306,10 @@ class _Instance:
             self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
             self.trap_ref = ctypes.byref(self.trap)
             code = trap.trap_code
-            message = trap.message.splitlines()[0] if trap.message else "trap"
+            message = _trap_text(trap.message)
             name = wt.trap_names.get(getattr(code, "value", code), "unknown") if code is not None else "unknown"
         else:
-            message = str(wt.wasmtime.WasmtimeError._from_ptr(error)).splitlines()[0]
+            message = _trap_text(str(wt.wasmtime.WasmtimeError._from_ptr(error)))
             name = "error"
         if name == "interrupt":
             return PluginTimeout(f"{phase}: exceeded the {self.host.config.deadline_s} s deadline", **where)
