@@ -155,17 +155,10 @@ __all__ = [
     "PluginMemoryLimit",
     "PluginTrap",
     "PluginOutputError",
-    # plugin host (cclb_wire.runtime, loaded on first use)
-    "PluginHost",
-    "HostConfig",
-    "FailurePolicy",
-    "InstanceStrategy",
-    "FilterPlugin",
-    "UpstreamDialect",
-    "ObservabilityHook",
 ]
 
-_RUNTIME_NAMES = {
+# The plugin host (cclb_wire.runtime), loaded on first use.
+_RUNTIME_NAMES = (
     "PluginHost",
     "HostConfig",
     "FailurePolicy",
@@ -173,7 +166,8 @@ _RUNTIME_NAMES = {
     "FilterPlugin",
     "UpstreamDialect",
     "ObservabilityHook",
-}
+)
+__all__ += _RUNTIME_NAMES
 
 
 def __getattr__(name: str):

@@ -1,12 +1,16 @@
-"""``cclb-wire``: encode, decode and inspect cc-lb V1 wire archives from the shell.
+"""``cclb-wire``: run cc-lb V1 plugins, and encode, decode and inspect wire archives.
 
+  cclb-wire demo                             run the bundled plugins on a realistic request
+  cclb-wire inspect PLUGIN.wasm              metadata, hooks, fingerprints, exports, admission
+  cclb-wire call PLUGIN.wasm --hook H --request REQ.json    host output as JSON
   cclb-wire sample TYPE                      print a bundled sample value (JSON)
   cclb-wire encode --type TYPE [--hex]       JSON value on stdin  -> archive on stdout
   cclb-wire decode --type TYPE [--hex]       archive on stdin     -> JSON value on stdout
   cclb-wire schema                           layouts, descriptors and fingerprints
 
-Values use the golden vectors' JSON format (bytes as lowercase hex). An invalid
-value or archive exits with status 1 and a one-line error on stderr.
+Values use the golden vectors' JSON format (bytes as lowercase hex); request files for
+``call`` use the host-level format of cclb_wire.host_json. A failure exits with status 1
+and a one-line error on stderr.
 """
 
 from __future__ import annotations
@@ -98,11 +102,141 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .wasm_module import inspect_plugin
+
+    try:
+        data = open(args.plugin, "rb").read()
+    except OSError as exc:
+        return _fail(f"cannot read {args.plugin}: {exc.strerror}")
+    inspection = inspect_plugin(data)
+    metadata = inspection.metadata or {}
+    lines = [f"{args.plugin}: {len(data)} bytes"]
+    if metadata:
+        lines.append(f"name:        {metadata.get('name')} {metadata.get('version')}")
+        lines.append(f"description: {metadata.get('description')}")
+        lines.append(f"usage:       {metadata.get('usage')}")
+    for hook in inspection.hooks:
+        if hook.fingerprint is None:
+            status = "missing"
+        else:
+            status = "ok" if hook.fingerprint_ok else f"MISMATCH ({hook.fingerprint.hex()})"
+        lines.append(
+            f"hook {hook.kind}: wire v{hook.wire_version}, export {hook.export} {hook.export_signature or '(missing)'}, "
+            f"fingerprint {status}"
+        )
+    if inspection.module is not None:
+        lines.append("exports:     " + ", ".join(f"{e.name} ({e.kind}{' ' + str(e.signature) if e.signature else ''})"
+                                            for e in inspection.module.exports.values()))
+        lines.append(f"imports:     {inspection.module.import_count}")
+        lines.append("sections:    " + ", ".join(f"{name} ({len(payload)} B)" for name, payload in inspection.module.custom_sections))
+    problems = inspection.problems_for(None)
+    lines.append("admission:   " + ("ok" if not problems else "REJECTED: " + "; ".join(problems)))
+    print("\n".join(lines))
+    return 0 if not problems else 1
+
+
+def _load_request(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read request {path}: {exc}") from None
+
+
+def _run_hook(host: "object", plugin_path: str, hook: str, request: dict) -> object:
+    from .host_json import event_from_json, request_from_json
+
+    with open(plugin_path, "rb") as stream:
+        wasm = stream.read()
+    name = plugin_path.rsplit("/", 1)[-1]
+    if hook == "observe":
+        host.register_observe("cli", name, wasm).observe(event_from_json(request))  # type: ignore[attr-defined]
+        return None
+    parts = request_from_json(request)
+    if hook == "filter":
+        adapter = host.register_filter("cli", name, wasm)  # type: ignore[attr-defined]
+        return adapter.filter(parts["ctx"], parts["principal"], parts["candidates"])
+    adapter = host.register_shape("cli", name, wasm)  # type: ignore[attr-defined]
+    return adapter.shape(parts["ctx"], parts["upstream"], parts["principal"])
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from .errors import CclbWireError
+    from .host_json import output_to_json
+    from .runtime import HostConfig, PluginHost
+
+    try:
+        request = _load_request(args.request)
+        with PluginHost(HostConfig(deadline_s=args.deadline, fuel=args.fuel)) as host:
+            output = _run_hook(host, args.plugin, args.hook, request)
+    except (CclbWireError, ValueError, TypeError, KeyError, OSError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
+    json.dump(output_to_json(output), sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .host_json import event_from_json, output_to_json, request_from_json
+    from .runtime import HostConfig, InstanceStrategy, PluginHost
+
+    request = json.loads(sample_text("demo_request"))
+    parts = request_from_json(request)
+    plugins = resources.files("cclb_wire").joinpath("plugins")
+    print(f"cclb_wire demo (codec backend: {BACKEND}); request {parts['ctx'].request_id}: "
+          f"{parts['ctx'].method} {parts['ctx'].path}, {len(parts['ctx'].headers)} headers, "
+          f"{len(parts['ctx'].body)}-byte body, {len(parts['candidates'])} candidates")
+    with PluginHost(HostConfig(instance_strategy=InstanceStrategy.REUSE_PER_THREAD)) as host:
+        started = time.perf_counter()
+        filter_plugin = host.register_filter("demo", "cache-aware-filter", plugins.joinpath("cache_aware_filter.wasm").read_bytes())
+        shape_plugin = host.register_shape("demo", "shape-passthrough", plugins.joinpath("shape_passthrough.wasm").read_bytes())
+        observe_plugin = host.register_observe("demo", "observe-counter", plugins.joinpath("observe_counter.wasm").read_bytes())
+        admitted = time.perf_counter() - started
+        output = filter_plugin.filter(parts["ctx"], parts["principal"], parts["candidates"])
+        names = {c.upstream_id: c.name for c in parts["candidates"]}
+        print(f"\n[filter] {filter_plugin.plugin_name} (keep_k from the principal's claims):")
+        print("  kept: " + ", ".join(f"{names[u]} ({u})" for u in output.kept_upstream_ids))
+        print(f"  rejected: {[r.value for r in output.per_candidate_reasons]}")
+        shaped = shape_plugin.shape(parts["ctx"], parts["upstream"], parts["principal"])
+        print(f"\n[shape] {shape_plugin.plugin_name}: {shaped.method} {shaped.url}")
+        print(f"  {len(shaped.headers)} headers (credentials and host never reached the plugin), {len(shaped.body)}-byte body")
+        observe_plugin.observe(event_from_json(request))
+        print(f"\n[observe] {observe_plugin.plugin_name}: RequestFinished delivered")
+        runs = 200
+        started = time.perf_counter()
+        for _ in range(runs):
+            filter_plugin.filter(parts["ctx"], parts["principal"], parts["candidates"])
+        per_call = (time.perf_counter() - started) / runs
+        print(f"\nadmitted 3 plugins in {admitted * 1000:.1f} ms; filter call {per_call * 1e6:.1f} µs (reused instance)")
+        if args.json:
+            print(json.dumps({"filter": output_to_json(output), "shape": output_to_json(shaped)}, ensure_ascii=False, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cclb-wire", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the bundled plugins on a realistic request")
+    demo.add_argument("--json", action="store_true", help="also print the outputs as JSON")
+    demo.set_defaults(run=_cmd_demo)
+
+    inspect = commands.add_parser("inspect", help="show a plugin's metadata, hooks, fingerprints and exports")
+    inspect.add_argument("plugin")
+    inspect.set_defaults(run=_cmd_inspect)
+
+    call = commands.add_parser("call", help="run one hook of a plugin on a host-level JSON request")
+    call.add_argument("plugin")
+    call.add_argument("--hook", required=True, choices=["filter", "shape", "observe"])
+    call.add_argument("--request", required=True, help="host-level request JSON (see cclb_wire.host_json)")
+    call.add_argument("--deadline", type=float, default=1.0, help="seconds per call (default 1.0)")
+    call.add_argument("--fuel", type=int, default=None, help="fuel per call (default: off)")
+    call.set_defaults(run=_cmd_call)
 
     encode = commands.add_parser("encode", help="JSON value on stdin -> archive on stdout")
     encode.add_argument("--type", required=True, choices=ROOT_NAMES)

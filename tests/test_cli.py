@@ -60,3 +60,81 @@ def test_schema_dump_shows_fingerprints_and_layouts():
     for hook, digest in FINGERPRINTS.items():
         assert f"cc_lb.schema.{hook}.v1" in text and digest.hex() in text
     assert "FilterRequest: size 84, align 4" in text
+
+
+# --- the plugin host commands ---------------------------------------------------------
+
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PLUGINS = resources.files("cclb_wire") / "plugins"
+HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
+
+
+def test_demo_runs_every_bundled_plugin():
+    result = run_cli("demo", "--json")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "[filter] cache-aware-filter" in text and "[shape] shape-passthrough" in text and "[observe] observe-counter" in text
+    outputs = json.loads(text[text.index("{\n") :])
+    # keep_k = 2 in the demo request: the two candidates with the most predicted cache reads
+    assert outputs["filter"]["kept_upstream_ids"] == ["6f1c3a8e-2d4b-4c7a-9e1f-0a2b3c4d5e02", "6f1c3a8e-2d4b-4c7a-9e1f-0a2b3c4d5e04"]
+    assert outputs["shape"]["url"] == "https://api.anthropic.com/v1/messages?beta=true"
+    assert all(name not in ("host", "x-api-key") for name, _ in outputs["shape"]["headers"])
+
+
+def test_inspect_shows_hooks_fingerprints_and_exports():
+    result = run_cli("inspect", str(PLUGINS / "shape_passthrough.wasm"))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "hook shape: wire v1, export cc_lb_shape (i32, i32) -> i64, fingerprint ok" in text
+    assert "cc_lb_alloc (func (i32, i32) -> i32)" in text and "admission:   ok" in text
+
+
+def test_inspect_reports_a_rejected_module(tmp_path):
+    import wasmtime
+
+    path = tmp_path / "wrong_fingerprint.wasm"
+    path.write_bytes(wasmtime.wat2wasm((HOSTILE / "wrong_fingerprint.wat").read_text()))
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 1
+    assert b"fingerprint MISMATCH" in result.stdout and b"admission:   REJECTED: `cc_lb.schema.filter.v1` hash mismatch" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "hook, plugin, check",
+    [
+        ("filter", "cache_aware_filter", lambda out: out["kept_upstream_ids"] == ["00000000-0000-0000-0000-000000000002"]),
+        ("shape", "shape_passthrough", lambda out: out["url"] == "https://upstream.example/v1/messages" and out["body"] == "{}"),
+        ("observe", "observe_counter", lambda out: out == {"observed": True}),
+    ],
+)
+def test_call_prints_the_host_output(tmp_path, hook, plugin, check):
+    request = {
+        "request": {"request_id": "r", "method": "POST", "path": "/v1/messages", "headers": [["content-type", "application/json"]], "body": "{}"},
+        "principal": {"id": "t", "kind": "api_key", "claims": {}},
+        "candidates": [
+            {"upstream_id": "00000000-0000-0000-0000-000000000001", "name": "a", "predicted_cache_read_tokens": 5},
+            {"upstream_id": "00000000-0000-0000-0000-000000000002", "name": "b", "predicted_cache_read_tokens": 9},
+        ],
+        "upstream": {"base_url": "https://upstream.example/"},
+        "event": {"Chunk": {"batch_index": 1, "event_count": 2, "total_bytes": 3}},
+    }
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    result = run_cli("call", str(PLUGINS / f"{plugin}.wasm"), "--hook", hook, "--request", str(path))
+    assert result.returncode == 0, result.stderr
+    assert check(json.loads(result.stdout))
+
+
+def test_call_failure_is_one_line_and_exit_1(tmp_path):
+    import wasmtime
+
+    plugin = tmp_path / "loop.wasm"
+    plugin.write_bytes(wasmtime.wat2wasm((HOSTILE / "infinite_loop.wat").read_text()))
+    request = tmp_path / "request.json"
+    request.write_text("{}")
+    result = run_cli("call", str(plugin), "--hook", "filter", "--request", str(request), "--deadline", "0.2")
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "runtime probe failed for hook filter" in lines[0] and "deadline" in lines[0]
