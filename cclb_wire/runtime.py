@@ -123,7 +123,8 @@ class HostConfig:
     instance_strategy: InstanceStrategy = InstanceStrategy.FRESH
     #: How often the deadline ticker advances the engine's epoch.
     epoch_tick_s: float = 0.01
-    #: Where compiled modules are kept between processes (None: in memory only).
+    #: Where compiled modules are kept between processes (None: in memory only). Compiled
+    #: code is loaded from there as it is: use a directory only this service can write.
     module_cache_dir: Optional[Union[str, Path]] = None
     #: Call every declared hook once with the canonical sample at admission (HOST.md).
     #: Turn it off only to study a misbehaving module in tests or tools.

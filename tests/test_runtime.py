@@ -324,3 +324,47 @@ def test_register_call_close_cycles_keep_rss_flat():
         after = _rss_kib()
     print(f"RSS over 10,000 register/call/close cycles: {before} KiB -> {after} KiB")
     assert after - before < 8 * 1024, (before, after)
+
+
+# --- module cache and lazy import --------------------------------------------------------
+
+
+def test_compiled_modules_are_cached_on_disk(tmp_path):
+    wasm = plugin("cache_aware_filter")
+    with PluginHost(HostConfig(module_cache_dir=tmp_path)) as host:
+        host.register_filter("slot", "cache-aware", wasm)
+    cached = list(tmp_path.glob("*.cwasm"))
+    assert len(cached) == 1
+    # Another host (another process, say) loads the compiled module instead of compiling.
+    with PluginHost(HostConfig(module_cache_dir=tmp_path)) as host:
+        cands = candidates(4, 8)
+        assert host.register_filter("slot", "cache-aware", wasm).filter(CTX, cw.Principal("t"), cands).kept_upstream_ids == (
+            cands[1].upstream_id,
+        )
+    # Other engine settings are another cache entry, never a mismatched module.
+    with PluginHost(HostConfig(module_cache_dir=tmp_path, fuel=10**9)) as host:
+        host.register_filter("slot", "cache-aware", wasm)
+    assert len(list(tmp_path.glob("*.cwasm"))) == 2
+
+
+def test_a_corrupt_cache_file_is_compiled_again(tmp_path):
+    wasm = plugin("cache_aware_filter")
+    with PluginHost(HostConfig(module_cache_dir=tmp_path)) as host:
+        host.register_filter("slot", "cache-aware", wasm)
+    (entry,) = tmp_path.glob("*.cwasm")
+    entry.write_bytes(b"not a compiled module")
+    with PluginHost(HostConfig(module_cache_dir=tmp_path)) as host:
+        assert host.register_filter("slot", "cache-aware", wasm).filter(CTX, cw.Principal("t"), []) == cw.FilterOutput((), "", ())
+
+
+def test_wasmtime_is_imported_only_when_a_host_is_made():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cclb_wire; cclb_wire.PluginHost; from cclb_wire import runtime; "
+        "print('wasmtime' in sys.modules); runtime.PluginHost().close(); print('wasmtime' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
