@@ -310,27 +310,37 @@ def _enum_encoder(enum_type: schema.EnumType) -> _Encoder:
     return _Encoder(size, deps, put)
 
 
+def _kind_of(wire_type: Any) -> str:
+    """Which builder makes the closures of a wire type (the same for encoders and readers)."""
+    if isinstance(wire_type, schema.Primitive):
+        return "int"
+    if wire_type is schema.STR:
+        return "str"
+    if wire_type is schema.BYTES:
+        return "bytes"
+    if isinstance(wire_type, schema.OptionOf):
+        return "option"
+    if isinstance(wire_type, schema.SliceOf):
+        return "slice"
+    return "struct" if isinstance(wire_type, schema.StructType) else "enum"
+
+
 _ENCODERS: Dict[Any, _Encoder] = {}
+_ENCODER_BUILDERS: Dict[str, Callable[[Any], _Encoder]] = {
+    "int": _int_encoder,
+    "str": _str_encoder,
+    "bytes": _bytes_encoder,
+    "option": _option_encoder,
+    "slice": _slice_encoder,
+    "struct": _struct_encoder,
+    "enum": _enum_encoder,
+}
 
 
 def _encoder(wire_type: Any) -> _Encoder:
     found = _ENCODERS.get(wire_type)
     if found is None:
-        if isinstance(wire_type, schema.Primitive):
-            found = _int_encoder(wire_type)
-        elif wire_type is schema.STR:
-            found = _str_encoder(wire_type)
-        elif wire_type is schema.BYTES:
-            found = _bytes_encoder(wire_type)
-        elif isinstance(wire_type, schema.OptionOf):
-            found = _option_encoder(wire_type)
-        elif isinstance(wire_type, schema.SliceOf):
-            found = _slice_encoder(wire_type)
-        elif isinstance(wire_type, schema.StructType):
-            found = _struct_encoder(wire_type)
-        else:
-            found = _enum_encoder(wire_type)
-        _ENCODERS[wire_type] = found
+        found = _ENCODERS[wire_type] = _ENCODER_BUILDERS[_kind_of(wire_type)](wire_type)
     return found
 
 
@@ -603,26 +613,21 @@ def _enum_reader(enum_type: schema.EnumType) -> Callable:
 
 
 _READERS: Dict[Any, Callable] = {}
+_READER_BUILDERS: Dict[str, Callable[[Any], Callable]] = {
+    "int": _int_reader,
+    "str": _str_reader,
+    "bytes": _bytes_reader,
+    "option": _option_reader,
+    "slice": _slice_reader,
+    "struct": _struct_reader,
+    "enum": _enum_reader,
+}
 
 
 def _reader(wire_type: Any) -> Callable:
     found = _READERS.get(wire_type)
     if found is None:
-        if isinstance(wire_type, schema.Primitive):
-            found = _int_reader(wire_type)
-        elif wire_type is schema.STR:
-            found = _str_reader(wire_type)
-        elif wire_type is schema.BYTES:
-            found = _bytes_reader(wire_type)
-        elif isinstance(wire_type, schema.OptionOf):
-            found = _option_reader(wire_type)
-        elif isinstance(wire_type, schema.SliceOf):
-            found = _slice_reader(wire_type)
-        elif isinstance(wire_type, schema.StructType):
-            found = _struct_reader(wire_type)
-        else:
-            found = _enum_reader(wire_type)
-        _READERS[wire_type] = found
+        found = _READERS[wire_type] = _READER_BUILDERS[_kind_of(wire_type)](wire_type)
     return found
 
 
