@@ -117,132 +117,24 @@ def fingerprint_header(fps: dict[str, bytes]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- a minimal wasm reader, for the post-link checks ------------------------------------
-
-
-def _leb(data: bytes, i: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return result, i
-
-
-def _name(data: bytes, i: int) -> tuple[str, int]:
-    n, i = _leb(data, i)
-    return data[i : i + n].decode("utf-8"), i + n
-
-
-VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64"}
-
-
-def parse_module(data: bytes) -> dict:
-    if data[:8] != b"\0asm\x01\0\0\0":
-        raise BuildError("not a wasm module")
-    types, imports, funcs, exports, customs = [], [], [], {}, []
-    i = 8
-    while i < len(data):
-        sid = data[i]
-        size, i = _leb(data, i + 1)
-        end = i + size
-        if sid == 0:
-            name, j = _name(data, i)
-            customs.append((name, data[j:end]))
-        elif sid == 1:
-            n, j = _leb(data, i)
-            for _ in range(n):
-                if data[j] != 0x60:
-                    raise BuildError("unexpected type form")
-                np_, j = _leb(data, j + 1)
-                params = tuple(VALTYPES.get(b, hex(b)) for b in data[j : j + np_])
-                j += np_
-                nr, j = _leb(data, j)
-                results = tuple(VALTYPES.get(b, hex(b)) for b in data[j : j + nr])
-                j += nr
-                types.append((params, results))
-        elif sid == 2:
-            n, j = _leb(data, i)
-            for _ in range(n):
-                mod, j = _name(data, j)
-                nm, j = _name(data, j)
-                imports.append((mod, nm))
-                break  # any import is an error; no need to decode its kind
-        elif sid == 3:
-            n, j = _leb(data, i)
-            for _ in range(n):
-                t, j = _leb(data, j)
-                funcs.append(t)
-        elif sid == 7:
-            n, j = _leb(data, i)
-            for _ in range(n):
-                nm, j = _name(data, j)
-                kind = data[j]
-                idx, j = _leb(data, j + 1)
-                exports[nm] = (kind, idx)
-        i = end
-    return {"types": types, "imports": imports, "funcs": funcs, "exports": exports, "customs": customs}
-
-
-def _nonblank(obj: dict, key: str, where: str) -> None:
-    v = obj.get(key)
-    if not isinstance(v, str) or not v.strip():
-        raise BuildError(f"{where}: {key!r} must be a non-blank string")
+# --- the post-link check: the host's own admission rules ------------------------------
 
 
 def check_module(path: Path, hooks: tuple[str, ...], fps: dict[str, bytes]) -> dict:
-    mod = parse_module(path.read_bytes())
-    name = path.name
-    if mod["imports"]:
-        raise BuildError(f"{name}: has imports {mod['imports']}")
+    """Admission as cclb_wire's host does it (no imports, exports and signatures, metadata,
+    fingerprints), plus: the module declares exactly ``hooks``."""
+    from cclb_wire.wasm_module import inspect_plugin
 
-    def func_sig(export: str):
-        if export not in mod["exports"]:
-            raise BuildError(f"{name}: missing export {export}")
-        kind, idx = mod["exports"][export]
-        if kind != 0:
-            raise BuildError(f"{name}: export {export} is not a function")
-        return mod["types"][mod["funcs"][idx]]  # no imported functions, so idx is local
-
-    if mod["exports"].get("memory", (None,))[0] != 2:
-        raise BuildError(f"{name}: no exported memory")
-    want = {
-        "cc_lb_alloc": (("i32", "i32"), ("i32",)),
-        "cc_lb_free": (("i32", "i32", "i32"), ()),
-    }
-    for hook in hooks:
-        want[HOOK_EXPORT[hook]] = (("i32", "i32"), ("i64",))
-    for export, sig in want.items():
-        if func_sig(export) != sig:
-            raise BuildError(f"{name}: {export} has signature {func_sig(export)}, want {sig}")
-
-    customs: dict[str, list[bytes]] = {}
-    for cname, payload in mod["customs"]:
-        customs.setdefault(cname, []).append(payload)
-    meta_raw = customs.get("cc_lb.plugin.v1")
-    if not meta_raw or len(meta_raw) != 1:
-        raise BuildError(f"{name}: needs exactly one cc_lb.plugin.v1 section")
-    meta = json.loads(meta_raw[0].decode("utf-8"))
-    for key in ("name", "version", "description", "usage"):
-        _nonblank(meta, key, f"{name} metadata")
-    declared = meta.get("hooks")
-    if not isinstance(declared, dict) or set(declared) != set(hooks):
-        raise BuildError(f"{name}: metadata hooks {declared!r}, want {sorted(hooks)}")
-    for hook, h in declared.items():
-        if h.get("wire_version") != 1:
-            raise BuildError(f"{name}: hook {hook} wire_version {h.get('wire_version')!r}")
-        _nonblank(h, "description", f"{name} hook {hook}")
-        _nonblank(h, "usage", f"{name} hook {hook}")
-    for cname, payloads in customs.items():
-        if cname.startswith("cc_lb.schema.") and any(len(p) != 32 for p in payloads):
-            raise BuildError(f"{name}: {cname} is not 32 bytes")
-    for hook in hooks:
-        got = customs.get(f"cc_lb.schema.{hook}.v1")
-        if got != [fps[hook]]:
-            raise BuildError(f"{name}: cc_lb.schema.{hook}.v1 missing or not cclb_wire's fingerprint")
-    return meta
+    inspection = inspect_plugin(path.read_bytes())
+    problems = inspection.problems_for(None)
+    if problems:
+        raise BuildError(f"{path.name}: {problems[0]}")
+    declared = {hook.kind for hook in inspection.hooks}
+    if declared != set(hooks):
+        raise BuildError(f"{path.name}: metadata declares hooks {sorted(declared)}, want {sorted(hooks)}")
+    if any(hook.fingerprint != fps[hook.kind] for hook in inspection.hooks):
+        raise BuildError(f"{path.name}: a fingerprint section is not cclb_wire's")
+    return inspection.metadata or {}
 
 
 # --- building --------------------------------------------------------------------------
