@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import importlib.metadata
-import json
 import os
 import shutil
 import subprocess
@@ -44,13 +43,17 @@ PLUGINS_SRC = GUESTS / "plugins"
 DEFAULT_OUT = GUESTS / "build"
 INSTALL_DIR = REPO / "cclb_wire" / "plugins"
 
+# The checkout's cclb_wire: the schema's fingerprints and the host's own admission rules.
+sys.path.insert(0, str(REPO))
+from cclb_wire.schema import FINGERPRINTS  # noqa: E402
+from cclb_wire.wasm_module import HOOK_EXPORTS as HOOK_EXPORT, inspect_plugin  # noqa: E402
+
 # plugin source name -> the hooks it declares (its metadata must say exactly these)
 PLUGINS = {
     "cache_aware_filter": ("filter",),
     "shape_passthrough": ("shape",),
     "observe_counter": ("observe",),
 }
-HOOK_EXPORT = {"filter": "cc_lb_filter", "shape": "cc_lb_shape", "observe": "cc_lb_observe"}
 
 CFLAGS = [
     "--target=wasm32-freestanding",
@@ -89,11 +92,6 @@ def check_toolchain() -> None:
 
 
 def fingerprints() -> dict[str, bytes]:
-    sys.path.insert(0, str(REPO))
-    try:
-        from cclb_wire.schema import FINGERPRINTS
-    finally:
-        sys.path.pop(0)
     fps = {k: bytes(v) for k, v in FINGERPRINTS.items()}
     for hook in HOOK_EXPORT:
         if len(fps.get(hook, b"")) != 32:
@@ -123,8 +121,6 @@ def fingerprint_header(fps: dict[str, bytes]) -> str:
 def check_module(path: Path, hooks: tuple[str, ...], fps: dict[str, bytes]) -> dict:
     """Admission as cclb_wire's host does it (no imports, exports and signatures, metadata,
     fingerprints), plus: the module declares exactly ``hooks``."""
-    from cclb_wire.wasm_module import inspect_plugin
-
     inspection = inspect_plugin(path.read_bytes())
     problems = inspection.problems_for(None)
     if problems:

@@ -13,7 +13,7 @@ import pytest
 import wasmtime
 
 import cclb_wire as cw
-from cclb_wire import PluginRejected, wire
+from cclb_wire import PluginRejected
 from cclb_wire.runtime import FailurePolicy, HostConfig, InstanceStrategy, PluginHost
 
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
