@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +232,13 @@ class _Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._tick):
+        # Ticks are scheduled on absolute times, so waits that run long under load do not
+        # add up: a deadline of n ticks ends within one tick of n * tick.
+        next_tick = time.monotonic()
+        while True:
+            next_tick += self._tick
+            if self._stop.wait(max(0.0, next_tick - time.monotonic())):
+                return
             self._engine.increment_epoch()
 
     def stop(self) -> None:
@@ -462,6 +469,8 @@ class PluginHost:
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
+        """Drop every slot and stop the deadline ticker. Calls still running are interrupted
+        (they end with PluginTimeout): the epoch is advanced past every deadline."""
         with self._lock:
             self._closed = True
             self._slots.clear()
@@ -469,6 +478,8 @@ class PluginHost:
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None
+            for _ in range(self._deadline_ticks + 1):
+                self._engine.increment_epoch()
 
     def __enter__(self) -> "PluginHost":
         return self

@@ -368,3 +368,24 @@ def test_wasmtime_is_imported_only_when_a_host_is_made():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_close_interrupts_a_call_in_flight():
+    host = _unprobed(deadline_s=30.0)
+    adapter = host.register_filter("slot", "loop", fixture("infinite_loop"))
+    outcome = []
+
+    def call():
+        try:
+            adapter.filter(CTX, cw.Principal("t"), [])
+        except cw.FilterError as exc:
+            outcome.append(exc.__cause__)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    host.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - started < 1.0
+    assert len(outcome) == 1 and isinstance(outcome[0], cw.PluginTimeout)
