@@ -168,7 +168,8 @@ def parse_module(wasm: bytes) -> ModuleInfo:
     function_types: List[int] = []
     raw_exports: List[Tuple[str, int, int]] = []
     customs: List[Tuple[str, bytes]] = []
-    import_count, import_names, imported_functions = 0, [], 0
+    import_count, imported_functions = 0, 0
+    import_names: List[Tuple[str, str]] = []
     while r.pos < r.end:
         section_id = r.byte()
         size = r.u32()
