@@ -310,21 +310,6 @@ def _enum_encoder(enum_type: schema.EnumType) -> _Encoder:
     return _Encoder(size, deps, put)
 
 
-def _kind_of(wire_type: Any) -> str:
-    """Which builder makes the closures of a wire type (the same for encoders and readers)."""
-    if isinstance(wire_type, schema.Primitive):
-        return "int"
-    if wire_type is schema.STR:
-        return "str"
-    if wire_type is schema.BYTES:
-        return "bytes"
-    if isinstance(wire_type, schema.OptionOf):
-        return "option"
-    if isinstance(wire_type, schema.SliceOf):
-        return "slice"
-    return "struct" if isinstance(wire_type, schema.StructType) else "enum"
-
-
 _ENCODERS: Dict[Any, _Encoder] = {}
 _ENCODER_BUILDERS: Dict[str, Callable[[Any], _Encoder]] = {
     "int": _int_encoder,
@@ -340,7 +325,7 @@ _ENCODER_BUILDERS: Dict[str, Callable[[Any], _Encoder]] = {
 def _encoder(wire_type: Any) -> _Encoder:
     found = _ENCODERS.get(wire_type)
     if found is None:
-        found = _ENCODERS[wire_type] = _ENCODER_BUILDERS[_kind_of(wire_type)](wire_type)
+        found = _ENCODERS[wire_type] = _ENCODER_BUILDERS[schema.kind_of(wire_type)](wire_type)
     return found
 
 
@@ -627,7 +612,7 @@ _READER_BUILDERS: Dict[str, Callable[[Any], Callable]] = {
 def _reader(wire_type: Any) -> Callable:
     found = _READERS.get(wire_type)
     if found is None:
-        found = _READERS[wire_type] = _READER_BUILDERS[_kind_of(wire_type)](wire_type)
+        found = _READERS[wire_type] = _READER_BUILDERS[schema.kind_of(wire_type)](wire_type)
     return found
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "ALL_TYPES",
     "HOOK_REQUEST_TYPES",
     "HOOK_RESPONSE_TYPES",
+    "kind_of",
     "descriptor",
     "fingerprint",
     "FINGERPRINTS",
@@ -305,6 +306,22 @@ HOOK_REQUEST_TYPES: Mapping[str, Union[StructType, EnumType]] = {
     "observe": OBSERVE_EVENT,
 }
 HOOK_RESPONSE_TYPES: Mapping[str, StructType] = {"filter": FILTER_RESPONSE, "shape": SHAPE_RESPONSE}
+
+
+def kind_of(wire_type: "WireType") -> str:
+    """What a wire type is, for code that handles each kind its own way:
+    ``int``, ``str``, ``bytes``, ``option``, ``slice``, ``struct`` or ``enum``."""
+    if isinstance(wire_type, Primitive):
+        return "int"
+    if wire_type is STR:
+        return "str"
+    if wire_type is BYTES:
+        return "bytes"
+    if isinstance(wire_type, OptionOf):
+        return "option"
+    if isinstance(wire_type, SliceOf):
+        return "slice"
+    return "struct" if isinstance(wire_type, StructType) else "enum"
 
 
 # --- descriptors and fingerprints ------------------------------------------

@@ -120,20 +120,20 @@ def _parse_types(r: _Reader) -> List[Optional[FuncType]]:
         form = r.byte()
         if form != 0x60:
             raise WasmParseError(f"unsupported type-section entry 0x{form:02x} (only plain function types)")
-        params = []
-        for _ in range(r.u32()):
-            code = r.byte()
-            if code not in _VALTYPES:
-                raise WasmParseError(f"unsupported value type 0x{code:02x}")
-            params.append(_VALTYPES[code])
-        results = []
-        for _ in range(r.u32()):
-            code = r.byte()
-            if code not in _VALTYPES:
-                raise WasmParseError(f"unsupported value type 0x{code:02x}")
-            results.append(_VALTYPES[code])
-        types.append(FuncType(tuple(params), tuple(results)))
+        params = _valtypes(r)
+        types.append(FuncType(params, _valtypes(r)))
     return types
+
+
+def _valtypes(r: _Reader) -> Tuple[str, ...]:
+    """A vector of value types (a function's parameters or results)."""
+    names = []
+    for _ in range(r.u32()):
+        code = r.byte()
+        if code not in _VALTYPES:
+            raise WasmParseError(f"unsupported value type 0x{code:02x}")
+        names.append(_VALTYPES[code])
+    return tuple(names)
 
 
 def _parse_imports(r: _Reader) -> Tuple[int, List[Tuple[str, str]], int]:

@@ -31,17 +31,12 @@ def schema_for(type_: Any) -> Union[schema.StructType, schema.EnumType]: ...
 
 
 def py_type(wire_type) -> str:
-    if isinstance(wire_type, schema.Primitive):
-        return "int"
-    if wire_type is schema.STR:
-        return "str"
-    if wire_type is schema.BYTES:
-        return "bytes"
-    if isinstance(wire_type, schema.OptionOf):
+    kind = schema.kind_of(wire_type)
+    if kind == "option":
         return f"Optional[{py_type(wire_type.inner)}]"
-    if isinstance(wire_type, schema.SliceOf):
+    if kind == "slice":
         return f"Tuple[{wire_type.elem.name}, ...]"
-    return wire_type.name
+    return {"int": "int", "str": "str", "bytes": "bytes"}.get(kind, wire_type.name)
 
 
 def fields_block(fields, indent: str) -> list:
