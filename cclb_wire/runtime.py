@@ -519,10 +519,9 @@ class PluginHost:
         self._modules[key] = module
         return module
 
-    def _admit(self, kind: str, name: str, wasm: Union[bytes, str, os.PathLike]) -> _Loaded:
+    def _admit(self, kind: str, name: str, data: bytes, content_hash: bytes) -> _Loaded:
         if self._closed:
             raise PluginError("the host is closed", plugin=name, hook=kind)
-        data = Path(wasm).read_bytes() if isinstance(wasm, (str, os.PathLike)) else bytes(wasm)
         inspection = inspect_plugin(data)
         inspection.check(kind, plugin=name)
         module = self._module(data, name, kind)
@@ -530,7 +529,6 @@ class PluginHost:
             instance_pre = self._linker.instantiate_pre(module)
         except Exception as exc:
             raise PluginRejected(f"failed to instantiate module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
-        content_hash = self._content_hash(data)
         loaded = _Loaded(name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection)
         if self.config.probe:
             for hook in (inspection.metadata or {}).get("hooks", {}):
@@ -562,10 +560,11 @@ class PluginHost:
         if not isinstance(slot_key, str) or not isinstance(name, str):
             raise TypeError("slot_key and name must be str")
         data = Path(wasm).read_bytes() if isinstance(wasm, (str, os.PathLike)) else bytes(wasm)
+        content_hash = self._content_hash(data)
         current = self._slots.get((kind, slot_key))
-        if current is not None and current.content_hash == self._content_hash(data) and current.name == name:
+        if current is not None and current.content_hash == content_hash and current.name == name:
             return adapter(self, kind, slot_key)  # the same content: nothing changes
-        loaded = self._admit(kind, name, data)
+        loaded = self._admit(kind, name, data, content_hash)
         with self._lock:
             if self._closed:
                 raise PluginError("the host is closed", plugin=name, hook=kind)
