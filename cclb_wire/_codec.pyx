@@ -927,10 +927,9 @@ cdef int _value_job(Job* job, object value) except -1:
         if job.root == ROOT_FILTER_REQUEST:
             job.src[9] = PyTuple_GET_ITEM(t, 7)
         else:
-            # The wire AnthropicDirect's base_url lives in the variant tuple.
-            if type(_item(t, 7)) is not ANTHROPIC_DIRECT_CLS:
-                _refuse()
-            job.src[9] = NULL if _item(<tuple>_item(t, 7), 0) is None else PyTuple_GET_ITEM(<tuple>_item(t, 7), 0)
+            # The base_url is owned by the wire AnthropicDirect tuple inside the value.
+            base_url = _upstream_base_url(_item(t, 7), False)
+            job.src[9] = NULL if base_url is None else <PyObject*>base_url
     elif cls is FILTER_RESPONSE_CLS or cls is SHAPE_RESPONSE_CLS:
         job.root = ROOT_FILTER_RESPONSE if cls is FILTER_RESPONSE_CLS else ROOT_SHAPE_RESPONSE
         job.src[0] = <PyObject*>value
@@ -944,9 +943,8 @@ cdef int _value_job(Job* job, object value) except -1:
         job.event_tag = i
         t = <tuple>value
         if i == 2:
-            if type(_item(t, 0)) is not ANTHROPIC_DIRECT_CLS:
-                _refuse()
-            job.src[0] = PyTuple_GET_ITEM(<tuple>_item(t, 0), 0)
+            base_url = _upstream_base_url(_item(t, 0), False)
+            job.src[0] = <PyObject*>base_url
         else:
             for i in range(PyTuple_GET_SIZE(t)):
                 job.src[i] = PyTuple_GET_ITEM(t, i)
