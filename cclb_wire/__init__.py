@@ -18,6 +18,8 @@ from .errors import (
     EncodeTypeError,
     FilterError,
     InvalidDiscriminant,
+    InvalidInput,
+    InvalidInputType,
     InvalidUtf8,
     ObservabilityError,
     PluginError,
@@ -25,6 +27,7 @@ from .errors import (
     PluginOutOfFuel,
     PluginOutputError,
     PluginRejected,
+    PluginResourceLimit,
     PluginTimeout,
     PluginTrap,
     PointerOutOfRange,
@@ -137,6 +140,8 @@ __all__ = [
     "ShapeOriginPolicy",
     # errors
     "CclbWireError",
+    "InvalidInput",
+    "InvalidInputType",
     "WireError",
     "DecodeError",
     "PointerOutOfRange",
@@ -153,6 +158,7 @@ __all__ = [
     "PluginTimeout",
     "PluginOutOfFuel",
     "PluginMemoryLimit",
+    "PluginResourceLimit",
     "PluginTrap",
     "PluginOutputError",
 ]

@@ -11,6 +11,8 @@ from typing import Dict, Optional
 
 __all__ = [
     "CclbWireError",
+    "InvalidInput",
+    "InvalidInputType",
     "WireError",
     "DecodeError",
     "PointerOutOfRange",
@@ -27,6 +29,7 @@ __all__ = [
     "PluginTimeout",
     "PluginOutOfFuel",
     "PluginMemoryLimit",
+    "PluginResourceLimit",
     "PluginTrap",
     "PluginOutputError",
 ]
@@ -34,6 +37,23 @@ __all__ = [
 
 class CclbWireError(Exception):
     """Root of every exception this package raises on purpose."""
+
+
+class InvalidInput(CclbWireError, ValueError):
+    """A bad argument to a public function, constructor or CLI command.
+
+    ``field`` names the argument (``"HostConfig.deadline_s"``,
+    ``"RequestContext.headers[2]"``); the message starts with it.
+    """
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.field = field
+        self.detail = detail
+
+
+class InvalidInputType(InvalidInput, TypeError):
+    """A bad argument of the wrong Python type (also a ``TypeError``)."""
 
 
 class WireError(CclbWireError, ValueError):
@@ -199,6 +219,12 @@ class PluginOutOfFuel(PluginError):
 
 class PluginMemoryLimit(PluginError):
     """The guest needed more memory than the store's limit allows."""
+
+
+class PluginResourceLimit(PluginError):
+    """The guest needed more of a bounded store resource than allowed: table elements,
+    tables, memories or instances (``HostConfig`` limits), or the host could not
+    reserve the memory to instantiate it."""
 
 
 class PluginTrap(PluginError):

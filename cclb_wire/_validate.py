@@ -1,0 +1,77 @@
+"""Argument checks shared by the public constructors and functions.
+
+Each check raises :class:`~cclb_wire.errors.InvalidInput` (or ``InvalidInputType``
+for a wrong Python type) whose message starts with the field's name, so every bad
+input to the public API is a ``CclbWireError`` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Optional, Type, TypeVar
+
+from .errors import InvalidInput, InvalidInputType
+
+__all__ = ["type_name", "coerce_enum", "check_int", "check_number", "check_bool", "check_str"]
+
+E = TypeVar("E", bound=enum.Enum)
+
+U64_MAX = (1 << 64) - 1
+
+
+def type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def coerce_enum(enum_class: Type[E], value: Any, field: str) -> E:
+    """A member of ``enum_class``: a member itself, or its value as a string in any case
+    (``"fail_closed"``, ``"FAIL_CLOSED"``), or its name. Config files and environment
+    variables give strings; anything unrecognised is refused, never ignored."""
+    if isinstance(value, enum_class):
+        return value
+    accepted = ", ".join(repr(member.value) for member in enum_class)
+    if isinstance(value, str):
+        folded = value.strip().casefold()
+        for member in enum_class:
+            if folded in (str(member.value).casefold(), member.name.casefold()):
+                return member
+        raise InvalidInput(field, f"{value!r} is not one of {accepted}")
+    raise InvalidInputType(field, f"expected a {enum_class.__name__} or one of {accepted}, got {type_name(value)}")
+
+
+def check_int(value: Any, field: str, minimum: int = 0, maximum: int = U64_MAX) -> int:
+    """An int (not a bool) in ``[minimum, maximum]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInputType(field, f"expected an int, got {type_name(value)}")
+    if not minimum <= value <= maximum:
+        raise InvalidInput(field, f"{value} is out of range ({minimum}..{maximum})")
+    return int(value)
+
+
+def check_number(value: Any, field: str, minimum: float, maximum: float, *, open_minimum: bool = False) -> float:
+    """A finite real number (int or float, not a bool) in ``[minimum, maximum]``
+    (``(minimum, maximum]`` with ``open_minimum``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidInputType(field, f"expected a number, got {type_name(value)}")
+    number = float(value)
+    low_ok = number > minimum if open_minimum else number >= minimum
+    if not (math.isfinite(number) and low_ok and number <= maximum):
+        bracket = "(" if open_minimum else "["
+        raise InvalidInput(field, f"{value!r} is out of range {bracket}{minimum}, {maximum}]")
+    return number
+
+
+def check_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputType(field, f"expected a bool, got {type_name(value)}")
+    return value
+
+
+def check_str(value: Any, field: str, *, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        expected = "a str or None" if optional else "a str"
+        raise InvalidInputType(field, f"expected {expected}, got {type_name(value)}")
+    return value
