@@ -4,30 +4,34 @@
 / ``register_observe``) and returns adapters that behave like the reference
 host's: ``FilterPlugin.filter`` -> FilterOutput, ``UpstreamDialect.shape`` ->
 ShapedRequest, ``ObservabilityHook.observe``. Where the reference has holes, this
-host adds a per-call deadline (epoch interruption), optional fuel, a memory limit
-per store and a wasm stack limit, each with its own error class, and it checks the
+host adds a per-call deadline (epoch interruption), optional fuel, limits on guest
+memory, tables and the wasm stack, each with its own error class, and it checks the
 output size before reading anything.
 
-The call path is plain Python around a few hot calls: the request is encoded
-straight into guest memory (sizes first, one write), the hook is called through
-wasmtime's C API with a preallocated raw argument array (wasmtime-py's ``Func``
-call is ~20x slower), and the answer is decoded in place. ``wasmtime`` is imported
-only when a host is created.
+This module is the policy layer: configuration, admission, slots, strategies,
+limits and the failure policy. The per-call machinery (``_Instance``) encodes the
+request straight into guest memory, calls the hook through wasmtime's C API with a
+preallocated raw argument array, and decodes the answer in place. ``wasmtime`` is
+imported only when a host is created.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import enum
+import itertools
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import blake3
 
@@ -41,16 +45,21 @@ from . import (
     encode_shape_request,
     wire,
 )
+from ._validate import check_bool, check_int, check_number, coerce_enum, type_name
 from .errors import (
+    CclbWireError,
     DecodeError,
     DialectError,
     FilterError,
+    InvalidInput,
+    InvalidInputType,
     ObservabilityError,
     PluginError,
     PluginMemoryLimit,
     PluginOutOfFuel,
     PluginOutputError,
     PluginRejected,
+    PluginResourceLimit,
     PluginTimeout,
     PluginTrap,
 )
@@ -66,6 +75,7 @@ from .host_types import (
     WireBounds,
 )
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
+from .wasm_rewrite import GROW_REFUSED_EXPORT, WasmRewriteError, instrument_memory_grow
 
 __all__ = [
     "FailurePolicy",
@@ -81,6 +91,17 @@ __all__ = [
 _log = logging.getLogger("cclb_wire.runtime")
 
 WASM_PAGE = 65536
+#: wasm32 addresses at most 65536 pages.
+MAX_MEMORY_BYTES = 65536 * WASM_PAGE
+#: Largest wasm stack we allow: it lives on the calling thread's native stack
+#: (8 MiB by default on Linux), next to the interpreter's own frames.
+MAX_WASM_STACK = 4 * 1024 * 1024
+MIN_WASM_STACK = 16 * 1024
+#: Longest per-call deadline we accept (a day): longer is a typo, not a policy.
+MAX_DEADLINE_S = 86400.0
+#: wasmtime keeps fuel in an i64.
+MAX_FUEL = (1 << 63) - 1
+HOOK_KINDS = tuple(HOOK_EXPORTS)
 
 
 class FailurePolicy(enum.Enum):
@@ -90,7 +111,7 @@ class FailurePolicy(enum.Enum):
     every candidate, and shape answers ``None``, meaning "send the request to the
     upstream unchanged". FAIL_CLOSED: the error is raised, and the proxy answers
     503 (upstream unavailable). Pick it when the plugin enforces authz or tenant
-    policy.
+    policy. ``HostConfig`` also takes the values as strings, in any case.
     """
 
     PASS_THROUGH = "pass_through"
@@ -100,7 +121,8 @@ class FailurePolicy(enum.Enum):
 class InstanceStrategy(enum.Enum):
     """FRESH (default, the reference's): a new store and instance for every call, so plugins
     are stateless. REUSE_PER_THREAD: one instance per thread and plugin, reused; outputs
-    are freed with ``cc_lb_free``, and the instance is discarded after any trap or error."""
+    are freed with ``cc_lb_free``, and the instance is discarded after any trap or error,
+    and when its plugin leaves the slot."""
 
     FRESH = "fresh"
     REUSE_PER_THREAD = "reuse_per_thread"
@@ -108,38 +130,69 @@ class InstanceStrategy(enum.Enum):
 
 @dataclass(frozen=True)
 class HostConfig:
-    """Settings of a PluginHost (defaults are the reference host's, plus our limits)."""
+    """Settings of a PluginHost (defaults are the reference host's, plus our limits).
+
+    Every field is checked here, at construction: a bad value raises ``InvalidInput``
+    (``InvalidInputType`` for a wrong type) naming the field. Enum fields also take
+    their values as strings in any case (``failure_policy="FAIL_CLOSED"``), as config
+    files and environment variables give them.
+    """
 
     bounds: WireBounds = field(default_factory=WireBounds)
     origin_policy: ShapeOriginPolicy = ShapeOriginPolicy.UNRESTRICTED
     cookie_redaction: bool = False
     failure_policy: FailurePolicy = FailurePolicy.PASS_THROUGH
-    #: Wall-clock limit per hook call (epoch interruption); None: no deadline.
+    #: Wall-clock limit per hook call and per instantiation (epoch interruption), in
+    #: seconds, at most a day; None: no deadline (then nothing can interrupt a guest).
     deadline_s: Optional[float] = 1.0
-    #: Fuel per hook call; None: fuel metering off.
+    #: Fuel per hook call (1 .. 2**63-1); None: fuel metering off.
     fuel: Optional[int] = None
-    #: Guest memory limit per store (2048 pages).
+    #: Guest linear memory limit per store (default 2048 pages); a refused grow that
+    #: ends in a trap is PluginMemoryLimit.
     memory_limit_bytes: int = 128 * 1024 * 1024
+    #: Elements per table (funcref tables: 8 bytes each); more is PluginResourceLimit.
+    table_elements_limit: int = 65536
+    #: Tables per instance; more is PluginResourceLimit.
+    max_tables: int = 4
+    #: The wasm stack, 16 KiB .. 4 MiB: it runs on the calling thread's own stack.
     max_wasm_stack: int = 1024 * 1024
     instance_strategy: InstanceStrategy = InstanceStrategy.FRESH
-    #: How often the deadline ticker advances the engine's epoch.
+    #: How often the deadline ticker advances the engine's epoch, in (0, 1] seconds.
     epoch_tick_s: float = 0.01
     #: Where compiled modules are kept between processes (None: in memory only). Compiled
     #: code is loaded from there as it is: use a directory only this service can write.
     module_cache_dir: Optional[Union[str, Path]] = None
+    #: Compiled modules that no slot uses, kept for quick swaps back (an LRU).
+    module_cache_size: int = 4
     #: Call every declared hook once with the canonical sample at admission (HOST.md).
     #: Turn it off only to study a misbehaving module in tests or tools.
     probe: bool = True
 
     def __post_init__(self) -> None:
-        if self.deadline_s is not None and not self.deadline_s > 0:
-            raise ValueError("HostConfig.deadline_s must be > 0 or None")
-        if self.fuel is not None and not (isinstance(self.fuel, int) and self.fuel > 0):
-            raise ValueError("HostConfig.fuel must be a positive int or None")
-        if self.memory_limit_bytes < WASM_PAGE:
-            raise ValueError("HostConfig.memory_limit_bytes must be at least one wasm page (65536)")
-        if not 0 < self.epoch_tick_s <= 1:
-            raise ValueError("HostConfig.epoch_tick_s must be in (0, 1]")
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.bounds, WireBounds):
+            raise InvalidInputType("HostConfig.bounds", f"expected a WireBounds, got {type_name(self.bounds)}")
+        put("origin_policy", coerce_enum(ShapeOriginPolicy, self.origin_policy, "HostConfig.origin_policy"))
+        put("failure_policy", coerce_enum(FailurePolicy, self.failure_policy, "HostConfig.failure_policy"))
+        put("instance_strategy", coerce_enum(InstanceStrategy, self.instance_strategy, "HostConfig.instance_strategy"))
+        check_bool(self.cookie_redaction, "HostConfig.cookie_redaction")
+        check_bool(self.probe, "HostConfig.probe")
+        if self.deadline_s is not None:
+            put("deadline_s", check_number(self.deadline_s, "HostConfig.deadline_s", 0.0, MAX_DEADLINE_S, open_minimum=True))
+        if self.fuel is not None:
+            check_int(self.fuel, "HostConfig.fuel", 1, MAX_FUEL)
+        check_int(self.memory_limit_bytes, "HostConfig.memory_limit_bytes", WASM_PAGE, MAX_MEMORY_BYTES)
+        check_int(self.table_elements_limit, "HostConfig.table_elements_limit", 0, 1 << 26)
+        check_int(self.max_tables, "HostConfig.max_tables", 0, 1024)
+        check_int(self.max_wasm_stack, "HostConfig.max_wasm_stack", MIN_WASM_STACK, MAX_WASM_STACK)
+        put("epoch_tick_s", check_number(self.epoch_tick_s, "HostConfig.epoch_tick_s", 0.0, 1.0, open_minimum=True))
+        if self.module_cache_dir is not None and not isinstance(self.module_cache_dir, (str, os.PathLike)):
+            raise InvalidInputType(
+                "HostConfig.module_cache_dir", f"expected a str, a path or None, got {type_name(self.module_cache_dir)}"
+            )
+        check_int(self.module_cache_size, "HostConfig.module_cache_size", 0, 1024)
 
 
 def _probe_request(shape: bool) -> Any:
@@ -185,8 +238,12 @@ class _Wasmtime:
         self.memory_data = _bindings._wasmtime_memory_data
         self.memory_data_size = _bindings._wasmtime_memory_data_size
         self.set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
+        self.global_get = _bindings._wasmtime_global_get
+        self.global_set = _bindings._wasmtime_global_set
+        self.async_stack_size_set = _bindings._wasmtime_config_async_stack_size_set
         self.version = getattr(wasmtime, "__version__", "") or _package_version("wasmtime")
         self.trap_names = {code.value: code.name.lower() for code in wasmtime.TrapCode}
+        self.errors = (wasmtime.WasmtimeError, wasmtime.Trap)
 
 
 def _trap_text(message: str) -> str:
@@ -221,29 +278,112 @@ def _wt() -> _Wasmtime:
     return _WASMTIME
 
 
-class _Ticker:
-    """Advances the engine's epoch every ``tick`` seconds, for per-call deadlines."""
+# --- the deadline ticker: one thread per tick interval, shared by every host --------------
 
-    def __init__(self, engine: Any, tick: float):
-        self._engine = engine
-        self._tick = tick
+
+class _Ticker:
+    """Advances the epoch of every engine registered with it, every ``tick`` seconds.
+
+    Hosts with the same tick share one ticker thread; the thread stops when its last
+    engine leaves. After ``fork()`` the child starts its own thread (threads do not
+    survive a fork), so deadlines hold there too.
+    """
+
+    def __init__(self, tick: float):
+        self.tick = tick
+        self.engines: List[Any] = []
+        self._start()
+
+    def _start(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cclb-wire-epoch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"cclb-wire-epoch-{self.tick}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         # Ticks are scheduled on absolute times, so waits that run long under load do not
         # add up: a deadline of n ticks ends within one tick of n * tick.
+        stop, engines = self._stop, self.engines
         next_tick = time.monotonic()
         while True:
-            next_tick += self._tick
-            if self._stop.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick += self.tick
+            if stop.wait(max(0.0, next_tick - time.monotonic())):
                 return
-            self._engine.increment_epoch()
+            for engine in tuple(engines):
+                engine.increment_epoch()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+_TICKERS: Dict[float, _Ticker] = {}
+_TICKERS_LOCK = threading.Lock()
+
+
+def _tick_engine(engine: Any, tick: float) -> None:
+    with _TICKERS_LOCK:
+        ticker = _TICKERS.get(tick)
+        if ticker is None:
+            ticker = _TICKERS[tick] = _Ticker(tick)
+        ticker.engines.append(engine)
+
+
+def _untick_engine(engine: Any, tick: float) -> None:
+    """Called once per host, by close() or when the host is collected (weakref.finalize)."""
+    with _TICKERS_LOCK:
+        ticker = _TICKERS.get(tick)
+        if ticker is None:
+            return
+        ticker.engines[:] = [e for e in ticker.engines if e is not engine]
+        if ticker.engines:
+            return
+        del _TICKERS[tick]
+    ticker.stop()
+
+
+def ticker_threads() -> int:
+    """How many deadline ticker threads run now (one per distinct ``epoch_tick_s`` in use)."""
+    with _TICKERS_LOCK:
+        return len(_TICKERS)
+
+
+#: Hosts alive in this process, for the fork handler.
+_HOSTS: "weakref.WeakSet[PluginHost]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread survives: no ticker runs, no call is in flight, and any
+    # lock another thread held stays held forever. Start over with fresh ones.
+    global _TICKERS_LOCK
+    _TICKERS_LOCK = threading.Lock()
+    for ticker in _TICKERS.values():
+        ticker._start()
+    for host in list(_HOSTS):
+        host._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
+    engine_config = wt.wasmtime.Config()
+    engine_config.max_wasm_stack = config.max_wasm_stack
+    # wasmtime aborts the process if max_wasm_stack exceeds the (unused) async stack size.
+    wt.async_stack_size_set(engine_config.ptr(), max(2 * 1024 * 1024, config.max_wasm_stack + 256 * 1024))
+    engine_config.epoch_interruption = config.deadline_s is not None
+    engine_config.consume_fuel = config.fuel is not None
+    # Exactly the proposals the memory.grow rewrite decodes (wasm_rewrite.py); a module
+    # that uses another one is refused at admission instead of rewritten wrongly.
+    for feature in ("simd", "relaxed_simd", "bulk_memory", "reference_types", "multi_value", "tail_call"):
+        setattr(engine_config, f"wasm_{feature}", True)
+    for feature in (
+        "threads", "multi_memory", "memory64", "exceptions", "gc", "function_references",
+        "stack_switching", "custom_page_sizes", "wide_arithmetic", "component_model",
+    ):
+        setattr(engine_config, f"wasm_{feature}", False)
+    return engine_config
 
 
 @dataclass
@@ -256,89 +396,171 @@ class _Loaded:
     plugin_id: uuid.UUID
     instance_pre: Any
     inspection: PluginInspection
+    hooks: Tuple[str, ...]
+    #: The compiled module and its cache key (content and engine settings).
+    module: Any = None
+    module_key: bytes = b""
+    #: Reused instances (REUSE_PER_THREAD). They hold no reference back to this object,
+    #: so they die with it when the plugin leaves its slot.
     local: threading.local = field(default_factory=threading.local)
+
+
+class _Engine:
+    """What every call needs from its host: the engine, the limits, the deadline. Holds no
+    slots and no host, so instances that keep it create no reference cycles."""
+
+    __slots__ = ("wt", "engine", "config", "deadline_ticks", "reuse")
+
+    def __init__(self, wt: _Wasmtime, engine: Any, config: HostConfig):
+        self.wt = wt
+        self.engine = engine
+        self.config = config
+        # The deadline passes after this many ticks; +1 because the first tick may come at once.
+        self.deadline_ticks = (
+            math.ceil(config.deadline_s / config.epoch_tick_s) + 1 if config.deadline_s is not None else 0
+        )
+        self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
+
+
+def _instantiate_failure(engine: _Engine, exc: BaseException, plugin: str, hook: str) -> PluginError:
+    """A typed error for a failed instantiation (start function, limits, host memory)."""
+    where = {"plugin": plugin, "hook": hook, "phase": "instantiate"}
+    wasmtime = engine.wt.wasmtime
+    if isinstance(exc, wasmtime.Trap):
+        return _trap_failure(engine, exc, "instantiate (start function)", where, grow_refused=False)
+    message = _trap_text(str(exc))
+    lowered = message.lower()
+    if "memory minimum size" in lowered:
+        return PluginMemoryLimit(
+            f"instantiate: {message} (HostConfig.memory_limit_bytes = {engine.config.memory_limit_bytes})", **where
+        )
+    if "table minimum size" in lowered:
+        return PluginResourceLimit(
+            f"instantiate: {message} (HostConfig.table_elements_limit = {engine.config.table_elements_limit})", **where
+        )
+    if "resource limit exceeded" in lowered:
+        return PluginResourceLimit(f"instantiate: {message} (HostConfig.max_tables = {engine.config.max_tables})", **where)
+    if any(word in lowered for word in ("allocate", "mmap", "memfd", "reserve", "out of memory")):
+        return PluginResourceLimit(f"instantiate: the host could not reserve memory: {message}", **where)
+    return PluginError(f"instantiate: {message}", **where)
+
+
+def _trap_failure(engine: _Engine, trap: Any, phase: str, where: Dict[str, str], *, grow_refused: bool) -> PluginError:
+    code = trap.trap_code
+    message = _trap_text(trap.message)
+    name = engine.wt.trap_names.get(getattr(code, "value", code), "unknown") if code is not None else "unknown"
+    return _classify(engine, name, message, phase, where, grow_refused=grow_refused)
+
+
+def _classify(
+    engine: _Engine, name: str, message: str, phase: str, where: Dict[str, str], *, grow_refused: bool
+) -> PluginError:
+    config = engine.config
+    if name == "interrupt":
+        if config.deadline_s is None:
+            return PluginTimeout(f"{phase}: interrupted (the host is closing)", **where)
+        return PluginTimeout(f"{phase}: exceeded the {config.deadline_s} s deadline", **where)
+    if name == "out_of_fuel":
+        return PluginOutOfFuel(f"{phase}: used up its {config.fuel} units of fuel", **where)
+    if grow_refused:
+        return PluginMemoryLimit(
+            f"{phase}: the guest failed after memory.grow was refused at the "
+            f"{config.memory_limit_bytes}-byte limit ({message})",
+            **where,
+        )
+    return PluginTrap(f"{phase}: {message}", trap_code=name, **where)
 
 
 class _Instance:
     """One store and instance of a plugin, with the raw call machinery around it."""
 
     __slots__ = (
-        "host", "loaded", "store", "memory", "memory_ref", "context", "alloc", "free", "hooks",
-        "args", "trap", "trap_ref", "out_pointer", "view", "view_key",
+        "engine", "plugin", "store", "memory", "memory_ref", "context", "alloc", "free", "hooks",
+        "args", "trap", "trap_ref", "out_pointer", "view", "view_key", "grow_refused", "grow_refused_ref",
+        "flag_value", "__weakref__",
     )
 
-    def __init__(self, host: "PluginHost", loaded: _Loaded):
-        wt = host._wt
-        store = wt.wasmtime.Store(host._engine)
-        store.set_limits(memory_size=host.config.memory_limit_bytes)
-        self.host = host
-        self.loaded = loaded
+    def __init__(self, engine: _Engine, loaded: _Loaded, hook: str):
+        wt = engine.wt
+        config = engine.config
+        self.engine = engine
+        self.plugin = loaded.name
+        store = wt.wasmtime.Store(engine.engine)
+        store.set_limits(
+            memory_size=config.memory_limit_bytes,
+            table_elements=config.table_elements_limit,
+            instances=1,
+            tables=config.max_tables,
+            memories=1,
+        )
         self.store = store
-        instance = loaded.instance_pre.instantiate(store)
+        self.context = store._context()
+        # Armed before instantiation: a start function runs under the deadline and the fuel.
+        self.arm()
+        try:
+            instance = loaded.instance_pre.instantiate(store)
+        except wt.errors as exc:
+            raise _instantiate_failure(engine, exc, loaded.name, hook) from exc
         exports = instance.exports(store)
         self.memory = exports["memory"]
         self.memory_ref = ctypes.byref(self.memory._memory)
-        self.context = store._context()
         self.view: Optional[memoryview] = None
         self.view_key = (0, 0)
         self.alloc = ctypes.byref(exports["cc_lb_alloc"]._func)
         self.free = ctypes.byref(exports["cc_lb_free"]._func)
-        self.hooks = {
-            hook: ctypes.byref(exports[export]._func)
-            for hook, export in HOOK_EXPORTS.items()
-            if export in exports and hook in (loaded.inspection.metadata or {}).get("hooks", {})
-        }
+        self.grow_refused = exports[GROW_REFUSED_EXPORT]
+        self.grow_refused_ref = ctypes.byref(self.grow_refused._global)
+        self.flag_value = wt.ffi.wasmtime_val_t()
+        self.hooks = {name: ctypes.byref(exports[HOOK_EXPORTS[name]]._func) for name in loaded.hooks}
         self.args = (wt.ffi.wasmtime_val_raw_t * 3)()
         self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
         self.trap_ref = ctypes.byref(self.trap)
+        self.out_pointer = 0
 
     def arm(self) -> None:
         """Reset the per-call limits: the epoch deadline and the fuel."""
-        config = self.host.config
-        if config.deadline_s is not None:
-            self.host._wt.set_epoch_deadline(self.context, self.host._deadline_ticks)
-        if config.fuel is not None:
-            self.store.set_fuel(config.fuel)
+        engine = self.engine
+        if engine.deadline_ticks:
+            engine.wt.set_epoch_deadline(self.context, engine.deadline_ticks)
+        if engine.config.fuel is not None:
+            self.store.set_fuel(engine.config.fuel)
+
+    def _refused_a_grow(self) -> bool:
+        """Whether the guest saw memory.grow fail (the rewrite records it in a global)."""
+        value = self.flag_value
+        self.engine.wt.global_get(self.context, self.grow_refused_ref, ctypes.byref(value))
+        return bool(value.of.i32)
+
+    def clear_refused_grow(self) -> None:
+        """A reused instance starts each call with the flag down."""
+        value = self.flag_value
+        value.kind = 0  # WASMTIME_I32
+        value.of.i32 = 0
+        error = self.engine.wt.global_set(self.context, self.grow_refused_ref, ctypes.byref(value))
+        if error:  # pragma: no cover - the global is ours, mutable and i32
+            raise PluginError("cannot reset the memory.grow flag", plugin=self.plugin, phase="arm")
 
     def _call(self, func: Any, nargs: int, phase: str, hook: str) -> None:
-        wt = self.host._wt
-        error = wt.call_unchecked(self.context, func, self.args, nargs, self.trap_ref)
+        error = self.engine.wt.call_unchecked(self.context, func, self.args, nargs, self.trap_ref)
         if error or self.trap:
             raise self._failure(error, phase, hook)
 
     def _failure(self, error: Any, phase: str, hook: str) -> PluginError:
-        wt = self.host._wt
-        where = {"plugin": self.loaded.name, "hook": hook, "phase": phase}
+        wt = self.engine.wt
+        where = {"plugin": self.plugin, "hook": hook, "phase": phase}
+        refused = self._refused_a_grow()
         if self.trap:
             trap = wt.wasmtime.Trap._from_ptr(self.trap)
             self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
             self.trap_ref = ctypes.byref(self.trap)
-            code = trap.trap_code
-            message = _trap_text(trap.message)
-            name = wt.trap_names.get(getattr(code, "value", code), "unknown") if code is not None else "unknown"
-        else:
-            message = _trap_text(str(wt.wasmtime.WasmtimeError._from_ptr(error)))
-            name = "error"
-        if name == "interrupt":
-            return PluginTimeout(f"{phase}: exceeded the {self.host.config.deadline_s} s deadline", **where)
-        if name == "out_of_fuel":
-            return PluginOutOfFuel(f"{phase}: used up its {self.host.config.fuel} units of fuel", **where)
-        if self._at_memory_limit():
-            return PluginMemoryLimit(
-                f"{phase}: guest memory reached the {self.host.config.memory_limit_bytes}-byte limit ({message})", **where
-            )
-        return PluginTrap(f"{phase}: {message}", trap_code=name, **where)
-
-    def _at_memory_limit(self) -> bool:
-        # The store refuses a memory.grow past the limit (memory.grow answers -1), and the
-        # guest then fails its own way; memory at the limit tells us why.
-        size = self.host._wt.memory_data_size(self.context, self.memory_ref)
-        return size + WASM_PAGE > self.host.config.memory_limit_bytes
+            return _trap_failure(self.engine, trap, phase, where, grow_refused=refused)
+        message = _trap_text(str(wt.wasmtime.WasmtimeError._from_ptr(error)))
+        return _classify(self.engine, "error", message, phase, where, grow_refused=refused)
 
     def guest_view(self) -> memoryview:
         """All of guest memory as a writable byte view. Memory may move or grow whenever the
         guest runs, so the view is rebuilt when its base or size changed."""
-        wt = self.host._wt
+        wt = self.engine.wt
         size = wt.memory_data_size(self.context, self.memory_ref)
         address = ctypes.cast(wt.memory_data(self.context, self.memory_ref), ctypes.c_void_p).value or 0
         if (address, size) != self.view_key or self.view is None:
@@ -348,26 +570,22 @@ class _Instance:
 
     def allocate(self, size: int, hook: str) -> Tuple[memoryview, int]:
         """cc_lb_alloc(size, 16): the guest buffer to write the request into."""
+        where = {"plugin": self.plugin, "hook": hook, "phase": "cc_lb_alloc"}
         self.args[0].i32 = size
         self.args[1].i32 = 16
         self._call(self.alloc, 2, "cc_lb_alloc", hook)
         pointer = self.args[0].i32 & 0xFFFFFFFF
+        limit = self.engine.config.memory_limit_bytes
         if pointer == 0:
-            if self._at_memory_limit() or size > self.host.config.memory_limit_bytes:
-                raise PluginMemoryLimit(
-                    f"cc_lb_alloc: no room for the {size}-byte request under the "
-                    f"{self.host.config.memory_limit_bytes}-byte limit",
-                    plugin=self.loaded.name, hook=hook, phase="cc_lb_alloc",
-                )
-            raise PluginTrap(
-                f"cc_lb_alloc: guest returned null pointer for {size}-byte allocation",
-                trap_code="null_pointer", plugin=self.loaded.name, hook=hook, phase="cc_lb_alloc",
-            )
+            if self._refused_a_grow() or size > limit:
+                raise PluginMemoryLimit(f"cc_lb_alloc: no room for the {size}-byte request under the {limit}-byte limit", **where)
+            raise PluginTrap(f"cc_lb_alloc: guest returned null pointer for {size}-byte allocation", trap_code="null_pointer", **where)
+        if pointer % 16:
+            raise PluginOutputError(f"cc_lb_alloc: returned pointer {pointer}, not aligned to 16 as asked", **where)
         view = self.guest_view()
         if pointer + size > len(view):
             raise PluginOutputError(
-                f"cc_lb_alloc: returned [{pointer}..{pointer + size}) outside guest memory ({len(view)} bytes)",
-                plugin=self.loaded.name, hook=hook, phase="cc_lb_alloc",
+                f"cc_lb_alloc: returned [{pointer}..{pointer + size}) outside guest memory ({len(view)} bytes)", **where
             )
         return view, pointer
 
@@ -395,13 +613,13 @@ class _Instance:
         out_pointer, out_length = packed >> 32, packed & 0xFFFFFFFF
         if hook == "observe" and packed == 0:
             return None
-        where = {"plugin": self.loaded.name, "hook": hook, "phase": export}
+        where = {"plugin": self.plugin, "hook": hook, "phase": export}
         if out_pointer == 0 or out_length == 0:
             raise PluginOutputError(
                 f"{export}: guest returned invalid (ptr={out_pointer}, len={out_length}); only observe may return (0, 0)",
                 **where,
             )
-        bound = self.host.config.bounds.output_body_bytes
+        bound = self.engine.config.bounds.output_body_bytes
         if out_length > bound:  # checked before anything is read
             raise PluginOutputError(
                 f"{export}: output of {out_length} bytes exceeds wire_bounds.output_body_bytes ({bound})", **where
@@ -433,53 +651,80 @@ class _Instance:
 class PluginHost:
     """Loads cc-lb V1 plugins into slots and runs them under limits.
 
-    ``register_*`` admits a module (inspection, compile, probe of every declared hook)
-    and puts it in a slot; registering other content for the same slot swaps it
-    atomically (calls in flight keep the plugin they started with), registering the
-    same content again changes nothing. ``close()`` stops the deadline ticker and
-    drops every slot.
+    ``register_*`` admits a module (inspection, the memory.grow rewrite, compile,
+    instantiation under the limits, probe of every declared hook) and puts it in a
+    slot. Registering other content for the same slot swaps it atomically (calls in
+    flight keep the plugin they started with); registering the same content again
+    changes nothing. Registrations for one slot take effect in the order they were
+    called: one that finishes after a newer one never replaces it. ``close()`` stops
+    the host (see there); a host that is dropped without ``close()`` releases its
+    ticker when it is collected.
     """
 
     def __init__(self, config: Optional[HostConfig] = None):
-        self.config = config if config is not None else HostConfig()
-        self._wt = _wt()
-        wasmtime = self._wt.wasmtime
-        engine_config = wasmtime.Config()
-        engine_config.max_wasm_stack = self.config.max_wasm_stack
-        engine_config.epoch_interruption = self.config.deadline_s is not None
-        engine_config.consume_fuel = self.config.fuel is not None
-        self._engine = wasmtime.Engine(engine_config)
+        if config is None:
+            config = HostConfig()
+        elif not isinstance(config, HostConfig):
+            raise InvalidInputType("PluginHost.config", f"expected a HostConfig or None, got {type_name(config)}")
+        self.config = config
+        wt = _wt()
+        try:
+            engine = wt.wasmtime.Engine(_engine_config(wt, config))
+        except wt.errors as exc:
+            raise PluginError(f"cannot create the wasmtime engine: {_trap_text(str(exc))}") from exc
+        self._engine = _Engine(wt, engine, config)
         self._engine_key = (
-            f"wasmtime {self._wt.version}; stack {self.config.max_wasm_stack}; "
-            f"epoch {self.config.deadline_s is not None}; fuel {self.config.fuel is not None}"
+            f"wasmtime {wt.version}; stack {config.max_wasm_stack}; "
+            f"epoch {config.deadline_s is not None}; fuel {config.fuel is not None}; grow-rewrite 1"
         )
-        self._linker = wasmtime.Linker(self._engine)
-        self._modules: Dict[bytes, Any] = {}
+        self._linker = wt.wasmtime.Linker(engine)
+        #: Compiled modules no slot may use any more, most recent last (an LRU).
+        self._spare_modules: "collections.OrderedDict[bytes, Any]" = collections.OrderedDict()
         self._slots: Dict[Tuple[str, str], _Loaded] = {}
+        #: The ticket of the last registration or unregistration applied to each slot.
+        self._slot_tickets: Dict[Tuple[str, str], int] = {}
+        self._tickets = itertools.count(1)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
         self._closed = False
-        self._deadline_ticks = 0
-        self._ticker: Optional[_Ticker] = None
-        if self.config.deadline_s is not None:
-            # The deadline passes after this many ticks; +1 because the first tick may come at once.
-            self._deadline_ticks = math.ceil(self.config.deadline_s / self.config.epoch_tick_s) + 1
-            self._ticker = _Ticker(self._engine, self.config.epoch_tick_s)
-        self._cache_dir = Path(self.config.module_cache_dir) if self.config.module_cache_dir else None
+        self._cache_dir = Path(config.module_cache_dir) if config.module_cache_dir is not None else None
+        if config.deadline_s is not None:
+            _tick_engine(engine, config.epoch_tick_s)
+            self._release = weakref.finalize(self, _untick_engine, engine, config.epoch_tick_s)
+        else:
+            self._release = weakref.finalize(self, lambda: None)
+        _HOSTS.add(self)
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def close(self) -> None:
-        """Drop every slot and stop the deadline ticker. Calls still running are interrupted
-        (they end with PluginTimeout): the epoch is advanced past every deadline."""
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop the host: no call, probe or registration starts after this.
+
+        Calls in flight are interrupted when a deadline is configured (they end with
+        PluginTimeout), and close() waits for them and for registrations in flight
+        (up to ``timeout`` seconds; None: as long as they take). With
+        ``deadline_s=None`` nothing can interrupt a guest, so close() waits for them to
+        finish. Then the slots and compiled modules are dropped and the deadline ticker
+        is released. Calling it again does nothing.
+        """
         with self._lock:
+            already = self._closed
             self._closed = True
+        if not already and self._engine.deadline_ticks:
+            # Past every armed deadline: calls running now stop at their next epoch check.
+            for _ in range(self._engine.deadline_ticks + 1):
+                self._engine.engine.increment_epoch()
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._active == 0, timeout):
+                raise PluginError(f"close(): {self._active} call(s) or registration(s) still running after {timeout} s")
             self._slots.clear()
-            self._modules.clear()
-        if self._ticker is not None:
-            self._ticker.stop()
-            self._ticker = None
-            for _ in range(self._deadline_ticks + 1):
-                self._engine.increment_epoch()
+            self._spare_modules.clear()
+        self._release()
 
     def __enter__(self) -> "PluginHost":
         return self
@@ -487,59 +732,125 @@ class PluginHost:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+
+    def _enter(self, plugin: str, hook: str) -> None:
+        with self._lock:
+            if self._closed:
+                raise PluginError("the host is closed", plugin=plugin, hook=hook)
+            self._active += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._closed and not self._active:
+                self._idle.notify_all()
+
     # -- admission ----------------------------------------------------------------
 
     def _content_hash(self, wasm: bytes) -> bytes:
         pages = self.config.memory_limit_bytes // WASM_PAGE
         return blake3.blake3(b"\x01\x00\x00\x00" + pages.to_bytes(4, "little") + wasm).digest()
 
+    def _module_key(self, wasm: bytes) -> bytes:
+        return blake3.blake3(wasm + b"\0" + self._engine_key.encode()).digest()
+
     def _module(self, wasm: bytes, name: str, kind: str) -> Any:
-        """Compile, or take from the cache (memory, then disk), keyed by content and engine."""
-        key = blake3.blake3(wasm + b"\0" + self._engine_key.encode()).digest()
-        module = self._modules.get(key)
+        """Rewrite and compile, or take from the caches (spare modules, then disk), keyed by
+        content and engine settings."""
+        key = self._module_key(wasm)
+        with self._lock:
+            for loaded in self._slots.values():
+                if loaded.module_key == key:
+                    return loaded.module
+            module = self._spare_modules.pop(key, None)
         if module is not None:
             return module
-        wasmtime = self._wt.wasmtime
+        wasmtime = self._engine.wt.wasmtime
+        engine = self._engine.engine
         cached = self._cache_dir / f"{key.hex()}.cwasm" if self._cache_dir else None
-        if cached is not None and cached.exists():
+        if cached is not None and cached.is_file():
             try:
-                module = wasmtime.Module.deserialize(self._engine, cached.read_bytes())
-            except Exception:
-                module = None  # stale or foreign: compile again
+                module = wasmtime.Module.deserialize(engine, cached.read_bytes())
+            except (OSError, *self._engine.wt.errors):
+                module = None  # stale, foreign or unreadable: compile again
         if module is None:
             try:
-                module = wasmtime.Module(self._engine, wasm)
-            except Exception as exc:
+                instrumented = instrument_memory_grow(wasm)
+            except WasmRewriteError as exc:
+                raise PluginRejected(f"module rejected at load time: {exc}", plugin=name, hook=kind) from exc
+            try:
+                module = wasmtime.Module(engine, instrumented)
+            except self._engine.wt.errors as exc:
                 raise PluginRejected(f"failed to compile wasm module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
             if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                temporary = cached.with_suffix(f".{os.getpid()}.tmp")
-                temporary.write_bytes(module.serialize())
-                temporary.replace(cached)
-        self._modules[key] = module
+                self._store_compiled(cached, module)
         return module
 
+    def _store_compiled(self, cached: Path, module: Any) -> None:
+        """Write a compiled module to the disk cache through a unique temporary file; a cache
+        that cannot be written costs a compile next time, never a registration."""
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=cached.parent, prefix=cached.stem[:16], suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(module.serialize())
+                os.replace(temporary, cached)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as exc:
+            _log.warning("cannot write the compiled-module cache %s: %s", cached, exc)
+
+    def _retire(self, loaded: Optional[_Loaded]) -> None:
+        """A plugin left its slot: keep its compiled module among the spares, unless another
+        slot still uses it (called with the lock held)."""
+        if loaded is None or any(other.module_key == loaded.module_key for other in self._slots.values()):
+            return
+        spares = self._spare_modules
+        if self.config.module_cache_size:
+            spares[loaded.module_key] = loaded.module
+            spares.move_to_end(loaded.module_key)
+        while len(spares) > self.config.module_cache_size:
+            spares.popitem(last=False)
+
     def _admit(self, kind: str, name: str, data: bytes, content_hash: bytes) -> _Loaded:
-        if self._closed:
-            raise PluginError("the host is closed", plugin=name, hook=kind)
         inspection = inspect_plugin(data)
         inspection.check(kind, plugin=name)
         module = self._module(data, name, kind)
         try:
             instance_pre = self._linker.instantiate_pre(module)
-        except Exception as exc:
+        except self._engine.wt.errors as exc:
             raise PluginRejected(f"failed to instantiate module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
-        loaded = _Loaded(name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection)
+        hooks = tuple(hook for hook in HOOK_EXPORTS if hook in ((inspection.metadata or {}).get("hooks") or {}))
+        loaded = _Loaded(
+            name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection, hooks,
+            module, self._module_key(data),
+        )
         if self.config.probe:
-            for hook in (inspection.metadata or {}).get("hooks", {}):
+            for hook in hooks:
                 self._probe(loaded, hook)
+        else:
+            self._trial_instance(loaded, kind)
         return loaded
+
+    def _trial_instance(self, loaded: _Loaded, hook: str) -> _Instance:
+        """Instantiate under the limits (start function included); failures reject the module."""
+        if self._closed:
+            raise PluginError("the host closed during admission", plugin=loaded.name, hook=hook)
+        try:
+            return _Instance(self._engine, loaded, hook)
+        except PluginError as exc:
+            raise PluginRejected(f"cannot instantiate: {exc.detail}", plugin=loaded.name, hook=hook) from exc
 
     def _probe(self, loaded: _Loaded, hook: str) -> None:
         sample = PROBE_SAMPLES[hook]
+        instance = self._trial_instance(loaded, hook)
         try:
-            instance = _Instance(self, loaded)
-
             def write(into: Callable[[int], Tuple[memoryview, int]]) -> int:
                 buffer, offset = into(len(sample))
                 memoryview(buffer)[offset : offset + len(sample)] = sample
@@ -556,65 +867,113 @@ class PluginHost:
                 f"runtime probe failed for hook {hook}: {reason}", plugin=loaded.name, hook=hook
             ) from exc
 
-    def _register(self, kind: str, slot_key: str, name: str, wasm: Any, adapter: type) -> Any:
-        if not isinstance(slot_key, str) or not isinstance(name, str):
-            raise TypeError("slot_key and name must be str")
-        data = Path(wasm).read_bytes() if isinstance(wasm, (str, os.PathLike)) else bytes(wasm)
+    def _read_module(self, method: str, wasm: Any) -> bytes:
+        if isinstance(wasm, (str, os.PathLike)):
+            try:
+                return Path(wasm).read_bytes()
+            except OSError as exc:
+                raise InvalidInput(f"{method}.wasm", f"cannot read {os.fspath(wasm)!r}: {exc.strerror or exc}") from exc
+        if isinstance(wasm, (bytes, bytearray, memoryview)):
+            return bytes(wasm)
+        raise InvalidInputType(f"{method}.wasm", f"expected the module's bytes or a path, got {type_name(wasm)}")
+
+    def _register(self, kind: str, slot_key: Any, name: Any, wasm: Any, adapter: type) -> Any:
+        method = f"register_{kind}"
+        if not isinstance(slot_key, str):
+            raise InvalidInputType(f"{method}.slot_key", f"expected a str, got {type_name(slot_key)}")
+        if not isinstance(name, str):
+            raise InvalidInputType(f"{method}.name", f"expected a str, got {type_name(name)}")
+        data = self._read_module(method, wasm)
         content_hash = self._content_hash(data)
-        current = self._slots.get((kind, slot_key))
-        if current is not None and current.content_hash == content_hash and current.name == name:
-            return adapter(self, kind, slot_key)  # the same content: nothing changes
-        loaded = self._admit(kind, name, data, content_hash)
-        with self._lock:
-            if self._closed:
-                raise PluginError("the host is closed", plugin=name, hook=kind)
-            self._slots[(kind, slot_key)] = loaded  # one assignment: the swap is atomic
+        key = (kind, slot_key)
+        self._enter(name, kind)
+        try:
+            with self._lock:
+                ticket = next(self._tickets)
+                current = self._slots.get(key)
+                if current is not None and current.content_hash == content_hash and current.name == name:
+                    self._slot_tickets[key] = ticket  # the same content: nothing changes but the order
+                    return adapter(self, kind, slot_key)
+            loaded = self._admit(kind, name, data, content_hash)
+            with self._lock:
+                if self._closed:
+                    raise PluginError("the host closed during registration", plugin=name, hook=kind)
+                if ticket < self._slot_tickets.get(key, 0):
+                    _log.info("registration of %r into %s slot %r overtaken by a newer one; not applied", name, kind, slot_key)
+                    self._retire(loaded)
+                else:
+                    previous = self._slots.get(key)
+                    self._slots[key] = loaded  # one assignment: the swap is atomic
+                    self._slot_tickets[key] = ticket
+                    self._retire(previous)
+        finally:
+            self._leave()
         return adapter(self, kind, slot_key)
 
-    def register_filter(self, slot_key: str, name: str, wasm: Any) -> "FilterPlugin":
+    def register_filter(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "FilterPlugin":
         """Admit a filter plugin (bytes or a path) into a slot; returns its adapter."""
         return self._register("filter", slot_key, name, wasm, FilterPlugin)
 
-    def register_shape(self, slot_key: str, name: str, wasm: Any) -> "UpstreamDialect":
+    def register_shape(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "UpstreamDialect":
         """Admit a shape plugin into a slot; returns its UpstreamDialect adapter."""
         return self._register("shape", slot_key, name, wasm, UpstreamDialect)
 
-    def register_observe(self, slot_key: str, name: str, wasm: Any) -> "ObservabilityHook":
+    def register_observe(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "ObservabilityHook":
         """Admit an observe plugin into a slot; returns its ObservabilityHook adapter."""
         return self._register("observe", slot_key, name, wasm, ObservabilityHook)
 
+    def _check_slot(self, method: str, kind: Any, slot_key: Any) -> Tuple[str, str]:
+        if kind not in HOOK_KINDS:
+            raise InvalidInput(f"{method}.kind", f"{kind!r} is not one of {', '.join(map(repr, HOOK_KINDS))}")
+        if not isinstance(slot_key, str):
+            raise InvalidInputType(f"{method}.slot_key", f"expected a str, got {type_name(slot_key)}")
+        return kind, slot_key
+
     def slot(self, kind: str, slot_key: str) -> Optional[_Loaded]:
-        return self._slots.get((kind, slot_key))
+        """The plugin a slot holds now, or None."""
+        return self._slots.get(self._check_slot("slot", kind, slot_key))
 
     def unregister(self, kind: str, slot_key: str) -> None:
+        """Empty a slot. Calls in flight finish with the plugin they started with; the
+        plugin's reused instances and compiled module go with the last of them (the
+        module stays among the ``module_cache_size`` spares for a quick swap back)."""
+        key = self._check_slot("unregister", kind, slot_key)
         with self._lock:
-            self._slots.pop((kind, slot_key), None)
+            self._slot_tickets[key] = next(self._tickets)  # registrations already running are now stale
+            self._retire_slot(key)
+
+    def _retire_slot(self, key: Tuple[str, str]) -> None:
+        self._retire(self._slots.pop(key, None))
 
     # -- calls ------------------------------------------------------------------------
 
-    def _instance(self, loaded: _Loaded) -> _Instance:
-        if self.config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD:
-            instance = getattr(loaded.local, "instance", None)
-            if instance is None:
-                instance = loaded.local.instance = _Instance(self, loaded)
-            return instance
-        return _Instance(self, loaded)
-
     def _run(self, loaded: _Loaded, hook: str, write: Callable, convert: Callable[[Optional[memoryview]], Any]) -> Any:
-        """One hook call: instance, request, call, checks, conversion; the instance is
-        discarded after any failure (reuse strategy)."""
-        reuse = self.config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
-        instance = self._instance(loaded)
+        """One hook call: instance, request, call, checks, conversion. Every wasmtime failure
+        comes out as a PluginError; the reused instance is discarded after any failure."""
+        engine = self._engine
+        self._enter(loaded.name, hook)
         try:
-            output = instance.call_hook(hook, write)
-            result = convert(output)
-            if reuse and output is not None:
-                instance.free_output(len(output), hook)
-            return result
-        except BaseException:
-            if reuse:
-                loaded.local.instance = None
-            raise
+            instance = getattr(loaded.local, "instance", None) if engine.reuse else None
+            try:
+                if instance is None:
+                    instance = _Instance(engine, loaded, hook)
+                    if engine.reuse:
+                        loaded.local.instance = instance
+                elif engine.reuse:
+                    instance.clear_refused_grow()
+                output = instance.call_hook(hook, write)
+                result = convert(output)
+                if engine.reuse and output is not None:
+                    instance.free_output(len(output), hook)
+                return result
+            except BaseException as exc:
+                if engine.reuse:
+                    loaded.local.instance = None
+                if isinstance(exc, engine.wt.errors):
+                    raise PluginError(f"{hook}: {_trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
+                raise
+        finally:
+            self._leave()
 
 
 class _Adapter:
@@ -628,9 +987,10 @@ class _Adapter:
         self.slot_key = slot_key
 
     def _loaded(self) -> _Loaded:
-        loaded = self._host.slot(self._kind, self.slot_key)
+        loaded = self._host._slots.get((self._kind, self.slot_key))
         if loaded is None:
-            raise PluginError(f"slot {self.slot_key!r} is empty (closed or never registered)", hook=self._kind)
+            state = "the host is closed" if self._host.closed else "unregistered, or never registered"
+            raise PluginError(f"slot {self.slot_key!r} is empty ({state})", hook=self._kind)
         return loaded
 
     @property
@@ -640,10 +1000,12 @@ class _Adapter:
 
     @property
     def plugin_name(self) -> str:
+        """The name the plugin was registered under."""
         return self._loaded().name
 
     def close(self) -> None:
-        """Empty the slot; calls in flight finish with the plugin they started with."""
+        """Empty the slot (``PluginHost.unregister``); calls in flight finish with the plugin
+        they started with."""
         self._host.unregister(self._kind, self.slot_key)
 
 
@@ -652,8 +1014,9 @@ class FilterPlugin(_Adapter):
 
     def filter(self, ctx: RequestContext, principal: Principal, candidates: Sequence[UpstreamCandidate]) -> FilterOutput:
         """Raises FilterError: ``trap`` ("phase: detail") for a guest trap, ``runtime`` for
-        anything else; the typed error (PluginTimeout, PluginTrap, ...) is its __cause__."""
-        loaded = self._loaded()
+        anything else the plugin did wrong, an empty slot or a closed host; the typed error
+        (PluginTimeout, PluginTrap, ...) is its __cause__. Bad arguments raise the codec's
+        own errors (``EncodeError``, ``InvalidInput``): they are the caller's, not the plugin's."""
         host = self._host
         config = host.config
 
@@ -661,17 +1024,19 @@ class FilterPlugin(_Adapter):
             return encode_filter_request(ctx, principal, candidates, cookie_redaction=config.cookie_redaction, into=into)
 
         try:
-            return host._run(loaded, "filter", write, lambda output: decode_filter_output(output, config.bounds))
+            return host._run(self._loaded(), "filter", write, lambda output: decode_filter_output(output, config.bounds))
         except PluginTrap as exc:
             raise FilterError.trap(exc.detail) from exc
         except PluginError as exc:
             raise FilterError.runtime(str(exc)) from exc
 
     def filter_with_policy(
-        self, ctx: RequestContext, principal: Principal, candidates: Sequence[UpstreamCandidate]
+        self, ctx: RequestContext, principal: Principal, candidates: Iterable[UpstreamCandidate]
     ) -> FilterOutput:
         """``filter`` under the host's failure policy: PASS_THROUGH answers a no-op (every
-        candidate kept, the failure in ``reason``); FAIL_CLOSED raises the FilterError."""
+        candidate kept, in order, the failure in ``reason``); FAIL_CLOSED raises the
+        FilterError. ``candidates`` may be any iterable: it is read once."""
+        candidates = tuple(candidates)
         try:
             return self.filter(ctx, principal, candidates)
         except FilterError as exc:
@@ -686,8 +1051,8 @@ class UpstreamDialect(_Adapter):
     """A shape slot: ``shape(ctx, upstream, principal) -> ShapedRequest``."""
 
     def shape(self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal) -> ShapedRequest:
-        """Raises DialectError (unsupported request); the typed error is its __cause__."""
-        loaded = self._loaded()
+        """Raises DialectError (unsupported request) for anything the plugin did wrong, an
+        empty slot or a closed host; the typed error is its __cause__."""
         config = self._host.config
 
         def write(into: Callable) -> int:
@@ -697,7 +1062,7 @@ class UpstreamDialect(_Adapter):
             return decode_shaped_request(output, upstream, origin_policy=config.origin_policy, bounds=config.bounds)
 
         try:
-            return self._host._run(loaded, "shape", write, convert)
+            return self._host._run(self._loaded(), "shape", write, convert)
         except PluginTrap as exc:
             raise DialectError.unsupported_request(exc.detail) from exc
         except PluginError as exc:
@@ -721,13 +1086,13 @@ class ObservabilityHook(_Adapter):
     """An observe slot: ``observe(event)``; the plugin's output is ignored."""
 
     def observe(self, event: ObserveEventInput) -> None:
-        """Raises ObservabilityError (dropped); the typed error is its __cause__."""
-        loaded = self._loaded()
+        """Raises ObservabilityError (dropped) for anything the plugin did wrong, an empty
+        slot or a closed host; the typed error is its __cause__."""
 
         def write(into: Callable) -> int:
             return encode_observe_event(event, into=into)
 
         try:
-            self._host._run(loaded, "observe", write, lambda output: None)
+            self._host._run(self._loaded(), "observe", write, lambda output: None)
         except PluginError as exc:
             raise ObservabilityError.dropped(str(exc)) from exc

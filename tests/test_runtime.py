@@ -261,8 +261,9 @@ def test_hot_reload_under_concurrent_calls():
 def test_closed_slot_refuses_calls(host):
     adapter = host.register_filter("slot", "cache-aware", plugin("cache_aware_filter"))
     adapter.close()
-    with pytest.raises(cw.PluginError, match="empty"):
+    with pytest.raises(cw.FilterError, match="empty") as caught:
         adapter.filter(CTX, cw.Principal("t"), [])
+    assert type(caught.value.__cause__) is cw.PluginError
 
 
 # --- threads: every answer matches its own request ----------------------------------------
