@@ -238,6 +238,7 @@ class _Wasmtime:
         self.memory_data = _bindings._wasmtime_memory_data
         self.memory_data_size = _bindings._wasmtime_memory_data_size
         self.set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
+        self.export_get = _bindings._wasmtime_instance_export_get
         self.global_get = _bindings._wasmtime_global_get
         self.global_set = _bindings._wasmtime_global_set
         self.async_stack_size_set = _bindings._wasmtime_config_async_stack_size_set
@@ -340,6 +341,10 @@ def _untick_engine(engine: Any, tick: float) -> None:
             return
         del _TICKERS[tick]
     ticker.stop()
+
+
+def _no_ticker() -> None:
+    """The release of a host without a deadline: it never had a ticker."""
 
 
 def ticker_threads() -> int:
@@ -475,8 +480,8 @@ class _Instance:
     """One store and instance of a plugin, with the raw call machinery around it."""
 
     __slots__ = (
-        "engine", "plugin", "store", "memory", "memory_ref", "context", "alloc", "free", "hooks",
-        "args", "trap", "trap_ref", "out_pointer", "view", "view_key", "grow_refused", "grow_refused_ref",
+        "engine", "plugin", "store", "externs", "memory_ref", "context", "alloc", "free", "hooks",
+        "args", "trap", "trap_ref", "out_pointer", "view", "view_key", "grow_refused_ref",
         "flag_value", "__weakref__",
     )
 
@@ -501,17 +506,26 @@ class _Instance:
             instance = loaded.instance_pre.instantiate(store)
         except wt.errors as exc:
             raise _instantiate_failure(engine, exc, loaded.name, hook) from exc
-        exports = instance.exports(store)
-        self.memory = exports["memory"]
-        self.memory_ref = ctypes.byref(self.memory._memory)
+        # One C lookup per export we use: wasmtime-py's exports() wraps every export (~60 us).
+        instance_ref = ctypes.byref(instance._instance)
+        self.externs = []
+
+        def export(name: str) -> Any:
+            item = wt.ffi.wasmtime_extern_t()
+            encoded = name.encode()
+            if not wt.export_get(self.context, instance_ref, encoded, len(encoded), ctypes.byref(item)):
+                raise PluginError(f"instantiate: export `{name}` is missing", plugin=loaded.name, hook=hook)
+            self.externs.append(item)  # the byref() pointers below point into it
+            return item.of
+
+        self.memory_ref = ctypes.byref(export("memory").memory)
         self.view: Optional[memoryview] = None
         self.view_key = (0, 0)
-        self.alloc = ctypes.byref(exports["cc_lb_alloc"]._func)
-        self.free = ctypes.byref(exports["cc_lb_free"]._func)
-        self.grow_refused = exports[GROW_REFUSED_EXPORT]
-        self.grow_refused_ref = ctypes.byref(self.grow_refused._global)
+        self.alloc = ctypes.byref(export("cc_lb_alloc").func)
+        self.free = ctypes.byref(export("cc_lb_free").func)
+        self.grow_refused_ref = ctypes.byref(export(GROW_REFUSED_EXPORT).global_)
         self.flag_value = wt.ffi.wasmtime_val_t()
-        self.hooks = {name: ctypes.byref(exports[HOOK_EXPORTS[name]]._func) for name in loaded.hooks}
+        self.hooks = {name: ctypes.byref(export(HOOK_EXPORTS[name]).func) for name in loaded.hooks}
         self.args = (wt.ffi.wasmtime_val_raw_t * 3)()
         self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
         self.trap_ref = ctypes.byref(self.trap)
@@ -689,11 +703,11 @@ class PluginHost:
         self._active = 0
         self._closed = False
         self._cache_dir = Path(config.module_cache_dir) if config.module_cache_dir is not None else None
+        #: Gives the engine back to its ticker: at close(), or when the host is collected.
+        self._release: Callable[[], Any] = _no_ticker
         if config.deadline_s is not None:
             _tick_engine(engine, config.epoch_tick_s)
             self._release = weakref.finalize(self, _untick_engine, engine, config.epoch_tick_s)
-        else:
-            self._release = weakref.finalize(self, lambda: None)
         _HOSTS.add(self)
 
     # -- lifecycle ----------------------------------------------------------------
