@@ -534,16 +534,29 @@ def test_a_forked_child_keeps_its_deadlines(strategy):
 # --- no leaks: tickers, reloads, unregister ----------------------------------------------------------
 
 
-def test_dropped_hosts_release_their_shared_ticker():
+def test_dropped_hosts_release_their_shared_ticker_fds_and_memory():
     out = run_isolated(
         """
-        import gc
+        def rss_mib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        wasm = plugin("cache_aware_filter")
+        def hundred_hosts():
+            hosts = [PluginHost(HostConfig(deadline_s=0.5)) for _ in range(100)]
+            for host in hosts:
+                host.register_filter("s", "c", wasm).filter(CTX, PRINCIPAL, candidates(2))
+            return hosts
         baseline = threading.active_count()
-        hosts = [PluginHost(HostConfig(deadline_s=0.5)) for _ in range(100)]
+        del_ = hundred_hosts()
         print(threading.active_count() - baseline)  # one shared ticker
-        del hosts
+        del del_
         time.sleep(0.1)
-        print(threading.active_count() - baseline)  # gone without close(), without gc
+        print(threading.active_count() - baseline)  # gone without close(), without gc.collect()
+        fds, rss = len(os.listdir("/proc/self/fd")), rss_mib()
+        for _ in range(2):
+            hundred_hosts()
+        time.sleep(0.1)
+        print(threading.active_count() - baseline, len(os.listdir("/proc/self/fd")) - fds, rss_mib() - rss < 32)
         odd = PluginHost(HostConfig(epoch_tick_s=0.02))
         print(threading.active_count() - baseline)
         odd.close()
@@ -551,7 +564,7 @@ def test_dropped_hosts_release_their_shared_ticker():
         print(threading.active_count() - baseline)
         """
     )
-    assert out.split() == ["1", "0", "1", "0"]
+    assert out.split() == ["1", "0", "0", "0", "True", "1", "0"]
 
 
 def _open_fds() -> int:
