@@ -1,6 +1,6 @@
 """Static types of the Cython extension cclb_wire._codec (same API as cclb_wire._fallback)."""
 
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 Into = Callable[[int], Tuple[Any, int]]
 
@@ -38,12 +38,12 @@ def encode_shape_request(
     into: Optional[Into] = None,
 ) -> Any: ...
 def encode_observe_event(event: ObserveEventInput, *, into: Optional[Into] = None) -> Any: ...
-def decode_filter_output(data: Any, bounds: WireBounds = ...) -> FilterOutput: ...
+def decode_filter_output(data: Any, bounds: Optional[WireBounds] = ...) -> FilterOutput: ...
 def decode_shaped_request(
     data: Any,
     upstream: AnthropicDirect,
     *,
-    origin_policy: ShapeOriginPolicy = ...,
-    bounds: WireBounds = ...,
+    origin_policy: Union[ShapeOriginPolicy, str] = ...,
+    bounds: Optional[WireBounds] = ...,
 ) -> ShapedRequest: ...
 def compiled_layouts() -> Dict[str, Tuple[int, int, Any]]: ...

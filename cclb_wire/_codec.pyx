@@ -43,6 +43,7 @@ from libc.string cimport memcmp, memcpy, memset
 import uuid as _uuid
 
 from . import _fallback, host_rules, host_types, schema, wire
+from ._validate import coerce_enum as _coerce_enum
 from .errors import DecodeError
 
 cdef extern from "Python.h":
@@ -197,6 +198,7 @@ cdef object FilterOutput = host_types.FilterOutput
 cdef object ShapedRequest = host_types.ShapedRequest
 cdef object ShapeOriginPolicy = host_types.ShapeOriginPolicy
 cdef object SELECTED_UPSTREAM_ORIGIN = host_types.ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN
+cdef object WireBounds = host_types.WireBounds
 cdef object DEFAULT_BOUNDS = _fallback.DEFAULT_BOUNDS
 cdef object HOST_EVENTS = (
     host_types.RequestStarted,
@@ -891,8 +893,8 @@ cdef int _write_into(Job* job, object buffer, object offset) except -1:
     """Write the measured job into the caller's buffer at offset; refuses what the fallback rejects."""
     cdef Py_buffer view
     cdef Py_ssize_t at
-    if type(offset) is not int:
-        _refuse()
+    if type(offset) is not int or offset < 0 or offset > 0x7FFFFFFFFFFFFFFF:
+        _refuse()  # the fallback names what is wrong (a huge offset would overflow Py_ssize_t here)
     at = offset
     if at < 0 or at % 16:
         _refuse()
@@ -1014,17 +1016,34 @@ cdef int _request_job(Job* job, int root, object ctx, object principal, bint coo
     return 0
 
 
-cdef object _finish(Job* job, object into):
+cdef tuple _ROOT_NAMES = ("FilterRequest", "ShapeRequest", "ObserveEvent", "FilterResponse", "ShapeResponse")
+
+
+cdef inline int _check_into(object into) except -1:
+    """Refuse (the fallback names the argument) an ``into`` that is neither None nor callable."""
+    if into is not None and not callable(into):
+        _refuse()
+    return 0
+
+
+cdef inline int _check_flag(object flag) except -1:
+    """Refuse a ``cookie_redaction`` that is not a bool (the fallback says so)."""
+    if flag is not True and flag is not False:
+        _refuse()
+    return 0
+
+
+cdef object _finish(Job* job, object into, str where):
     """Write a measured host job: a new bytes object, or where ``into(size)`` says."""
     if into is None:
         return _write_new(job)
-    buffer, offset = into(job.size)
+    buffer, offset = _fallback.into_target(into, job.size, where)
     try:
         _write_into(job, buffer, offset)
     except _Refused:
         # The fallback names what is wrong with the target; anything else is a
         # request that changed during the callback (nothing was written past the size).
-        _fallback.check_target(job.size, buffer, offset)
+        _fallback.check_target(job.size, buffer, offset, _ROOT_NAMES[job.root], where + ".into")
         raise RuntimeError("the request changed while it was being encoded") from None
     return job.size
 
@@ -1037,12 +1056,14 @@ def encode_filter_request(ctx, principal, candidates, *, cookie_redaction=False,
     """
     cdef Job job
     try:
+        _check_flag(cookie_redaction)
+        _check_into(into)
         _request_job(&job, ROOT_FILTER_REQUEST, ctx, principal, cookie_redaction)
         job.src[9] = <PyObject*>candidates
         _measure(&job)
     except _Refused:
         return _fallback.encode_filter_request(ctx, principal, candidates, cookie_redaction=cookie_redaction, into=into)
-    return _finish(&job, into)
+    return _finish(&job, into, "encode_filter_request")
 
 
 def encode_shape_request(ctx, principal, upstream, *, cookie_redaction=False, into=None):
@@ -1050,13 +1071,15 @@ def encode_shape_request(ctx, principal, upstream, *, cookie_redaction=False, in
     (``into``: as for encode_filter_request)."""
     cdef Job job
     try:
+        _check_flag(cookie_redaction)
+        _check_into(into)
         _request_job(&job, ROOT_SHAPE_REQUEST, ctx, principal, cookie_redaction)
         base_url = _upstream_base_url(upstream, True)  # held by the frozen AnthropicDirect
         job.src[9] = NULL if base_url is None else <PyObject*>base_url
         _measure(&job)
     except _Refused:
         return _fallback.encode_shape_request(ctx, principal, upstream, cookie_redaction=cookie_redaction, into=into)
-    return _finish(&job, into)
+    return _finish(&job, into, "encode_shape_request")
 
 
 def encode_observe_event(event, *, into=None):
@@ -1068,6 +1091,7 @@ def encode_observe_event(event, *, into=None):
     job.root = ROOT_OBSERVE_EVENT
     job.host = True
     try:
+        _check_into(into)
         if cls is HOST_EVENTS[0]:
             job.event_tag = 0
             f0, f1 = event.request_id, event.downstream_user_agent
@@ -1099,7 +1123,7 @@ def encode_observe_event(event, *, into=None):
     except (_Refused, TypeError, ValueError):
         # TypeError/ValueError: kind_text on a bad kind; the fallback raises the canonical error.
         return _fallback.encode_observe_event(event, into=into)
-    return _finish(&job, into)
+    return _finish(&job, into, "encode_observe_event")
 
 
 # ==============================================================================
@@ -1680,6 +1704,10 @@ def decode_filter_output(data, bounds=DEFAULT_BOUNDS):
     """
     cdef _Input source
     try:
+        if bounds is None:
+            bounds = DEFAULT_BOUNDS
+        elif not isinstance(bounds, WireBounds):
+            _refuse()
         source = _Input()
         source.open(data)
         if source.s.n > _bound(bounds.output_body_bytes):
@@ -1814,14 +1842,24 @@ def decode_shaped_request(data, upstream, *, origin_policy=ShapeOriginPolicy.UNR
     an over-long or invalid header. Hop-by-hop and signer-owned headers are dropped.
     """
     cdef _Input source
+    cdef object policy
     try:
         if type(upstream) is not AnthropicDirect:
+            _refuse()
+        # Members pass as they are; strings are matched the one way the fallback does
+        # (an unknown one raises here and again, canonically, in the fallback).
+        policy = origin_policy if type(origin_policy) is ShapeOriginPolicy else _coerce_enum(
+            ShapeOriginPolicy, origin_policy, "decode_shaped_request.origin_policy"
+        )
+        if bounds is None:
+            bounds = DEFAULT_BOUNDS
+        elif not isinstance(bounds, WireBounds):
             _refuse()
         source = _Input()
         source.open(data)
         if source.s.n > _bound(bounds.output_body_bytes):
             _refuse()
-        return _shaped_request(&source.s, upstream, origin_policy, bounds)
+        return _shaped_request(&source.s, upstream, policy, bounds)
     except Exception:
         return _fallback.decode_shaped_request(data, upstream, origin_policy=origin_policy, bounds=bounds)
 

@@ -16,12 +16,15 @@ import struct
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import host_rules, host_types, schema, wire
+from ._validate import check_bool, coerce_enum
 from .errors import (
     DecodeError,
     DialectError,
     EncodeError,
     EncodeTypeError,
     InvalidDiscriminant,
+    InvalidInput,
+    InvalidInputType,
     InvalidUtf8,
     FilterError,
     PointerOutOfRange,
@@ -359,13 +362,13 @@ class _RootPlan:
         encoder.put(buf, pos, self.value, resolver)
 
 
-def _root_of_value(value: Any) -> NamedType:
+def _root_of_value(value: Any, field: str) -> NamedType:
     if isinstance(value, WireValue) and type(value).WIRE_TYPE is not None:
         wire_type = type(value).WIRE_TYPE
         if wire_type.name in schema.ROOT_TYPES:
             return wire_type
-    raise TypeError(
-        f"encode() takes a root wire value ({', '.join(schema.ROOT_TYPES)}) from cclb_wire.wire, "
+    raise EncodeTypeError(
+        f"{field}: expected a root wire value ({', '.join(schema.ROOT_TYPES)}) from cclb_wire.wire, "
         f"got {_type_name(value)}"
     )
 
@@ -379,24 +382,27 @@ def encode_root(root: NamedType, value: Any) -> bytes:
 
 
 def encode(value: WireValue) -> bytes:
-    """The archive rkyv 0.8's ``to_bytes`` produces for ``value`` (a root wire value)."""
-    return encode_root(_root_of_value(value), value)
+    """The archive rkyv 0.8's ``to_bytes`` produces for ``value`` (a root wire value).
+
+    Raises EncodeTypeError (also a TypeError) for a value that is not a root wire
+    value or holds a field of the wrong type, EncodeError for one out of range."""
+    return encode_root(_root_of_value(value, "encode.value"), value)
 
 
 def encoded_size(value: WireValue) -> int:
     """The exact length of ``encode(value)``, computed without writing anything."""
-    return _RootPlan(_root_of_value(value), value).size
+    return _RootPlan(_root_of_value(value, "encoded_size.value"), value).size
 
 
-def _writable_bytes(buffer: Any) -> memoryview:
+def _writable_bytes(buffer: Any, field: str) -> memoryview:
     try:
         view = memoryview(buffer)
     except TypeError:
-        raise TypeError(f"encode_into() needs a writable buffer, got {_type_name(buffer)}") from None
+        raise InvalidInputType(field, f"needs a writable buffer, got {_type_name(buffer)}") from None
     if view.readonly:
-        raise TypeError(f"encode_into() needs a writable buffer; this {_type_name(buffer)} is read-only")
+        raise InvalidInputType(field, f"needs a writable buffer; this {_type_name(buffer)} is read-only")
     if not view.c_contiguous:
-        raise TypeError("encode_into() needs a C-contiguous buffer")
+        raise InvalidInputType(field, "needs a C-contiguous buffer")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
@@ -405,28 +411,42 @@ def encode_into(value: WireValue, buffer: Any, offset: int = 0) -> int:
 
     ``offset`` must be a multiple of 16 (rkyv aligns relative to the archive's
     start, and readers check the archive's alignment). Nothing is written when
-    the archive does not fit.
+    the archive does not fit: InvalidInput names ``encode_into.buffer`` or
+    ``encode_into.offset`` (InvalidInputType, also a TypeError, for a wrong type).
     """
-    plan = _RootPlan(_root_of_value(value), value)
-    return write_plan(plan, buffer, offset)
+    plan = _RootPlan(_root_of_value(value, "encode_into.value"), value)
+    return write_plan(plan, buffer, offset, "encode_into")
 
 
-def check_target(size: int, buffer: Any, offset: Any, root_name: str = "") -> memoryview:
-    """The writable bytes of ``buffer`` where a ``size``-byte archive goes at ``offset``."""
-    view = _writable_bytes(buffer)
+def check_target(size: int, buffer: Any, offset: Any, root_name: str = "", where: str = "encode_into") -> memoryview:
+    """The writable bytes of ``buffer`` where a ``size``-byte archive goes at ``offset``
+    (errors name ``{where}.buffer`` and ``{where}.offset``)."""
+    view = _writable_bytes(buffer, f"{where}.buffer")
     if not isinstance(offset, int) or isinstance(offset, bool):
-        raise TypeError(f"offset must be an int, got {_type_name(offset)}")
+        raise InvalidInputType(f"{where}.offset", f"expected an int, got {_type_name(offset)}")
     if offset < 0 or offset % 16:
-        raise ValueError(f"offset must be a non-negative multiple of 16, got {offset}")
+        raise InvalidInput(f"{where}.offset", f"must be a non-negative multiple of 16, got {offset}")
+    if offset > view.nbytes:
+        raise InvalidInput(f"{where}.offset", f"{offset} is past the end of the {view.nbytes}-byte buffer")
     if offset + size > view.nbytes:
         what = f"the {root_name} archive" if root_name else "the archive"
-        raise ValueError(f"{what} needs {size} bytes at offset {offset}, but the buffer has {view.nbytes} bytes")
+        raise InvalidInput(
+            f"{where}.buffer", f"{what} needs {size} bytes at offset {offset}, but the buffer has {view.nbytes} bytes"
+        )
     return view[offset : offset + size]
 
 
-def write_plan(plan: _RootPlan, buffer: Any, offset: int) -> int:
-    plan.write(check_target(plan.size, buffer, offset, plan.root.name))
+def write_plan(plan: _RootPlan, buffer: Any, offset: int, where: str = "encode_into") -> int:
+    plan.write(check_target(plan.size, buffer, offset, plan.root.name, where))
     return plan.size
+
+
+def into_target(into: Any, size: int, where: str) -> Tuple[Any, Any]:
+    """Call an ``into`` callback for ``size`` bytes; its answer must be ``(buffer, offset)``."""
+    answer = into(size)
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+        raise InvalidInputType(f"{where}.into", f"must return a (buffer, offset) pair, returned {_type_name(answer)}")
+    return answer[0], answer[1]
 
 
 # ============================================================================
@@ -616,22 +636,32 @@ def _reader(wire_type: Any) -> Callable:
     return found
 
 
-def input_bytes(data: Any) -> bytes:
-    """Any C-contiguous buffer as bytes (positions count from its first byte)."""
-    if isinstance(data, bytes):
-        return data
+def _readable_view(data: Any, field: str) -> memoryview:
     try:
         view = memoryview(data)
     except TypeError:
-        raise TypeError(f"decode() needs a bytes-like object, got {_type_name(data)}") from None
+        raise InvalidInputType(field, f"needs a bytes-like object, got {_type_name(data)}") from None
     if not view.c_contiguous:
-        raise TypeError("decode() needs a C-contiguous buffer")
-    return view.tobytes()
+        raise InvalidInputType(field, "needs a C-contiguous buffer")
+    return view
 
 
-def decode_root(root: NamedType, data: Any) -> Any:
+def check_buffer(data: Any, field: str) -> None:
+    """Raise InvalidInputType (naming ``field``) unless ``data`` is a C-contiguous buffer."""
+    if not isinstance(data, bytes):
+        _readable_view(data, field)
+
+
+def input_bytes(data: Any, field: str = "decode.data") -> bytes:
+    """Any C-contiguous buffer as bytes (positions count from its first byte)."""
+    if isinstance(data, bytes):
+        return data
+    return _readable_view(data, field).tobytes()
+
+
+def decode_root(root: NamedType, data: Any, field: str = "decode.data") -> Any:
     """Validate ``data`` as an archive of ``root`` the way rkyv's ``access`` does, and read it."""
-    raw = input_bytes(data)
+    raw = input_bytes(data, field)
     state = _State(raw)
     pos = max(0, len(raw) - root.size)
     try:
@@ -650,12 +680,25 @@ def decode_root(root: NamedType, data: Any) -> Any:
         raise decode_error(fault.error_class, root.name, _join_path(fault.path), offset, fault.detail) from None
 
 
-def decode(type_: Any, data: Any) -> Any:
-    """Decode an archive of ``type_`` (a root type name, value class or schema type)."""
-    root = schema_for(type_)
+def root_for(type_: Any, field: str) -> NamedType:
+    """The root schema type a type argument names; InvalidInputType naming ``field`` otherwise."""
+    try:
+        root = schema_for(type_)
+    except InvalidInputType as exc:
+        raise InvalidInputType(field, exc.detail) from None
     if root.name not in schema.ROOT_TYPES:
-        raise TypeError(f"{root.name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}")
-    return decode_root(root, data)
+        raise InvalidInputType(
+            field, f"{root.name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}"
+        )
+    return root
+
+
+def decode(type_: Any, data: Any) -> Any:
+    """Decode an archive of ``type_`` (a root type name, value class or schema type).
+
+    Raises DecodeError for bytes rkyv would reject; InvalidInputType (also a
+    TypeError) naming ``decode.type_`` or ``decode.data`` for a bad argument."""
+    return decode_root(root_for(type_, "decode.type_"), data, "decode.data")
 
 
 # ============================================================================
@@ -665,11 +708,22 @@ def decode(type_: Any, data: Any) -> Any:
 _log = logging.getLogger("cclb_wire")
 
 
-def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
+def _check_request_args(where: str, ctx: Any, principal: Any, cookie_redaction: Any) -> None:
     if not isinstance(ctx, RequestContext):
-        raise TypeError(f"ctx must be a cclb_wire.RequestContext, got {_type_name(ctx)}")
+        raise InvalidInputType(f"{where}.ctx", f"expected a cclb_wire.RequestContext, got {_type_name(ctx)}")
     if not isinstance(principal, Principal):
-        raise TypeError(f"principal must be a cclb_wire.Principal, got {_type_name(principal)}")
+        raise InvalidInputType(f"{where}.principal", f"expected a cclb_wire.Principal, got {_type_name(principal)}")
+    check_bool(cookie_redaction, f"{where}.cookie_redaction")
+
+
+def _check_into(where: str, into: Any) -> None:
+    if into is not None and not callable(into):
+        raise InvalidInputType(
+            f"{where}.into", f"expected None or a callable taking a size and returning (buffer, offset), got {_type_name(into)}"
+        )
+
+
+def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
     return (
         ctx.request_id,
         ctx.method,
@@ -681,27 +735,39 @@ def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
     )
 
 
-def _wire_candidate(candidate: Any) -> tuple:
-    if not isinstance(candidate, UpstreamCandidate):
-        raise TypeError(f"candidates must be cclb_wire.UpstreamCandidate, got {_type_name(candidate)}")
-    return candidate.wire_fields
+def _wire_candidates(candidates: Any, field: str) -> tuple:
+    if isinstance(candidates, (str, bytes, bytearray, memoryview)):
+        raise InvalidInputType(field, f"expected an iterable of cclb_wire.UpstreamCandidate, got {_type_name(candidates)}")
+    try:
+        iterator = iter(candidates)
+    except TypeError:
+        raise InvalidInputType(field, f"expected an iterable of cclb_wire.UpstreamCandidate, got {_type_name(candidates)}") from None
+    fields = []
+    for index, candidate in enumerate(iterator):
+        if not isinstance(candidate, UpstreamCandidate):
+            raise InvalidInputType(f"{field}[{index}]", f"expected a cclb_wire.UpstreamCandidate, got {_type_name(candidate)}")
+        fields.append(candidate.wire_fields)
+    return tuple(fields)
+
+
+def _check_upstream(upstream: Any, field: str) -> None:
+    if not isinstance(upstream, AnthropicDirect):
+        raise InvalidInputType(field, f"expected a cclb_wire.AnthropicDirect, got {_type_name(upstream)}")
 
 
 def _wire_upstream(upstream: Any) -> Any:
-    if not isinstance(upstream, AnthropicDirect):
-        raise TypeError(f"upstream must be a cclb_wire.AnthropicDirect, got {_type_name(upstream)}")
     return wire.AnthropicDirect(upstream.base_url)
 
 
 Into = Callable[[int], Tuple[Any, int]]
 
 
-def _encode_host(root: NamedType, value: Any, into: Optional[Into]) -> Any:
+def _encode_host(root: NamedType, value: Any, into: Optional[Into], where: str) -> Any:
     if into is None:
         return encode_root(root, value)
     plan = _RootPlan(root, value)
-    buffer, offset = into(plan.size)
-    return write_plan(plan, buffer, offset)
+    buffer, offset = into_target(into, plan.size, where)
+    return write_plan(plan, buffer, offset, f"{where}.into")
 
 
 def encode_filter_request(
@@ -717,9 +783,16 @@ def encode_filter_request(
     With ``into``, a callable taking the exact size and returning ``(buffer, offset)``
     (e.g. a guest allocation), the archive is written there (offset a multiple of 16)
     and its size is returned instead of bytes.
+
+    A bad argument raises InvalidInputType naming it (``encode_filter_request.ctx``,
+    ``encode_filter_request.candidates[2]``, ...); ``cookie_redaction`` must be a bool.
     """
-    value = _request_head(ctx, principal, cookie_redaction) + (tuple(map(_wire_candidate, candidates)),)
-    return _encode_host(schema.FILTER_REQUEST, value, into)
+    where = "encode_filter_request"
+    _check_request_args(where, ctx, principal, cookie_redaction)
+    candidate_fields = _wire_candidates(candidates, f"{where}.candidates")
+    _check_into(where, into)
+    value = _request_head(ctx, principal, cookie_redaction) + (candidate_fields,)
+    return _encode_host(schema.FILTER_REQUEST, value, into, where)
 
 
 def encode_shape_request(
@@ -731,9 +804,13 @@ def encode_shape_request(
     into: Optional[Into] = None,
 ) -> Any:
     """The ShapeRequest archive a shape plugin receives for this request and upstream
-    (``into``: as for encode_filter_request)."""
+    (``into`` and argument errors: as for encode_filter_request)."""
+    where = "encode_shape_request"
+    _check_request_args(where, ctx, principal, cookie_redaction)
+    _check_upstream(upstream, f"{where}.upstream")
+    _check_into(where, into)
     value = _request_head(ctx, principal, cookie_redaction) + (_wire_upstream(upstream),)
-    return _encode_host(schema.SHAPE_REQUEST, value, into)
+    return _encode_host(schema.SHAPE_REQUEST, value, into, where)
 
 
 def _wire_event(event: Any) -> Any:
@@ -741,8 +818,9 @@ def _wire_event(event: Any) -> Any:
     if kind is host_types.RequestStarted:
         return wire.RequestStarted(event.request_id, event.downstream_user_agent)
     if kind is host_types.AuthnComplete:
-        return wire.AuthnComplete(event.principal_id, host_rules.kind_text(event.principal_kind))
+        return wire.AuthnComplete(event.principal_id, host_rules.kind_text(event.principal_kind, "AuthnComplete.principal_kind"))
     if kind is host_types.UpstreamChosen:
+        _check_upstream(event.upstream, "UpstreamChosen.upstream")
         return wire.UpstreamChosen(_wire_upstream(event.upstream))
     if kind is host_types.Chunk:
         return wire.Chunk(event.batch_index, event.event_count, event.total_bytes)
@@ -757,37 +835,52 @@ def _wire_event(event: Any) -> Any:
         )
     if kind is host_types.ErrorEvent:
         return wire.Error(event.code, event.message, event.source)
-    raise TypeError(f"event must be a cclb_wire observe event (RequestStarted, ..., ErrorEvent), got {_type_name(event)}")
+    raise InvalidInputType(
+        "encode_observe_event.event",
+        f"expected a cclb_wire observe event (RequestStarted, AuthnComplete, UpstreamChosen, Chunk, "
+        f"RequestFinished or ErrorEvent), got {_type_name(event)}",
+    )
 
 
 def encode_observe_event(event: host_types.ObserveEventInput, *, into: Optional[Into] = None) -> Any:
     """The ObserveEvent archive an observe plugin receives for this host event
-    (``into``: as for encode_filter_request)."""
-    return _encode_host(schema.OBSERVE_EVENT, _wire_event(event), into)
+    (``into`` and argument errors: as for encode_filter_request)."""
+    where = "encode_observe_event"
+    value = _wire_event(event)
+    _check_into(where, into)
+    return _encode_host(schema.OBSERVE_EVENT, value, into, where)
 
 
-def _nbytes(data: Any) -> int:
+def _nbytes(data: Any, field: str) -> int:
     if isinstance(data, (bytes, bytearray)):
         return len(data)
-    try:
-        return memoryview(data).nbytes
-    except TypeError:
-        raise TypeError(f"plugin output must be a bytes-like object, got {_type_name(data)}") from None
+    return _readable_view(data, field).nbytes
 
 
-def decode_filter_output(data: Any, bounds: WireBounds = DEFAULT_BOUNDS) -> FilterOutput:
+def _bounds(bounds: Any, field: str) -> WireBounds:
+    if bounds is None:
+        return DEFAULT_BOUNDS
+    if not isinstance(bounds, WireBounds):
+        raise InvalidInputType(field, f"expected a cclb_wire.WireBounds or None, got {_type_name(bounds)}")
+    return bounds
+
+
+def decode_filter_output(data: Any, bounds: Optional[WireBounds] = DEFAULT_BOUNDS) -> FilterOutput:
     """Convert a filter plugin's FilterResponse archive the way the reference host does.
 
     Raises FilterError (kind ``"runtime"``) for an oversized output, an invalid
     archive (the DecodeError is the ``__cause__``) or an invalid upstream_id.
+    ``bounds`` is a WireBounds (``None``: the defaults); a bad argument raises
+    InvalidInputType naming ``decode_filter_output.data`` or ``.bounds``.
     """
-    size = _nbytes(data)
+    bounds = _bounds(bounds, "decode_filter_output.bounds")
+    size = _nbytes(data, "decode_filter_output.data")
     if size > bounds.output_body_bytes:
         raise FilterError.runtime(
             f"filter output {size} bytes exceeds wire_bounds.output_body_bytes ({bounds.output_body_bytes})"
         )
     try:
-        (results,) = decode_root(schema.FILTER_RESPONSE, data)
+        (results,) = decode_root(schema.FILTER_RESPONSE, data, "decode_filter_output.data")
     except DecodeError as exc:
         raise FilterError.runtime(f"rkyv access response: {exc}") from exc
     kept = []
@@ -811,8 +904,8 @@ def decode_shaped_request(
     data: Any,
     upstream: AnthropicDirect,
     *,
-    origin_policy: ShapeOriginPolicy = ShapeOriginPolicy.UNRESTRICTED,
-    bounds: WireBounds = DEFAULT_BOUNDS,
+    origin_policy: Union[ShapeOriginPolicy, str] = ShapeOriginPolicy.UNRESTRICTED,
+    bounds: Optional[WireBounds] = DEFAULT_BOUNDS,
 ) -> ShapedRequest:
     """Convert a shape plugin's ShapeResponse archive the way the reference host does.
 
@@ -820,22 +913,28 @@ def decode_shaped_request(
     invalid archive, too many headers, an unparsable URL, a URL off the selected
     upstream's origin (under ``SELECTED_UPSTREAM_ORIGIN``), an invalid method,
     an over-long or invalid header. Hop-by-hop and signer-owned headers are dropped.
+
+    ``origin_policy`` is a ShapeOriginPolicy or its value as a string in any case
+    (``"selected_upstream_origin"``); ``bounds`` a WireBounds (``None``: the
+    defaults). A bad argument raises InvalidInput naming it.
     """
-    if not isinstance(upstream, AnthropicDirect):
-        raise TypeError(f"upstream must be a cclb_wire.AnthropicDirect, got {_type_name(upstream)}")
-    size = _nbytes(data)
+    where = "decode_shaped_request"
+    _check_upstream(upstream, f"{where}.upstream")
+    policy = coerce_enum(ShapeOriginPolicy, origin_policy, f"{where}.origin_policy")
+    bounds = _bounds(bounds, f"{where}.bounds")
+    size = _nbytes(data, f"{where}.data")
     unsupported = DialectError.unsupported_request
     if size > bounds.output_body_bytes:
         raise unsupported(f"shape output {size} bytes exceeds wire_bounds.output_body_bytes ({bounds.output_body_bytes})")
     try:
-        url, method, headers, body = decode_root(schema.SHAPE_RESPONSE, data)
+        url, method, headers, body = decode_root(schema.SHAPE_RESPONSE, data, "decode_shaped_request.data")
     except DecodeError as exc:
         raise unsupported(f"rkyv access ShapeResponse: {exc}") from exc
     if len(headers) > bounds.max_headers:
         raise unsupported(
             f"shape plugin returned {len(headers)} headers, exceeds wire_bounds.max_headers ({bounds.max_headers})"
         )
-    href = host_rules.shape_url(url, upstream.origin, origin_policy is ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN)
+    href = host_rules.shape_url(url, upstream.origin, policy is ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN)
     if not host_rules.is_method_token(method):
         raise unsupported(f"plugin returned invalid method `{method}`: invalid HTTP method")
     kept = []

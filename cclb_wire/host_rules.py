@@ -8,6 +8,7 @@ validity (as the Rust ``http`` crate defines them), and WHATWG URL origins.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 import re
@@ -17,6 +18,8 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import ada_url
 
 from . import host_types  # circular on purpose: used at call time only
+from ._validate import type_name
+from .errors import InvalidInput, InvalidInputType
 
 __all__ = [
     "STRIPPED_REQUEST_HEADERS",
@@ -26,6 +29,9 @@ __all__ = [
     "claim_json",
     "wire_claims",
     "wire_headers",
+    "header_name_bytes",
+    "header_value_bytes",
+    "MAX_CLAIM_DEPTH",
     "serialize_url",
     "url_origin",
     "label_reason",
@@ -66,27 +72,51 @@ def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
-def kind_text(kind: Any) -> str:
+def shown(value: Any, limit: int = 200) -> str:
+    """``repr`` of a str or bytes for an error message, cut after ``limit`` items."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} in all)"
+
+
+def kind_text(kind: Any, field: str = "kind") -> str:
     """A principal or upstream kind as its wire text: an enum's str value (or its
-    member name in snake_case), a str as is, ``None`` as ``"unknown"``."""
+    member name in snake_case), a str as is, ``None`` as ``"unknown"``.
+    Anything else raises InvalidInputType naming ``field``."""
     if kind is None:
         return "unknown"
     if isinstance(kind, enum.Enum):
         return kind.value if isinstance(kind.value, str) else _snake_case(kind.name)
     if isinstance(kind, str):
         return kind
-    raise TypeError(f"a kind must be a str or an enum member, got {type(kind).__name__}")
+    raise InvalidInputType(field, f"expected a str, an enum member or None, got {type_name(kind)}")
 
 
-class _Unserializable(Exception):
-    pass
+#: The deepest nesting of arrays and objects a claim value may have (serde_json's
+#: reader, in the plugin, stops at 128).
+MAX_CLAIM_DEPTH = 64
+
+
+class _Unsendable(Exception):
+    """Internal: a claim value that has no JSON form; ``path`` locates it inside the value."""
+
+    def __init__(self, detail: str, path: str, type_problem: bool = False):
+        super().__init__(detail)
+        self.detail = detail
+        self.path = path
+        self.type_problem = type_problem
 
 
 _JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _JSON_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
 
 
-def _json_string(text: str) -> str:
+def _json_string(text: str, path: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Unsendable(
+                f"a str with a lone surrogate ({text[exc.start]!r} at index {exc.start}) has no UTF-8 form", path
+            ) from None
     escaped = _JSON_NEEDS_ESCAPE.sub(lambda m: _JSON_ESCAPES.get(m.group(), f"\\u{ord(m.group()):04x}"), text)
     return f'"{escaped}"'
 
@@ -123,7 +153,34 @@ def _json_float(value: float) -> str:
     return sign + body
 
 
-def _json_parts(value: Any, out: List[str]) -> None:
+def _rfc3339(value: datetime.datetime, path: str) -> str:
+    """An aware datetime as chrono's serde writes a ``DateTime``: RFC 3339 with
+    ``SecondsFormat::AutoSi`` (0, 3 or 6 fractional digits, as needed) and ``Z``
+    for a zero offset (``to_rfc3339_opts(SecondsFormat::AutoSi, true)``)."""
+    offset = value.utcoffset()
+    if offset is None:
+        raise _Unsendable("a naive datetime has no time zone; pass an aware one (tzinfo set)", path, True)
+    micro = value.microsecond
+    if micro == 0:
+        fraction = ""
+    elif micro % 1000 == 0:
+        fraction = f".{micro // 1000:03d}"
+    else:
+        fraction = f".{micro:06d}"
+    seconds = int(offset.total_seconds())
+    if seconds == 0:
+        zone = "Z"
+    else:
+        sign = "-" if seconds < 0 else "+"
+        minutes = (abs(seconds) + 30) // 60  # chrono rounds the offset to the nearest minute
+        zone = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}{fraction}{zone}"
+    )
+
+
+def _json_parts(value: Any, out: List[str], path: str, depth: int) -> None:
     if value is None:
         out.append("null")
     elif value is True:
@@ -131,112 +188,161 @@ def _json_parts(value: Any, out: List[str]) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
-        out.append(_json_string(value))
+        out.append(_json_string(value, path))
     elif isinstance(value, int):
         # serde_json numbers are i64, u64 or f64.
         if not -(1 << 63) <= value < (1 << 64):
-            raise _Unserializable
+            raise _Unsendable(f"the int {value} is outside serde_json's i64/u64 range", path)
         out.append(str(int(value)))
     elif isinstance(value, float):
         out.append(_json_float(float(value)))
+    elif isinstance(value, uuid.UUID):
+        out.append(f'"{value}"')  # serde's Uuid form: hyphenated, lowercase
+    elif isinstance(value, datetime.datetime):
+        out.append(f'"{_rfc3339(value, path)}"')
     elif isinstance(value, Mapping):
+        if depth >= MAX_CLAIM_DEPTH:
+            raise _Unsendable(f"nested deeper than {MAX_CLAIM_DEPTH} arrays/objects", path)
         keys = list(value.keys())
-        if not all(isinstance(k, str) for k in keys):
-            raise _Unserializable
+        for key in keys:
+            if not isinstance(key, str):
+                raise _Unsendable(f"object key {key!r} is a {type_name(key)}; JSON object keys are str", path, True)
         out.append("{")
         for index, key in enumerate(sorted(keys)):
             if index:
                 out.append(",")
-            out.append(_json_string(key))
+            inner = f"{path}[{key!r}]"
+            out.append(_json_string(key, inner))
             out.append(":")
-            _json_parts(value[key], out)
+            _json_parts(value[key], out, inner, depth + 1)
         out.append("}")
     elif isinstance(value, (list, tuple)):
+        if depth >= MAX_CLAIM_DEPTH:
+            raise _Unsendable(f"nested deeper than {MAX_CLAIM_DEPTH} arrays/objects", path)
         out.append("[")
         for index, item in enumerate(value):
             if index:
                 out.append(",")
-            _json_parts(item, out)
+            _json_parts(item, out, f"{path}[{index}]", depth + 1)
         out.append("]")
     else:
-        raise _Unserializable
+        raise _Unsendable(
+            f"{type_name(value)} values have no JSON form (expected None, bool, int, float, str, list, tuple, "
+            "a mapping with str keys, uuid.UUID or an aware datetime.datetime)",
+            path,
+            True,
+        )
 
 
-def claim_json(value: Any) -> Optional[bytes]:
+def claim_json(value: Any, field: str = "claim") -> bytes:
     """Compact JSON bytes of a claim value, as ``serde_json::to_vec`` writes them:
     no spaces, non-ASCII as UTF-8, object keys sorted, floats in ryu's shortest form
-    (``1e20``, ``1e-7``, ``0.0001``), NaN/infinity as ``null``.
+    (``1e20``, ``1e-7``, ``0.0001``), NaN/infinity as ``null`` (serde_json's choice).
+    A ``uuid.UUID`` is written as its hyphenated lowercase text (serde's ``Uuid``
+    form) and an aware ``datetime.datetime`` as RFC 3339 the way chrono's serde writes
+    it (``2026-01-01T12:00:00.250Z``, ``2026-01-01T13:00:00+01:00``).
 
-    ``None`` when the value cannot be serialized: a type JSON has no form for, a
-    non-str object key, an int outside i64/u64, or a lone surrogate.
+    A value that cannot be sent raises InvalidInput naming ``field`` and saying why
+    (InvalidInputType for a type JSON has no form for, a naive datetime or a non-str
+    object key; InvalidInput for an int outside i64/u64, a lone surrogate, or nesting
+    deeper than :data:`MAX_CLAIM_DEPTH`, which also catches self-containing values).
     """
     out: List[str] = []
     try:
-        _json_parts(value, out)
-        return "".join(out).encode("utf-8")
-    except (_Unserializable, UnicodeEncodeError, RecursionError):
-        return None
+        _json_parts(value, out, "", 0)
+    except _Unsendable as problem:
+        path = problem.path if len(problem.path) <= 80 else problem.path[:77] + "..."
+        where = f" at {path}" if path else ""
+        error = InvalidInputType if problem.type_problem else InvalidInput
+        raise error(field, f"cannot be sent as JSON{where}: {problem.detail}") from None
+    return "".join(out).encode("utf-8")
 
 
-def wire_claims(claims: Mapping[str, Any]) -> Tuple[Tuple[str, bytes], ...]:
-    """Claims as wire ``(key, json bytes)`` pairs in sorted key order, skipping
-    values that cannot be serialized."""
-    pairs = []
-    for key in sorted(claims):
+def wire_claims(claims: Mapping[str, Any], field: str = "Principal.claims") -> Tuple[Tuple[str, bytes], ...]:
+    """Claims as wire ``(key, json bytes)`` pairs in sorted key order.
+
+    A claim that cannot be sent is never dropped: InvalidInput names it
+    (``Principal.claims['key']``) and says why."""
+    if not isinstance(claims, Mapping):
+        raise InvalidInputType(field, f"expected a mapping of str keys to JSON values, got {type_name(claims)}")
+    keys = list(claims)
+    for key in keys:
         if not isinstance(key, str):
-            raise TypeError(f"claim keys must be str, got {type(key).__name__}")
-        encoded = claim_json(claims[key])
-        if encoded is not None:
-            pairs.append((key, encoded))
+            raise InvalidInputType(f"{field}[{key!r}]", f"claim keys must be str, got {type_name(key)}")
+    pairs = []
+    for key in sorted(keys):
+        item = f"{field}[{key!r}]"
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(item, "the claim key has a lone surrogate; it has no UTF-8 form") from None
+        pairs.append((key, claim_json(claims[key], item)))
     return tuple(pairs)
 
 
-def _header_name_bytes(name: Any) -> bytes:
+def header_name_bytes(name: Any, field: str) -> bytes:
+    """A header name as ASCII bytes (a str or a bytes-like object)."""
     if isinstance(name, str):
         if not name.isascii():
-            raise ValueError(f"header name {name!r} is not ASCII")
+            raise InvalidInput(field, f"header name {shown(name)} is not ASCII")
         return name.encode("ascii")
     if isinstance(name, (bytes, bytearray, memoryview)):
         raw = bytes(name)
         if not raw.isascii():
-            raise ValueError(f"header name {raw!r} is not ASCII")
+            raise InvalidInput(field, f"header name {shown(raw)} is not ASCII")
         return raw
-    raise TypeError(f"a header name must be str or bytes, got {type(name).__name__}")
+    raise InvalidInputType(field, f"a header name must be str or bytes, got {type_name(name)}")
 
 
-def _header_value_bytes(value: Any) -> bytes:
+def header_value_bytes(value: Any, field: str) -> bytes:
+    """A header value as bytes: bytes-like as it is, a str as Latin-1."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):
         try:
             return value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"header value {value!r} has characters outside Latin-1; pass bytes for other encodings"
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                field,
+                f"header value has a character outside Latin-1 ({value[exc.start]!r} at index {exc.start}); "
+                "pass bytes for other encodings",
             ) from None
-    raise TypeError(f"a header value must be str or bytes, got {type(value).__name__}")
+    raise InvalidInputType(field, f"a header value must be str or bytes, got {type_name(value)}")
 
 
-def wire_headers(pairs: Iterable[Tuple[Any, Any]], cookie_redaction: bool) -> Tuple[Tuple[str, bytes], ...]:
+def wire_headers(
+    pairs: Iterable[Tuple[Any, Any]], cookie_redaction: bool, field: str = "RequestContext.headers"
+) -> Tuple[Tuple[str, bytes], ...]:
     """Downstream headers as the plugin sees them: in order, names lowercased,
     values raw, minus credentials and ``host`` (and ``cookie`` under redaction)."""
     result = []
-    for name, value in pairs:
-        lower = _header_name_bytes(name).lower()
+    for index, pair in enumerate(pairs):
+        where = f"{field}[{index}]"
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise InvalidInputType(where, f"expected a (name, value) pair, got {_describe_pair(pair)}")
+        name, value = pair
+        lower = header_name_bytes(name, where).lower()
         if lower in STRIPPED_REQUEST_HEADERS or (cookie_redaction and lower == b"cookie"):
             continue
-        result.append((lower.decode("ascii"), _header_value_bytes(value)))
+        result.append((lower.decode("ascii"), header_value_bytes(value, where)))
     return tuple(result)
 
 
-def serialize_url(url: str) -> str:
-    """A URL serialized the WHATWG way (``ada-url``, the family of Rust's ``url``)."""
+def _describe_pair(pair: Any) -> str:
+    if isinstance(pair, (tuple, list)):
+        return f"a {type_name(pair)} of {len(pair)} items"
+    return f"a {type_name(pair)}"
+
+
+def serialize_url(url: Any, field: str = "url") -> str:
+    """A URL serialized the WHATWG way (``ada-url``, the family of Rust's ``url``).
+    Raises InvalidInput naming ``field`` for a URL that does not parse."""
     if not isinstance(url, str):
-        raise TypeError(f"a URL must be a str, got {type(url).__name__}")
+        raise InvalidInputType(field, f"expected a URL str, got {type_name(url)}")
     try:
         return ada_url.normalize_url(url)
     except ValueError:
-        raise ValueError(f"invalid URL {url!r}") from None
+        raise InvalidInput(field, f"invalid URL {shown(url)} (not a WHATWG-parsable absolute URL)") from None
 
 
 def url_origin(url: str) -> Optional[str]:

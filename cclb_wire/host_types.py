@@ -9,11 +9,14 @@ the wire archives, applying the reference host's rules (see ``host_rules``).
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 from . import host_rules
+from ._validate import U64_MAX, check_int, check_str, type_name
+from .errors import InvalidInput, InvalidInputType
 
 __all__ = [
     "HeaderInput",
@@ -42,15 +45,83 @@ StrOrBytes = Union[str, bytes]
 HeaderInput = Union[Mapping[Any, Any], Iterable[Tuple[StrOrBytes, StrOrBytes]]]
 
 
-def _header_pairs(headers: HeaderInput) -> Tuple[Tuple[StrOrBytes, StrOrBytes], ...]:
+U32_MAX = (1 << 32) - 1
+U16_MAX = (1 << 16) - 1
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _header_pairs(headers: Any, field: str) -> Tuple[Tuple[StrOrBytes, StrOrBytes], ...]:
+    """The (name, value) pairs of a headers argument, each checked: a 2-item tuple or
+    list, an ASCII name (str or bytes), a bytes value or a Latin-1 str value."""
     if headers is None:
         return ()
-    items = headers.items() if hasattr(headers, "items") else headers
-    pairs = tuple(items)
-    for pair in pairs:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise TypeError(f"headers must be (name, value) pairs, got {pair!r}")
-    return pairs
+    expected = "a mapping or an iterable of (name, value) pairs"
+    if isinstance(headers, (str,) + _BYTES_LIKE):
+        raise InvalidInputType(field, f"expected {expected}, got {type_name(headers)}")
+    items = headers.items() if callable(getattr(headers, "items", None)) else headers
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise InvalidInputType(field, f"expected {expected}, got {type_name(headers)}") from None
+    pairs = []
+    for pair in iterator:
+        # The common case (an ASGI list of bytes pairs) in a few C-level checks; anything
+        # else is judged, and refused with its field named, by the full check below.
+        if type(pair) is tuple and len(pair) == 2:
+            name, value = pair
+            if type(name) is bytes and type(value) is bytes and name.isascii():
+                pairs.append(pair)
+                continue
+        pairs.append(_checked_pair(pair, f"{field}[{len(pairs)}]"))
+    return tuple(pairs)
+
+
+def _checked_pair(pair: Any, where: str) -> Tuple[StrOrBytes, StrOrBytes]:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        shape = f"a {type_name(pair)} of {len(pair)} items" if isinstance(pair, (tuple, list)) else f"a {type_name(pair)}"
+        raise InvalidInputType(where, f"expected a (name, value) pair, got {shape}")
+    name, value = pair
+    host_rules.header_name_bytes(name, where)
+    host_rules.header_value_bytes(value, where)
+    return (name, value)
+
+
+def _query(query: Any, field: str) -> Optional[str]:
+    if query is None or isinstance(query, str):
+        return query
+    if isinstance(query, _BYTES_LIKE):
+        raw = bytes(query)
+        if not raw:
+            return None  # ASGI's query_string is b"" when the URL has no query
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(field, f"query bytes are not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    raise InvalidInputType(field, f"expected a str, bytes (ASGI's query_string) or None, got {type_name(query)}")
+
+
+def _body(body: Any, field: str) -> Any:
+    if not isinstance(body, _BYTES_LIKE):
+        raise InvalidInputType(field, f"expected bytes, bytearray or memoryview, got {type_name(body)}")
+    if isinstance(body, memoryview) and not body.c_contiguous:
+        raise InvalidInputType(field, "expected a C-contiguous buffer, got a non-contiguous memoryview")
+    return body
+
+
+def _optional_int(value: Any, field: str, maximum: int) -> None:
+    if value is not None:
+        check_int(value, field, 0, maximum)
+
+
+def _unix_secs(value: Any, field: str) -> int:
+    """An int in u64 range, or a finite non-negative float truncated toward zero."""
+    if isinstance(value, float):
+        if not (math.isfinite(value) and 0 <= value < 2.0**64):
+            raise InvalidInput(field, f"{value!r} is out of range (a finite number of seconds, 0..{U64_MAX})")
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInputType(field, f"expected an int or a float (seconds since the Unix epoch), got {type_name(value)}")
+    return check_int(value, field, 0, U64_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +130,33 @@ class RequestContext:
 
     ``headers`` is a mapping or an iterable of ``(name, value)`` pairs, each a
     ``str`` or ``bytes``; order and repeats are kept (an ASGI ``scope["headers"]``
-    list works as is). ``str`` values are taken as Latin-1, the HTTP convention
-    (what ASGI/WSGI frameworks decode them with). ``query`` is the raw query
-    string without the leading ``?``, or ``None``.
+    list works as is). Names must be ASCII; ``str`` values are taken as Latin-1,
+    the HTTP convention (what ASGI/WSGI frameworks decode them with). ``headers``
+    is stored as a tuple of ``(name, value)`` tuples.
+
+    ``query`` is the raw query string without the leading ``?``, or ``None``. ASGI's
+    ``scope["query_string"]`` bytes work as they are: ``b""`` means no query
+    (``None``), other bytes are decoded as UTF-8. A ``str`` is kept as it is
+    (``""`` stays ``""``). ``body`` is bytes, a bytearray or a contiguous memoryview.
+
+    Every field is checked here: a bad one raises InvalidInput (InvalidInputType for
+    a wrong type) naming it, e.g. ``RequestContext.headers[2]``.
     """
 
     request_id: str
     method: str
     path: str
-    query: Optional[str] = None
+    query: Union[str, bytes, None] = None
     headers: HeaderInput = ()
-    body: bytes = b""
+    body: Union[bytes, bytearray, memoryview] = b""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _header_pairs(self.headers))
+        check_str(self.request_id, "RequestContext.request_id")
+        check_str(self.method, "RequestContext.method")
+        check_str(self.path, "RequestContext.path")
+        object.__setattr__(self, "query", _query(self.query, "RequestContext.query"))
+        object.__setattr__(self, "headers", _header_pairs(self.headers, "RequestContext.headers"))
+        _body(self.body, "RequestContext.body")
 
 
 class PrincipalKind(str, enum.Enum):
@@ -94,13 +178,17 @@ class UpstreamKind(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling. ``kind`` is a str or a str-valued enum (``"api_key"``);
-    ``claims`` maps str keys to JSON-serializable values.
+    """Who is calling. ``kind`` is a str or a str-valued enum (``"api_key"``; ``None``
+    is ``"unknown"``); ``claims`` maps str keys to JSON-serializable values.
 
     The claims are serialized once, here, as compact JSON the way serde_json
-    writes it (see :func:`cclb_wire.host_rules.claim_json`); a value that cannot
-    be serialized is skipped, as the reference host does. Later changes to the
-    claim values are not seen.
+    writes it (see :func:`cclb_wire.host_rules.claim_json`). ``uuid.UUID`` values are
+    sent as their hyphenated lowercase text and aware ``datetime.datetime`` values as
+    RFC 3339 text (as serde writes them); NaN and infinities become ``null`` (as in
+    serde_json). A claim that cannot be sent is never dropped: it raises InvalidInput
+    naming it (``Principal.claims['key']``) and why (a type JSON has no form for, a
+    naive datetime, an int outside i64/u64, a non-str object key, a lone surrogate,
+    nesting deeper than 64). Later changes to the claim values are not seen.
     """
 
     id: str
@@ -110,44 +198,67 @@ class Principal:
     wire_fields: Tuple[str, str, Tuple[Tuple[str, bytes], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str):
-            raise TypeError(f"Principal.id must be a str, got {type(self.id).__name__}")
-        object.__setattr__(self, "claims", dict(self.claims) if self.claims is not None else {})
-        wire_fields = (self.id, host_rules.kind_text(self.kind), host_rules.wire_claims(self.claims))
+        check_str(self.id, "Principal.id")
+        kind = host_rules.kind_text(self.kind, "Principal.kind")
+        claims = {} if self.claims is None else self.claims
+        if not isinstance(claims, Mapping):
+            raise InvalidInputType("Principal.claims", f"expected a mapping of str keys to JSON values, got {type_name(claims)}")
+        object.__setattr__(self, "claims", dict(claims))
+        wire_fields = (self.id, kind, host_rules.wire_claims(self.claims, "Principal.claims"))
         object.__setattr__(self, "wire_fields", wire_fields)
 
 
 @dataclass(frozen=True, slots=True)
 class CacheScore:
-    """The prompt-cache prediction for one candidate (only the V1 field)."""
+    """The prompt-cache prediction for one candidate (only the V1 field, a u32)."""
 
     predicted_cache_read_tokens: int
+
+    def __post_init__(self) -> None:
+        check_int(self.predicted_cache_read_tokens, "CacheScore.predicted_cache_read_tokens", 0, U32_MAX)
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamCandidate:
-    """One upstream the filter may keep. ``upstream_id`` is a UUID (a str is parsed)."""
+    """One upstream the filter may keep. ``upstream_id`` is a UUID (a str is parsed);
+    ``kind`` is a str or a str-valued enum, like ``Principal.kind``.
 
-    upstream_id: uuid.UUID
+    ``observed_at_unix_secs`` is an int in u64 range, or a finite non-negative float
+    (``time.time()`` works) truncated toward zero to whole seconds: the field then
+    holds the int. Every field is checked here (InvalidInput naming it).
+    """
+
+    upstream_id: uuid.UUID  # a str is parsed (the field then holds the UUID)
     name: str
     kind: Any
-    observed_at_unix_secs: int
+    observed_at_unix_secs: Union[int, float]
     cache_score: Optional[CacheScore] = None
     #: (id text, name, kind text, observed_at_unix_secs, predicted_cache_read_tokens):
     #: the wire UpstreamCandidate, computed once.
     wire_fields: Tuple[str, str, str, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.upstream_id, uuid.UUID):
-            if not isinstance(self.upstream_id, str):
-                raise TypeError(
-                    f"UpstreamCandidate.upstream_id must be a uuid.UUID, got {type(self.upstream_id).__name__}"
+        upstream_id: Any = self.upstream_id
+        if not isinstance(upstream_id, uuid.UUID):
+            if not isinstance(upstream_id, str):
+                raise InvalidInputType(
+                    "UpstreamCandidate.upstream_id", f"expected a uuid.UUID or its str form, got {type_name(upstream_id)}"
                 )
-            object.__setattr__(self, "upstream_id", uuid.UUID(self.upstream_id))
-        # Frozen, so the wire form is computed once, here, not on every request encoded.
+            try:
+                upstream_id = uuid.UUID(upstream_id)
+            except ValueError:
+                raise InvalidInput("UpstreamCandidate.upstream_id", f"{host_rules.shown(upstream_id)} is not a UUID") from None
+            object.__setattr__(self, "upstream_id", upstream_id)
+        check_str(self.name, "UpstreamCandidate.name")
+        kind = host_rules.kind_text(self.kind, "UpstreamCandidate.kind")
+        observed = _unix_secs(self.observed_at_unix_secs, "UpstreamCandidate.observed_at_unix_secs")
+        object.__setattr__(self, "observed_at_unix_secs", observed)
         score = self.cache_score
+        if score is not None and not isinstance(score, CacheScore):
+            raise InvalidInputType("UpstreamCandidate.cache_score", f"expected a CacheScore or None, got {type_name(score)}")
+        # Frozen, so the wire form is computed once, here, not on every request encoded.
         tokens = 0 if score is None else score.predicted_cache_read_tokens
-        wire_fields = (str(self.upstream_id), self.name, host_rules.kind_text(self.kind), self.observed_at_unix_secs, tokens)
+        wire_fields = (str(upstream_id), self.name, kind, observed, tokens)
         object.__setattr__(self, "wire_fields", wire_fields)
 
 
@@ -157,7 +268,7 @@ class AnthropicDirect:
 
     ``base_url`` is parsed and serialized the WHATWG way (``ada-url``), so
     ``"https://api.anthropic.com"`` becomes ``"https://api.anthropic.com/"``; an
-    invalid URL raises ``ValueError``.
+    invalid URL raises InvalidInput (a ``ValueError``) naming ``AnthropicDirect.base_url``.
     """
 
     base_url: Optional[str] = None
@@ -167,17 +278,25 @@ class AnthropicDirect:
 
     def __post_init__(self) -> None:
         if self.base_url is not None:
-            object.__setattr__(self, "base_url", host_rules.serialize_url(self.base_url))
+            object.__setattr__(self, "base_url", host_rules.serialize_url(self.base_url, "AnthropicDirect.base_url"))
             object.__setattr__(self, "origin", host_rules.url_origin(self.base_url) or "null")
 
 
 # --- observe events -----------------------------------------------------------
 
 
+# Each event checks its fields when built (InvalidInput naming the field): str fields
+# are str, int fields are ints in their wire ranges (u64, ``status`` u16).
+
+
 @dataclass(frozen=True, slots=True)
 class RequestStarted:
     request_id: str
     downstream_user_agent: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_str(self.request_id, "RequestStarted.request_id")
+        check_str(self.downstream_user_agent, "RequestStarted.downstream_user_agent", optional=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +306,18 @@ class AuthnComplete:
     principal_id: str
     principal_kind: Any
 
+    def __post_init__(self) -> None:
+        check_str(self.principal_id, "AuthnComplete.principal_id")
+        host_rules.kind_text(self.principal_kind, "AuthnComplete.principal_kind")
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamChosen:
     upstream: AnthropicDirect
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.upstream, AnthropicDirect):
+            raise InvalidInputType("UpstreamChosen.upstream", f"expected an AnthropicDirect, got {type_name(self.upstream)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +326,19 @@ class Chunk:
     event_count: int
     total_bytes: int
 
+    def __post_init__(self) -> None:
+        batch, count, total = self.batch_index, self.event_count, self.total_bytes
+        # One event per streamed chunk: the common case in one expression.
+        if type(batch) is int and type(count) is int and type(total) is int and 0 <= min(batch, count, total) and max(batch, count, total) <= U64_MAX:
+            return
+        for name in ("batch_index", "event_count", "total_bytes"):
+            check_int(getattr(self, name), f"Chunk.{name}", 0, U64_MAX)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestFinished:
-    """``status`` is an int (``http.HTTPStatus`` works); token counts are optional."""
+    """``status`` is an int in 0..65535 (``http.HTTPStatus`` works); token counts are
+    optional u64s."""
 
     status: int
     input_tokens: Optional[int] = None
@@ -211,12 +347,22 @@ class RequestFinished:
     cache_read_input_tokens: Optional[int] = None
     duration_ms: int = 0
 
+    def __post_init__(self) -> None:
+        check_int(self.status, "RequestFinished.status", 0, U16_MAX)
+        for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            _optional_int(getattr(self, name), f"RequestFinished.{name}", U64_MAX)
+        check_int(self.duration_ms, "RequestFinished.duration_ms", 0, U64_MAX)
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
     code: str
     message: str
     source: str
+
+    def __post_init__(self) -> None:
+        for name in ("code", "message", "source"):
+            check_str(getattr(self, name), f"ErrorEvent.{name}")
 
 
 ObserveEventInput = Union[RequestStarted, AuthnComplete, UpstreamChosen, Chunk, RequestFinished, ErrorEvent]
@@ -266,13 +412,16 @@ class WireBounds:
 
     def __post_init__(self) -> None:
         for name in ("output_body_bytes", "max_headers", "max_header_value_bytes", "reason_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"WireBounds.{name} must be a non-negative int, got {value!r}")
+            check_int(getattr(self, name), f"WireBounds.{name}", 0, U64_MAX)
 
 
 class ShapeOriginPolicy(enum.Enum):
-    """Whether a shaped URL must stay on the selected upstream's origin."""
+    """Whether a shaped URL must stay on the selected upstream's origin.
+
+    Wherever the API takes one, the value strings work too, in any case
+    (``"selected_upstream_origin"``, ``"SELECTED_UPSTREAM_ORIGIN"``); anything
+    else raises InvalidInput.
+    """
 
     UNRESTRICTED = "unrestricted"
     SELECTED_UPSTREAM_ORIGIN = "selected_upstream_origin"

@@ -155,33 +155,32 @@ def to_json_value(root: NamedType, value: Any) -> Any:
     return _to_json(root, value)
 
 
-def _root(type_name: Any) -> NamedType:
-    from .wire import schema_for
+def _root(type_name: Any, field: str) -> NamedType:
+    from ._fallback import root_for
 
-    root = schema_for(type_name)
-    if root.name not in schema.ROOT_TYPES:
-        raise TypeError(f"{root.name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}")
-    return root
+    return root_for(type_name, field)
 
 
 def encode_json(type_name: Any, obj: Any) -> bytes:
-    """The archive of a JSON value (a parsed object, or JSON text as str/bytes)."""
-    import json
+    """The archive of a JSON value (a parsed object, or JSON text as str/bytes).
 
-    from . import encode
+    JSON text is parsed with nesting bounded at 64 levels (:mod:`cclb_wire.jsontext`):
+    text that is not JSON or nests deeper raises InvalidInput naming ``encode_json.obj``.
+    A value that does not fit the type raises EncodeError/EncodeTypeError with its path.
+    """
+    from . import encode, jsontext
 
-    root = _root(type_name)
+    root = _root(type_name, "encode_json.type_name")
     if isinstance(obj, (str, bytes, bytearray)):
-        try:
-            obj = json.loads(obj)
-        except ValueError as exc:
-            raise encode_error(EncodeError, root.name, "", f"not valid JSON ({exc})") from None
+        obj = jsontext.loads(obj, "encode_json.obj")
     return encode(from_json_value(root, obj))
 
 
 def decode_json(type_name: Any, data: Any) -> Any:
     """The JSON value (vectors' format) of an archive; raises DecodeError like decode()."""
     from . import decode
+    from ._fallback import check_buffer
 
-    root = _root(type_name)
+    root = _root(type_name, "decode_json.type_name")
+    check_buffer(data, "decode_json.data")
     return to_json_value(root, decode(root, data))

@@ -8,11 +8,11 @@ Pure Python: no wasmtime needed to inspect a plugin.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import PluginRejected
+from .jsontext import loads as load_json
 from .schema import FINGERPRINTS, WIRE_VERSION
 
 __all__ = [
@@ -251,9 +251,10 @@ def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[dict]:
         problems.append(f"duplicate `{METADATA_SECTION}` custom section")
         return None
     try:
-        metadata = json.loads(payloads[0].decode("utf-8"))
+        # Nesting is bounded: deep metadata is a rejection, not a RecursionError.
+        metadata = load_json(payloads[0].decode("utf-8"), "metadata")
     except (UnicodeDecodeError, ValueError) as exc:
-        problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: {exc}")
+        problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: {getattr(exc, 'detail', exc)}")
         return None
     if not isinstance(metadata, dict):
         problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: expected an object")

@@ -135,7 +135,9 @@ def class_for(wire_type: Union[schema.StructType, schema.EnumType]) -> type:
 
 
 def schema_for(type_: Any) -> Union[schema.StructType, schema.EnumType]:
-    """Resolve a root-type argument: a value class, a schema type, or a type name."""
+    """Resolve a root-type argument: a value class, a schema type, or a type name.
+
+    Anything else raises InvalidInputType (also a TypeError) naming ``type_``."""
     if isinstance(type_, (schema.StructType, schema.EnumType)):
         found = schema.ALL_TYPES.get(type_.name)
         if found is type_:
@@ -146,7 +148,11 @@ def schema_for(type_: Any) -> Union[schema.StructType, schema.EnumType]:
             return found
     elif isinstance(type_, type) and issubclass(type_, WireValue) and type_.WIRE_TYPE is not None:
         return type_.WIRE_TYPE
-    raise TypeError(
-        f"unknown wire type {type_!r}: expected one of {', '.join(schema.ALL_TYPES)} "
-        "(a name, a cclb_wire.wire class or a cclb_wire.schema type)"
+    from .errors import InvalidInputType
+
+    shown = repr(type_) if isinstance(type_, (str, type)) else f"of type {type(type_).__name__}"
+    raise InvalidInputType(
+        "type_",
+        f"unknown wire type {shown[:200]}: expected one of {', '.join(schema.ALL_TYPES)} "
+        "(a name, a cclb_wire.wire class or a cclb_wire.schema type)",
     )

@@ -521,6 +521,53 @@ def test_shape_origin_policy_default_is_unrestricted():
     assert out.url == "https://evil.test/"
 
 
+@pytest.mark.parametrize("policy", ["selected_upstream_origin", "SELECTED_UPSTREAM_ORIGIN", "Selected_Upstream_Origin"])
+def test_shape_origin_policy_as_a_string_enforces_the_origin(policy):
+    # Before the fix, a string policy was silently ignored (the check compared with `is`)
+    # and this exact call returned https://evil.example/steal.
+    answer = shape_answer(url="https://evil.example/steal")
+    with pytest.raises(DialectError) as excinfo:
+        cclb_wire.decode_shaped_request(answer, AnthropicDirect("https://api.anthropic.com"), origin_policy=policy)
+    assert assert_unsupported(excinfo) == (
+        "shape plugin returned URL origin `https://evil.example` but selected upstream requires `https://api.anthropic.com`"
+    )
+    ok = shape_answer(url="https://api.anthropic.com/v1/messages")
+    assert cclb_wire.decode_shaped_request(ok, AnthropicDirect("https://api.anthropic.com"), origin_policy=policy).url == (
+        "https://api.anthropic.com/v1/messages"
+    )
+
+
+@pytest.mark.parametrize("policy", ["unrestricted", "UNRESTRICTED"])
+def test_shape_origin_policy_unrestricted_string(policy):
+    assert run_shape(url="https://evil.test/", policy=policy).url == "https://evil.test/"
+
+
+@pytest.mark.parametrize("policy", ["selected", "", "strict", None, 1, True, ShapeOriginPolicy])
+def test_shape_unknown_origin_policy_is_refused_not_ignored(policy):
+    with pytest.raises(cclb_wire.InvalidInput) as excinfo:
+        cclb_wire.decode_shaped_request(shape_answer(url="https://evil.test/"), UPSTREAM, origin_policy=policy)
+    message = str(excinfo.value)
+    assert message.startswith("decode_shaped_request.origin_policy: ")
+    assert "'unrestricted'" in message and "'selected_upstream_origin'" in message
+
+
+@pytest.mark.parametrize("bounds", [{}, 100, "default", WireBounds])
+def test_bounds_must_be_wire_bounds(bounds):
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^decode_shaped_request\.bounds: "):
+        cclb_wire.decode_shaped_request(shape_answer(), UPSTREAM, bounds=bounds)
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^decode_filter_output\.bounds: "):
+        cclb_wire.decode_filter_output(filter_answer(), bounds)
+
+
+def test_bounds_none_means_the_defaults():
+    assert cclb_wire.decode_shaped_request(shape_answer(headers=[("x-a", b"v" * 8192)]), UPSTREAM, bounds=None).headers == (
+        ("x-a", b"v" * 8192),
+    )
+    with pytest.raises(DialectError):
+        cclb_wire.decode_shaped_request(shape_answer(headers=[("x-a", b"v" * 8193)]), UPSTREAM, bounds=None)
+    assert cclb_wire.decode_filter_output(filter_answer((U1, "accept", "")), None).kept_upstream_ids == (uuid.UUID(U1),)
+
+
 def test_shape_none_base_url_skips_origin_check():
     out = run_shape(upstream=AnthropicDirect(None), policy=SEL, url="https://evil.test:9999/x")
     assert out.url == "https://evil.test:9999/x"

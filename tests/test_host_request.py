@@ -4,7 +4,9 @@ Every expected value below is derived from the spec text (HOST.md, WIRE-V1.md,
 ccl-host-facts.md sections 1 and 7), never from running the library.
 """
 
+import datetime
 import enum
+import functools
 import http
 import uuid
 
@@ -61,10 +63,8 @@ def claims_of(principal):
 
 
 def claim_json(value):
-    """The claim bytes for a single claim {"k": value} (None if it was skipped)."""
+    """The claim bytes for a single claim {"k": value}."""
     got = claims_of(Principal("p", "api_key", {"k": value}))
-    if not got:
-        return None
     assert len(got) == 1 and got[0][0] == "k"
     return got[0][1]
 
@@ -196,13 +196,35 @@ def test_str_header_values_are_latin1():
 
 
 def test_non_latin1_str_header_value_is_rejected():
-    with pytest.raises(ValueError):
-        cclb_wire.encode_filter_request(ctx([("x-euro", "\u20ac")]), PRINCIPAL, [])
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^RequestContext\.headers\[1\]: .*Latin-1") as caught:
+        ctx([("x-ok", "1"), ("x-euro", "\u20ac")])
+    assert isinstance(caught.value, ValueError) and not isinstance(caught.value, TypeError)
 
 
 def test_non_ascii_header_name_is_rejected():
-    with pytest.raises(ValueError):
-        cclb_wire.encode_filter_request(ctx([("x-caf\u00e9", "v")]), PRINCIPAL, [])
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^RequestContext\.headers\[0\]: .*not ASCII"):
+        ctx([("x-caf\u00e9", "v")])
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^RequestContext\.headers\[2\]: "):
+        ctx([("a", "1"), ("b", "2"), (b"x-caf\xc3\xa9", b"v")])
+
+
+@pytest.mark.parametrize("pair", [("a", "b", "c"), ("a",), "ab", 42, None])
+def test_header_that_is_not_a_pair_is_rejected(pair):
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^RequestContext\.headers\[2\]: "):
+        ctx([("a", "1"), ("b", "2"), pair])
+
+
+@pytest.mark.parametrize("name, value", [(1, "v"), ("n", 1), ("n", None), (None, b"v")])
+def test_header_name_and_value_types(name, value):
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^RequestContext\.headers\[0\]: "):
+        ctx([(name, value)])
+
+
+def test_headers_set_behind_the_constructor_are_still_checked_by_the_encoder():
+    context = ctx()
+    object.__setattr__(context, "headers", (("x-ok", "1"), ("x-euro", "\u20ac")))
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^RequestContext\.headers\[1\]: "):
+        cclb_wire.encode_filter_request(context, PRINCIPAL, [])
 
 
 def test_no_headers_gives_empty_tuple():
@@ -354,10 +376,92 @@ def test_floats_nested_in_claims():
     assert claim_json({"x": [1e20, 0.5, float("nan")]}) == b'{"x":[1e20,0.5,null]}'
 
 
-@pytest.mark.parametrize("bad", [{1, 2}, object(), [1, object()], {"inner": {3}}, b"bytes"])
-def test_unserializable_claim_skipped_others_kept(bad):
-    principal = Principal("p", "api_key", {"a": 1, "bad": bad, "z": "ok"})
-    assert claims_of(principal) == [("a", b"1"), ("z", b'"ok"')]
+# A claim that cannot be sent is refused when the Principal is built, naming the claim;
+# it is never dropped silently (the issue's policy: "logged ... or rejected").
+
+
+@pytest.mark.parametrize(
+    "bad, type_problem, why",
+    [
+        ({1, 2}, True, "set"),
+        (object(), True, "object"),
+        ([1, object()], True, "[1]"),
+        ({"inner": {3}}, True, "['inner']"),
+        (b"bytes", True, "bytes"),
+        ({"k": {1: "int key"}}, True, "object key 1"),
+        (datetime.datetime(2026, 1, 1, 12, 0), True, "naive datetime"),
+        (datetime.date(2026, 1, 1), True, "date"),
+        (2**64, False, "i64/u64"),
+        (-(2**63) - 1, False, "i64/u64"),
+        (["lone \ud800 surrogate"], False, "surrogate"),
+        (functools.reduce(lambda inner, _: [inner], range(65), 0), False, "deeper than 64"),
+    ],
+    ids=["set", "object", "nested-object", "nested-set", "bytes", "int-key", "naive-datetime", "date", "u64+1", "i64-1", "surrogate", "depth-65"],
+)
+def test_unsendable_claim_is_rejected_naming_it(bad, type_problem, why):
+    with pytest.raises(cclb_wire.InvalidInput) as caught:
+        Principal("p", "api_key", {"a": 1, "bad": bad, "z": "ok"})
+    error = caught.value
+    assert error.field == "Principal.claims['bad']"
+    assert str(error).startswith("Principal.claims['bad']: ") and why in str(error)
+    assert isinstance(error, TypeError) is type_problem
+    assert isinstance(error, cclb_wire.CclbWireError) and isinstance(error, ValueError)
+
+
+def test_self_containing_claim_is_rejected_not_a_recursion_error():
+    loop = []
+    loop.append(loop)
+    with pytest.raises(cclb_wire.InvalidInput, match=r"Principal\.claims\['loop'\].*deeper than 64"):
+        Principal("p", "api_key", {"loop": loop})
+
+
+def test_claim_nested_64_deep_is_sent():
+    value = functools.reduce(lambda inner, _: [inner], range(64), 0)
+    assert claim_json(value) == b"[" * 64 + b"0" + b"]" * 64
+
+
+@pytest.mark.parametrize("key", [1, None, ("a",)])
+def test_non_str_claim_key_is_rejected(key):
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"Principal\.claims\["):
+        Principal("p", "api_key", {key: 1})
+
+
+def test_claims_must_be_a_mapping():
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^Principal\.claims: "):
+        Principal("p", "api_key", [("a", 1)])
+
+
+def test_i64_and_u64_bounds_are_sent():
+    assert claim_json(-(2**63)) == b"-9223372036854775808"
+    assert claim_json(2**64 - 1) == b"18446744073709551615"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        # serde's Uuid: hyphenated, lowercase
+        (uuid.UUID("AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE"), b'"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"'),
+        # chrono DateTime serde = to_rfc3339_opts(SecondsFormat::AutoSi, use_z = true):
+        # Z for a zero offset, 0/3/6 fractional digits as needed, +HH:MM otherwise
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc), b'"2026-01-02T03:04:05Z"'),
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=datetime.timezone.utc), b'"2026-01-02T03:04:05.250Z"'),
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, 1000, tzinfo=datetime.timezone.utc), b'"2026-01-02T03:04:05.001Z"'),
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=datetime.timezone.utc), b'"2026-01-02T03:04:05.123456Z"'),
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, 100, tzinfo=datetime.timezone.utc), b'"2026-01-02T03:04:05.000100Z"'),
+        (
+            datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=9))),
+            b'"2026-01-02T03:04:05+09:00"',
+        ),
+        (
+            datetime.datetime(1999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone(-datetime.timedelta(hours=5, minutes=30))),
+            b'"1999-12-31T23:59:59-05:30"',
+        ),
+        (datetime.datetime(5, 6, 7, 8, 9, 10, tzinfo=datetime.timezone.utc), b'"0005-06-07T08:09:10Z"'),
+        ({"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)}, b'{"when":"2026-01-01T00:00:00Z"}'),
+    ],
+)
+def test_uuid_and_aware_datetime_claims(value, expected):
+    assert claim_json(value) == expected
 
 
 def test_no_claims():
@@ -409,6 +513,57 @@ def test_cache_score_zero_is_zero():
 def test_query_passed_through(query):
     assert filter_req(ctx(query=query)).query == query
     assert shape_req(ctx(query=query)).query == query
+
+
+@pytest.mark.parametrize(
+    "query_string, expected",
+    [
+        (b"", None),  # ASGI: no query at all
+        (b"a=b", "a=b"),
+        (b"x=1&y=%20&z", "x=1&y=%20&z"),
+        (bytearray(b"k=v"), "k=v"),
+        (b"q=caf\xc3\xa9", "q=caf\u00e9"),  # UTF-8 bytes decoded
+    ],
+)
+def test_query_takes_asgi_query_string_bytes(query_string, expected):
+    context = ctx(query=query_string)
+    assert context.query == expected
+    assert filter_req(context).query == expected
+
+
+def test_query_bytes_must_be_utf8():
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^RequestContext\.query: .*UTF-8"):
+        ctx(query=b"q=\xff")
+
+
+def test_observed_at_takes_time_time_floats_truncated():
+    stamp = 1_767_225_600.987
+    candidate = UpstreamCandidate(uuid.UUID(int=1), "n", "anthropic_api_key", stamp)
+    assert candidate.observed_at_unix_secs == 1_767_225_600 and type(candidate.observed_at_unix_secs) is int
+    assert filter_req(ctx(), PRINCIPAL, [candidate]).candidates[0].observed_at_unix_secs == 1_767_225_600
+    assert UpstreamCandidate(uuid.UUID(int=1), "n", "k", 0.999).observed_at_unix_secs == 0
+
+
+@pytest.mark.parametrize("stamp", [-1, -0.5, float("nan"), float("inf"), 2.0**64, 2**64, True])
+def test_observed_at_out_of_range(stamp):
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^UpstreamCandidate\.observed_at_unix_secs: "):
+        UpstreamCandidate(uuid.UUID(int=1), "n", "k", stamp)
+
+
+def test_candidate_id_and_cache_score_are_checked():
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^UpstreamCandidate\.upstream_id: 'not-a-uuid'") as caught:
+        UpstreamCandidate("not-a-uuid", "n", "k", 0)
+    assert not isinstance(caught.value, TypeError)
+    with pytest.raises(cclb_wire.InvalidInputType, match=r"^UpstreamCandidate\.cache_score: "):
+        UpstreamCandidate(uuid.UUID(int=1), "n", "k", 0, cache_score=5)
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^CacheScore\.predicted_cache_read_tokens: "):
+        CacheScore(2**32)
+    assert UpstreamCandidate("00000000-0000-0000-0000-000000000001", "n", "k", 0).upstream_id == uuid.UUID(int=1)
+
+
+def test_invalid_base_url_names_the_field():
+    with pytest.raises(cclb_wire.InvalidInput, match=r"^AnthropicDirect\.base_url: "):
+        AnthropicDirect("not a url")
 
 
 def test_scalar_fields_and_body():
