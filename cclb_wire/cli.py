@@ -9,8 +9,9 @@
   cclb-wire schema                           layouts, descriptors and fingerprints
 
 Values use the golden vectors' JSON format (bytes as lowercase hex); request files for
-``call`` use the host-level format of cclb_wire.host_json. A failure exits with status 1
-and a one-line error on stderr.
+``call`` use the host-level format of cclb_wire.host_json. Every failure exits non-zero
+with a one-line error on stderr and no traceback: status 1 for a bad input or a failed
+plugin, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import argparse
 import json
 import sys
 from importlib import resources
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from . import BACKEND, schema
-from .errors import WireError
+from .errors import CclbWireError
 from .jsonvalue import decode_json, encode_json
 
 ROOT_NAMES = list(schema.ROOT_TYPES)
@@ -40,7 +41,7 @@ def _fail(message: str) -> int:
 def _cmd_encode(args: argparse.Namespace) -> int:
     try:
         archive = encode_json(args.type, _read_stdin_bytes())
-    except WireError as exc:
+    except CclbWireError as exc:
         return _fail(str(exc))
     if args.hex:
         sys.stdout.write(archive.hex() + "\n")
@@ -59,7 +60,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             return _fail("--hex input is not a hex string")
     try:
         value = decode_json(args.type, data)
-    except WireError as exc:
+    except CclbWireError as exc:
         return _fail(str(exc))
     json.dump(value, sys.stdout, ensure_ascii=False, indent=args.indent)
     sys.stdout.write("\n")
@@ -106,7 +107,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .wasm_module import inspect_plugin
 
     try:
-        data = open(args.plugin, "rb").read()
+        with open(args.plugin, "rb") as stream:
+            data = stream.read()
     except OSError as exc:
         return _fail(f"cannot read {args.plugin}: {exc.strerror}")
     inspection = inspect_plugin(data)
@@ -133,25 +135,28 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     problems = inspection.problems_for(None)
     lines.append("admission:   " + ("ok" if not problems else "REJECTED: " + "; ".join(problems)))
     print("\n".join(lines))
-    return 0 if not problems else 1
+    if problems:
+        return _fail(f"{args.plugin}: admission rejected: {problems[0]}")
+    return 0
 
 
-def _load_request(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read request {path}: {exc}") from None
+def _load_request(path: str) -> object:
+    from .host_json import load_json
+
+    with open(path, "rb") as stream:
+        data = stream.read()
+    return load_json(data, f"request {path}")
 
 
-def _run_hook(host: "object", plugin_path: str, hook: str, request: dict) -> object:
+def _run_hook(host: "object", plugin_path: str, hook: str, request: object) -> object:
     from .host_json import event_from_json, request_from_json
 
     with open(plugin_path, "rb") as stream:
         wasm = stream.read()
     name = plugin_path.rsplit("/", 1)[-1]
     if hook == "observe":
-        host.register_observe("cli", name, wasm).observe(event_from_json(request))  # type: ignore[attr-defined]
+        event = event_from_json(request)  # a bad request file is reported before the plugin is loaded
+        host.register_observe("cli", name, wasm).observe(event)  # type: ignore[attr-defined]
         return None
     parts = request_from_json(request)
     if hook == "filter":
@@ -170,7 +175,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
         request = _load_request(args.request)
         with PluginHost(HostConfig(deadline_s=args.deadline, fuel=args.fuel)) as host:
             output = _run_hook(host, args.plugin, args.hook, request)
-    except (CclbWireError, ValueError, TypeError, KeyError, OSError) as exc:
+    except (CclbWireError, OSError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}")
     json.dump(output_to_json(output), sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
@@ -180,10 +185,10 @@ def _cmd_call(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .host_json import event_from_json, output_to_json, request_from_json
+    from .host_json import event_from_json, load_json, output_to_json, request_from_json
     from .runtime import HostConfig, InstanceStrategy, PluginHost
 
-    request = json.loads(sample_text("demo_request"))
+    request = load_json(sample_text("demo_request"), "demo_request.json")
     parts = request_from_json(request)
     plugins = resources.files("cclb_wire").joinpath("plugins")
     print(f"cclb_wire demo (codec backend: {BACKEND}); request {parts['ctx'].request_id}: "
@@ -216,8 +221,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``cclb-wire call: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cclb-wire", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -259,11 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command (``argv`` without the program name; default ``sys.argv[1:]``) and
+    return its exit status. Nothing escapes as a traceback for a bad input: a usage error
+    returns 2, any other failure 1, each with one line on stderr."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already reported)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
         return args.run(args)
     except BrokenPipeError:
         return 1
+    except (CclbWireError, OSError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

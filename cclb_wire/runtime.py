@@ -508,7 +508,7 @@ class _Instance:
             raise _instantiate_failure(engine, exc, loaded.name, hook) from exc
         # One C lookup per export we use: wasmtime-py's exports() wraps every export (~60 us).
         instance_ref = ctypes.byref(instance._instance)
-        self.externs = []
+        self.externs: List[Any] = []
 
         def export(name: str) -> Any:
             item = wt.ffi.wasmtime_extern_t()
@@ -726,6 +726,8 @@ class PluginHost:
         finish. Then the slots and compiled modules are dropped and the deadline ticker
         is released. Calling it again does nothing.
         """
+        if timeout is not None:
+            check_number(timeout, "PluginHost.close.timeout", 0.0, MAX_DEADLINE_S)
         with self._lock:
             already = self._closed
             self._closed = True
@@ -937,6 +939,8 @@ class PluginHost:
         return self._register("observe", slot_key, name, wasm, ObservabilityHook)
 
     def _check_slot(self, method: str, kind: Any, slot_key: Any) -> Tuple[str, str]:
+        if not isinstance(kind, str):
+            raise InvalidInputType(f"{method}.kind", f"expected one of {', '.join(map(repr, HOOK_KINDS))}, got {type_name(kind)}")
         if kind not in HOOK_KINDS:
             raise InvalidInput(f"{method}.kind", f"{kind!r} is not one of {', '.join(map(repr, HOOK_KINDS))}")
         if not isinstance(slot_key, str):
@@ -1050,7 +1054,12 @@ class FilterPlugin(_Adapter):
         """``filter`` under the host's failure policy: PASS_THROUGH answers a no-op (every
         candidate kept, in order, the failure in ``reason``); FAIL_CLOSED raises the
         FilterError. ``candidates`` may be any iterable: it is read once."""
-        candidates = tuple(candidates)
+        try:
+            candidates = tuple(candidates)
+        except TypeError:
+            raise InvalidInputType(
+                "FilterPlugin.filter_with_policy.candidates", f"expected an iterable of UpstreamCandidate, got {type_name(candidates)}"
+            ) from None
         try:
             return self.filter(ctx, principal, candidates)
         except FilterError as exc:
