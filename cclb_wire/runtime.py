@@ -99,6 +99,8 @@ MAX_WASM_STACK = 4 * 1024 * 1024
 MIN_WASM_STACK = 16 * 1024
 #: Longest per-call deadline we accept (a day): longer is a typo, not a policy.
 MAX_DEADLINE_S = 86400.0
+#: Most epoch ticks one deadline may span: close() advances the epoch this far at most.
+MAX_DEADLINE_TICKS = 100_000
 #: wasmtime keeps fuel in an i64.
 MAX_FUEL = (1 << 63) - 1
 HOOK_KINDS = tuple(HOOK_EXPORTS)
@@ -143,7 +145,8 @@ class HostConfig:
     cookie_redaction: bool = False
     failure_policy: FailurePolicy = FailurePolicy.PASS_THROUGH
     #: Wall-clock limit per hook call and per instantiation (epoch interruption), in
-    #: seconds, at most a day; None: no deadline (then nothing can interrupt a guest).
+    #: seconds: at most a day, and at most 100,000 ticks of ``epoch_tick_s``. None: no
+    #: deadline (then nothing can interrupt a guest).
     deadline_s: Optional[float] = 1.0
     #: Fuel per hook call (1 .. 2**63-1); None: fuel metering off.
     fuel: Optional[int] = None
@@ -188,6 +191,13 @@ class HostConfig:
         check_int(self.max_tables, "HostConfig.max_tables", 0, 1024)
         check_int(self.max_wasm_stack, "HostConfig.max_wasm_stack", MIN_WASM_STACK, MAX_WASM_STACK)
         put("epoch_tick_s", check_number(self.epoch_tick_s, "HostConfig.epoch_tick_s", 0.0, 1.0, open_minimum=True))
+        if self.deadline_s is not None and self.deadline_s / self.epoch_tick_s > MAX_DEADLINE_TICKS:
+            # close() interrupts calls in flight by advancing the epoch past every deadline.
+            raise InvalidInput(
+                "HostConfig.deadline_s",
+                f"{self.deadline_s} s is more than {MAX_DEADLINE_TICKS} ticks of epoch_tick_s={self.epoch_tick_s}; "
+                f"raise epoch_tick_s to at least {self.deadline_s / MAX_DEADLINE_TICKS:g}",
+            )
         if self.module_cache_dir is not None and not isinstance(self.module_cache_dir, (str, os.PathLike)):
             raise InvalidInputType(
                 "HostConfig.module_cache_dir", f"expected a str, a path or None, got {type_name(self.module_cache_dir)}"

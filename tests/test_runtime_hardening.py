@@ -156,6 +156,7 @@ BAD_CONFIG = [
     ("deadline_s", "1"),
     ("deadline_s", True),
     ("deadline_s", 10**9),
+    ("deadline_s", 1001.0),  # over 100,000 ticks of the default 0.01 s tick
     ("fuel", True),
     ("fuel", 2**64),
     ("fuel", 2**63),
@@ -186,6 +187,15 @@ def test_every_bad_host_config_value_is_an_invalid_input_naming_its_field(field,
         HostConfig(**{field: value})
     assert str(caught.value).startswith(f"HostConfig.{field}: ")
     assert caught.value.field == f"HostConfig.{field}"
+
+
+def test_a_long_deadline_needs_a_coarser_tick_and_close_stays_quick():
+    with pytest.raises(cw.InvalidInput, match=r"raise epoch_tick_s to at least 0\.036"):
+        HostConfig(deadline_s=3600)
+    host = PluginHost(HostConfig(deadline_s=86400, epoch_tick_s=1.0))
+    started = time.monotonic()
+    host.close()
+    assert time.monotonic() - started < 1.0
 
 
 def test_plugin_host_takes_only_a_host_config():
