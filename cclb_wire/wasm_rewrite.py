@@ -7,6 +7,12 @@ an out-of-bounds store). So at admission every ``memory.grow`` becomes a
 mutable i32 global (``GROW_REFUSED_EXPORT``) to 1 when the grow returned -1,
 and returns the grow result unchanged. After a trap the host reads the global.
 
+A start function would run inside instantiation, where a trap leaves no instance
+to read the global from. So the start section is removed and the start function
+exported as ``START_EXPORT`` instead: the host calls it right after
+instantiation, under the same limits, before anything else can observe the
+instance (plugins import nothing), which is what the start section would do.
+
 Nothing is renumbered: the new type, function, global and export are appended
 to their sections (missing sections are inserted in the standard order), so
 every existing index, element segment, start function and export stays valid,
@@ -24,10 +30,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple, Union
 
-__all__ = ["GROW_REFUSED_EXPORT", "WasmRewriteError", "instrument_memory_grow"]
+__all__ = ["GROW_REFUSED_EXPORT", "START_EXPORT", "WasmRewriteError", "instrument_memory_grow"]
 
 GROW_REFUSED_EXPORT = "cclb_wire:memory_grow_refused"
 _GROW_REFUSED_NAME = GROW_REFUSED_EXPORT.encode("utf-8")
+#: The export that replaces the start section, when the module has one.
+START_EXPORT = "cclb_wire:start"
+_START_NAME = START_EXPORT.encode("utf-8")
+_RESERVED_NAMES = (_GROW_REFUSED_NAME, _START_NAME)
 
 
 class WasmRewriteError(ValueError):
@@ -386,7 +396,7 @@ def _simd(data: bytes, pos: int, end: int, op_pos: int) -> int:
 # The order of the non-custom sections: type, import, function, table, memory,
 # tag, global, export, start, element, data count, code, data.
 _SECTION_RANK = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 13: 6, 6: 7, 7: 8, 8: 9, 9: 10, 12: 11, 10: 12, 11: 13}
-_TYPE, _IMPORT, _FUNCTION, _MEMORY, _GLOBAL, _EXPORT, _CODE = 1, 2, 3, 5, 6, 7, 10
+_TYPE, _IMPORT, _FUNCTION, _MEMORY, _GLOBAL, _EXPORT, _START, _CODE = 1, 2, 3, 5, 6, 7, 8, 10
 
 
 def _skip_name(data: bytes, pos: int, end: int) -> Tuple[int, int]:
@@ -450,8 +460,8 @@ def _check_exports(data: bytes, pos: int, end: int) -> None:
     count, pos = _read_u32(data, pos, end)
     for _ in range(count):
         name_start, pos = _skip_name(data, pos, end)
-        if data[name_start:pos] == _GROW_REFUSED_NAME:
-            raise _error(f"the module already exports {GROW_REFUSED_EXPORT!r}", name_start)
+        if data[name_start:pos] in _RESERVED_NAMES:
+            raise _error(f"the module already exports {data[name_start:pos].decode()!r}, a name the host reserves", name_start)
         if _byte(data, pos, end) > 4:
             raise _error(f"unsupported export kind 0x{data[pos]:02x}", pos)
         pos = _read_u32(data, pos + 1, end)[1]
@@ -463,15 +473,19 @@ def _section(section_id: int, payload: bytes) -> bytes:
     return bytes((section_id,)) + _leb_u32(len(payload)) + payload
 
 
-def _append_entry(data: bytes, section: Optional[Tuple[int, int, int, int]], section_id: int, entry: bytes) -> bytes:
-    """The section with one entry appended (count + 1), or a new one-entry section."""
+def _append_entry(data: bytes, section: Optional[Tuple[int, int, int, int]], section_id: int, *entries: bytes) -> bytes:
+    """The section with entries appended (count + n), or a new section of just them."""
     if section is None:
-        return _section(section_id, b"\x01" + entry)
+        return _section(section_id, _leb_u32(len(entries)) + b"".join(entries))
     _, _, payload, end = section
     count, pos = _read_u32(data, payload, end)
-    if count >= 0xFFFFFFFF:
+    if count + len(entries) > 0xFFFFFFFF:
         raise _error("vector too long to append to", payload)
-    return _section(section_id, _leb_u32(count + 1) + data[pos:end] + entry)
+    return _section(section_id, _leb_u32(count + len(entries)) + data[pos:end] + b"".join(entries))
+
+
+def _export_entry(name: bytes, kind: int, index: int) -> bytes:
+    return _leb_u32(len(name)) + name + bytes((kind,)) + _leb_u32(index)
 
 
 def instrument_memory_grow(wasm: Union[bytes, bytearray, memoryview]) -> bytes:
@@ -535,19 +549,22 @@ def instrument_memory_grow(wasm: Union[bytes, bytearray, memoryview]) -> bytes:
     if max(type_index, func_index, global_index) >= 0xFFFFFFFF:
         raise _error("index space full", 8)
 
+    exports = [_export_entry(_GROW_REFUSED_NAME, 3, global_index)]
+    if _START in known:
+        start_function, start_end = _read_u32(data, known[_START][2], known[_START][3])
+        if start_end != known[_START][3]:
+            raise _error("start section has trailing bytes", start_end)
+        exports.append(_export_entry(_START_NAME, 0, start_function))
     replacements: Dict[int, bytes] = {
         _TYPE: _append_entry(data, known.get(_TYPE), _TYPE, b"\x60\x01\x7f\x01\x7f"),
         _FUNCTION: _append_entry(data, known.get(_FUNCTION), _FUNCTION, _leb_u32(type_index)),
         # i32, mutable, initialised by `i32.const 0 end`
         _GLOBAL: _append_entry(data, known.get(_GLOBAL), _GLOBAL, b"\x7f\x01\x41\x00\x0b"),
-        _EXPORT: _append_entry(
-            data,
-            known.get(_EXPORT),
-            _EXPORT,
-            _leb_u32(len(_GROW_REFUSED_NAME)) + _GROW_REFUSED_NAME + b"\x03" + _leb_u32(global_index),
-        ),
+        _EXPORT: _append_entry(data, known.get(_EXPORT), _EXPORT, *exports),
         _CODE: _rewrite_code(data, known.get(_CODE), defined_functions, func_index, global_index),
     }
+    if _START in known:
+        replacements[_START] = b""  # the host calls START_EXPORT instead
 
     # A missing section goes right before the first present section that follows it
     # in the standard order, or, if none does, right after the last present one: so
@@ -561,7 +578,7 @@ def instrument_memory_grow(wasm: Union[bytes, bytearray, memoryview]) -> bytes:
             rank = _SECTION_RANK[section_id]
             while pending and _SECTION_RANK[pending[0]] < rank:
                 out.append(replacements[pending.pop(0)])
-            out.append(replacements.get(section_id) or data[start:end])
+            out.append(replacements[section_id] if section_id in replacements else data[start:end])
             after_last = len(out)
         else:
             out.append(data[start:end])

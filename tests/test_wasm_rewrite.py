@@ -18,7 +18,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cclb_wire.wasm_rewrite import GROW_REFUSED_EXPORT, WasmRewriteError, instrument_memory_grow
+from cclb_wire.wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
 
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
 PLUGIN_DIR = resources.files("cclb_wire") / "plugins"
@@ -149,14 +149,18 @@ def binary_module(body: bytes, *, memory: bool = True, exports: bytes = b"") -> 
 
 # --- checks shared by the tests ----------------------------------------------------------
 
-TYPE, FUNCTION, GLOBAL, EXPORT, CODE = 1, 3, 6, 7, 10
+TYPE, FUNCTION, GLOBAL, EXPORT, START, CODE = 1, 3, 6, 7, 8, 10
 
 
 def assert_only_appended(original: bytes, rewritten: bytes) -> None:
     """Every section of the original is still there, in the same order, byte for byte,
-    except that type/function/global/export gained one entry at the end and the code section
+    except that type/function/global/export gained one entry at the end (export two, and
+    the start section is gone, when the module had a start function) and the code section
     one body; new sections are only those five kinds."""
     before, after = sections(original), sections(rewritten)
+    had_start = any(sid == START for sid, _ in before)
+    assert not any(sid == START for sid, _ in after)
+    before = [(sid, payload) for sid, payload in before if sid != START]
     original_ids = {sid for sid, _ in before}
     inserted = [sid for sid, _ in after if sid != 0 and sid not in original_ids]
     assert set(inserted) <= {TYPE, FUNCTION, GLOBAL, EXPORT, CODE}
@@ -166,7 +170,7 @@ def assert_only_appended(original: bytes, rewritten: bytes) -> None:
         if sid in (TYPE, FUNCTION, GLOBAL, EXPORT, CODE):
             old_count, old_entries = split_vector(old)
             new_count, new_entries = split_vector(new)
-            assert new_count == old_count + 1
+            assert new_count == old_count + (2 if sid == EXPORT and had_start else 1)
             if sid != CODE:
                 assert new_entries.startswith(old_entries)
         else:
@@ -224,7 +228,15 @@ def assert_instrumented(original: bytes, rewritten: bytes) -> None:
     assert appended_entry(original, rewritten, FUNCTION) == leb(types)
     assert appended_entry(original, rewritten, GLOBAL) == b"\x7f\x01\x41\x00\x0b"  # mut i32 = 0
     name = GROW_REFUSED_EXPORT.encode()
-    assert appended_entry(original, rewritten, EXPORT) == leb(len(name)) + name + b"\x03" + leb(globals_)
+    expected_exports = leb(len(name)) + name + b"\x03" + leb(globals_)
+    start = section(original, START)
+    if start is not None:  # the start function is exported instead, for the host to call
+        start_name = START_EXPORT.encode()
+        expected_exports += leb(len(start_name)) + start_name + b"\x00" + start
+        assert isinstance(exports[START_EXPORT], wasmtime.FuncType)
+    else:
+        assert START_EXPORT not in exports
+    assert appended_entry(original, rewritten, EXPORT) == expected_exports
     # The module's function count grew by exactly one.
     assert split_vector(section(rewritten, FUNCTION))[0] == functions + 1
 
@@ -350,6 +362,10 @@ class Guest:
             self.store.set_limits(memory_size=memory_limit)
         self.instance = wasmtime.Instance(self.store, wasmtime.Module(ENGINE, wasm), [])
         self.exports = self.instance.exports(self.store)
+        start = self.exports.get(START_EXPORT)
+        if start is not None:  # what the host does for a rewritten module's start function
+            assert isinstance(start, wasmtime.Func)
+            start(self.store)
 
     def __call__(self, name: str, *args: int) -> object:
         func = self.exports[name]
