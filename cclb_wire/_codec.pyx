@@ -1480,7 +1480,7 @@ def decode(type_, data):
     cdef _Input source
     try:
         root_kind = _DECODE_ROOTS[type_]
-    except (KeyError, TypeError):
+    except Exception:  # not a known root, or not hashable (a writable memoryview raises ValueError)
         return _fallback.decode(type_, data)
     try:
         source = _Input()

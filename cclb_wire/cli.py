@@ -20,17 +20,45 @@ import argparse
 import json
 import sys
 from importlib import resources
-from typing import List, NoReturn, Optional
+from typing import BinaryIO, List, NoReturn, Optional
 
 from . import BACKEND, schema
-from .errors import CclbWireError
+from .errors import CclbWireError, InvalidInput
 from .jsonvalue import decode_json, encode_json
 
 ROOT_NAMES = list(schema.ROOT_TYPES)
 
 
+#: Largest input any command reads (stdin, a request file, a plugin): a bound, so that
+#: ``< /dev/zero`` is an error instead of a process that eats memory forever.
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+
+
+def _read_bounded(stream: BinaryIO, what: str) -> bytes:
+    data = stream.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInput(what, f"larger than {MAX_INPUT_BYTES} bytes")
+    return data
+
+
+def _read_file(path: str, what: str) -> bytes:
+    with open(path, "rb") as stream:
+        return _read_bounded(stream, f"{what} {path}")
+
+
 def _read_stdin_bytes() -> bytes:
-    return sys.stdin.buffer.read()
+    return _read_bounded(sys.stdin.buffer, "stdin")
+
+
+def _indent(text: str) -> int:
+    """``--indent``: 0 to 16 spaces."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0..16)")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -52,7 +80,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    data = _read_stdin_bytes()
+    try:
+        data = _read_stdin_bytes()
+    except CclbWireError as exc:
+        return _fail(str(exc))
     if args.hex:
         try:
             data = bytes.fromhex(data.decode("ascii"))
@@ -107,10 +138,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .wasm_module import inspect_plugin
 
     try:
-        with open(args.plugin, "rb") as stream:
-            data = stream.read()
+        data = _read_file(args.plugin, "plugin")
     except OSError as exc:
         return _fail(f"cannot read {args.plugin}: {exc.strerror}")
+    except CclbWireError as exc:
+        return _fail(str(exc))
     inspection = inspect_plugin(data)
     metadata = inspection.metadata or {}
     lines = [f"{args.plugin}: {len(data)} bytes"]
@@ -143,16 +175,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _load_request(path: str) -> object:
     from .host_json import load_json
 
-    with open(path, "rb") as stream:
-        data = stream.read()
-    return load_json(data, f"request {path}")
+    return load_json(_read_file(path, "request"), f"request {path}")
 
 
 def _run_hook(host: "object", plugin_path: str, hook: str, request: object) -> object:
     from .host_json import event_from_json, request_from_json
 
-    with open(plugin_path, "rb") as stream:
-        wasm = stream.read()
+    wasm = _read_file(plugin_path, "plugin")
     name = plugin_path.rsplit("/", 1)[-1]
     if hook == "observe":
         event = event_from_json(request)  # a bad request file is reported before the plugin is loaded
@@ -167,7 +196,6 @@ def _run_hook(host: "object", plugin_path: str, hook: str, request: object) -> o
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from .errors import CclbWireError
     from .host_json import output_to_json
     from .runtime import HostConfig, PluginHost
 
@@ -258,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode = commands.add_parser("decode", help="archive on stdin -> JSON value on stdout")
     decode.add_argument("--type", required=True, choices=ROOT_NAMES)
     decode.add_argument("--hex", action="store_true", help="read the archive as hex text")
-    decode.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
+    decode.add_argument("--indent", type=_indent, default=None, help="pretty-print the JSON (0..16 spaces)")
     decode.set_defaults(run=_cmd_decode)
 
     sample = commands.add_parser("sample", help="print a bundled sample value (JSON)")

@@ -75,7 +75,7 @@ from .host_types import (
     WireBounds,
 )
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
-from .wasm_rewrite import GROW_REFUSED_EXPORT, WasmRewriteError, instrument_memory_grow
+from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
 
 __all__ = [
     "FailurePolicy",
@@ -198,11 +198,25 @@ class HostConfig:
                 f"{self.deadline_s} s is more than {MAX_DEADLINE_TICKS} ticks of epoch_tick_s={self.epoch_tick_s}; "
                 f"raise epoch_tick_s to at least {self.deadline_s / MAX_DEADLINE_TICKS:g}",
             )
-        if self.module_cache_dir is not None and not isinstance(self.module_cache_dir, (str, os.PathLike)):
-            raise InvalidInputType(
-                "HostConfig.module_cache_dir", f"expected a str, a path or None, got {type_name(self.module_cache_dir)}"
-            )
+        if self.module_cache_dir is not None:
+            put("module_cache_dir", Path(_path_text(self.module_cache_dir, "HostConfig.module_cache_dir")))
         check_int(self.module_cache_size, "HostConfig.module_cache_size", 0, 1024)
+
+
+def _path_text(path: Any, field: str) -> str:
+    """A str or os.PathLike argument as text: InvalidInput(Type) naming ``field`` otherwise,
+    including a NUL byte, which no file system takes."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputType(field, f"expected a str, a path or None, got {type_name(path)}")
+    try:
+        text = os.fspath(path)
+    except TypeError as exc:
+        raise InvalidInputType(field, f"not a usable path: {exc}") from None
+    if not isinstance(text, str):
+        raise InvalidInputType(field, f"expected a text path, got {type_name(text)}")
+    if "\0" in text:
+        raise InvalidInput(field, "a path cannot contain a NUL character")
+    return text
 
 
 def _probe_request(shape: bool) -> Any:
@@ -382,6 +396,51 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# --- the calling thread's native stack --------------------------------------------------
+#
+# Guest code runs on the calling thread's own stack, and wasmtime only bounds it by
+# max_wasm_stack below the point of entry: on a thread whose stack is smaller (macOS
+# gives secondary threads 512 KiB; threading.stack_size() can ask for less) a deep guest
+# runs into the guard page and the process dies. So a call refuses threads too small.
+
+#: Room kept for the host's own frames (interpreter, ctypes, wasmtime) above the guest's.
+STACK_HEADROOM = 256 * 1024
+_THREAD_STACK = threading.local()
+
+
+def _native_stack_size() -> Optional[int]:
+    """The calling thread's stack size in bytes, where the platform tells (Linux, macOS)."""
+    import sys
+
+    try:
+        libc = ctypes.CDLL(None)
+        if sys.platform.startswith("linux"):
+            attr = ctypes.create_string_buffer(256)  # pthread_attr_t is 56 bytes on glibc x86_64
+            libc.pthread_self.restype = ctypes.c_void_p
+            if libc.pthread_getattr_np(ctypes.c_void_p(libc.pthread_self()), attr) != 0:
+                return None
+            base, size = ctypes.c_void_p(), ctypes.c_size_t()
+            failed = libc.pthread_attr_getstack(attr, ctypes.byref(base), ctypes.byref(size))
+            libc.pthread_attr_destroy(attr)
+            return None if failed else size.value
+        if sys.platform == "darwin":
+            libc.pthread_self.restype = ctypes.c_void_p
+            libc.pthread_get_stacksize_np.restype = ctypes.c_size_t
+            libc.pthread_get_stacksize_np.argtypes = [ctypes.c_void_p]
+            return int(libc.pthread_get_stacksize_np(libc.pthread_self()))
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def _thread_stack_size() -> Optional[int]:
+    """The calling thread's stack size, looked up once per thread (and again after fork)."""
+    known = getattr(_THREAD_STACK, "size", 0)
+    if known == 0:
+        known = _THREAD_STACK.size = _native_stack_size()
+    return known
+
+
 def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
     engine_config = wt.wasmtime.Config()
     engine_config.max_wasm_stack = config.max_wasm_stack
@@ -415,6 +474,8 @@ class _Loaded:
     #: The compiled module and its cache key (content and engine settings).
     module: Any = None
     module_key: bytes = b""
+    #: Whether the module had a start function (exported by the rewrite as START_EXPORT).
+    has_start: bool = False
     #: Reused instances (REUSE_PER_THREAD). They hold no reference back to this object,
     #: so they die with it when the plugin leaves its slot.
     local: threading.local = field(default_factory=threading.local)
@@ -436,13 +497,25 @@ class _Engine:
         )
         self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
 
+    def check_thread_stack(self, plugin: str, hook: str) -> None:
+        """Refuse to enter guest code on a thread whose stack cannot hold max_wasm_stack."""
+        size = _thread_stack_size()
+        needed = self.config.max_wasm_stack + STACK_HEADROOM
+        if size is not None and size < needed:
+            raise PluginResourceLimit(
+                f"the calling thread's stack is {size // 1024} KiB, less than HostConfig.max_wasm_stack "
+                f"({self.config.max_wasm_stack // 1024} KiB) + {STACK_HEADROOM // 1024} KiB: call plugins from "
+                "threads with a larger stack (threading.stack_size) or lower max_wasm_stack",
+                plugin=plugin, hook=hook, phase="enter",
+            )
+
 
 def _instantiate_failure(engine: _Engine, exc: BaseException, plugin: str, hook: str) -> PluginError:
     """A typed error for a failed instantiation (start function, limits, host memory)."""
     where = {"plugin": plugin, "hook": hook, "phase": "instantiate"}
     wasmtime = engine.wt.wasmtime
     if isinstance(exc, wasmtime.Trap):
-        return _trap_failure(engine, exc, "instantiate (start function)", where, grow_refused=False)
+        return _trap_failure(engine, exc, "instantiate", where, grow_refused=False)
     message = _trap_text(str(exc))
     lowered = message.lower()
     if "memory minimum size" in lowered:
@@ -467,6 +540,12 @@ def _trap_failure(engine: _Engine, trap: Any, phase: str, where: Dict[str, str],
     return _classify(engine, name, message, phase, where, grow_refused=grow_refused)
 
 
+#: How guests fail after memory.grow answered -1: a panic or abort (Rust's OOM handler,
+#: C's assert) is ``unreachable``; using memory that was never granted is an out-of-bounds
+#: access. A division by zero or a stack overflow after a refused grow is still a bug.
+_OUT_OF_MEMORY_TRAPS = frozenset({"unreachable", "memory_out_of_bounds"})
+
+
 def _classify(
     engine: _Engine, name: str, message: str, phase: str, where: Dict[str, str], *, grow_refused: bool
 ) -> PluginError:
@@ -477,7 +556,7 @@ def _classify(
         return PluginTimeout(f"{phase}: exceeded the {config.deadline_s} s deadline", **where)
     if name == "out_of_fuel":
         return PluginOutOfFuel(f"{phase}: used up its {config.fuel} units of fuel", **where)
-    if grow_refused:
+    if grow_refused and name in _OUT_OF_MEMORY_TRAPS:
         return PluginMemoryLimit(
             f"{phase}: the guest failed after memory.grow was refused at the "
             f"{config.memory_limit_bytes}-byte limit ({message})",
@@ -540,6 +619,11 @@ class _Instance:
         self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
         self.trap_ref = ctypes.byref(self.trap)
         self.out_pointer = 0
+        if loaded.has_start:
+            # The rewrite turned the start section into an export: run it now, under the
+            # limits armed above, so a trap in it is typed like any other.
+            self._call(ctypes.byref(export(START_EXPORT).func), 0, "start function", hook)
+            self.clear_refused_grow()  # a refusal the start function survived is not the hook's
 
     def arm(self) -> None:
         """Reset the per-call limits: the epoch deadline and the fuel."""
@@ -798,11 +882,15 @@ class PluginHost:
         wasmtime = self._engine.wt.wasmtime
         engine = self._engine.engine
         cached = self._cache_dir / f"{key.hex()}.cwasm" if self._cache_dir else None
-        if cached is not None and cached.is_file():
+        if cached is not None:
             try:
                 module = wasmtime.Module.deserialize(engine, cached.read_bytes())
-            except (OSError, *self._engine.wt.errors):
-                module = None  # stale, foreign or unreadable: compile again
+            except FileNotFoundError:
+                module = None
+            except (OSError, *self._engine.wt.errors) as exc:
+                # stale, foreign or unreadable (a name too long, a directory): compile again
+                _log.warning("compiled-module cache %s not used: %s", cached, exc)
+                module = None
         if module is None:
             try:
                 instrumented = instrument_memory_grow(wasm)
@@ -855,7 +943,7 @@ class PluginHost:
         hooks = tuple(hook for hook in HOOK_EXPORTS if hook in ((inspection.metadata or {}).get("hooks") or {}))
         loaded = _Loaded(
             name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection, hooks,
-            module, self._module_key(data),
+            module, self._module_key(data), any(export.name == START_EXPORT for export in module.exports),
         )
         if self.config.probe:
             for hook in hooks:
@@ -869,6 +957,7 @@ class PluginHost:
         if self._closed:
             raise PluginError("the host closed during admission", plugin=loaded.name, hook=hook)
         try:
+            self._engine.check_thread_stack(loaded.name, hook)
             return _Instance(self._engine, loaded, hook)
         except PluginError as exc:
             raise PluginRejected(f"cannot instantiate: {exc.detail}", plugin=loaded.name, hook=hook) from exc
@@ -895,10 +984,11 @@ class PluginHost:
 
     def _read_module(self, method: str, wasm: Any) -> bytes:
         if isinstance(wasm, (str, os.PathLike)):
+            path = _path_text(wasm, f"{method}.wasm")
             try:
-                return Path(wasm).read_bytes()
+                return Path(path).read_bytes()
             except OSError as exc:
-                raise InvalidInput(f"{method}.wasm", f"cannot read {os.fspath(wasm)!r}: {exc.strerror or exc}") from exc
+                raise InvalidInput(f"{method}.wasm", f"cannot read {path!r}: {exc.strerror or exc}") from exc
         if isinstance(wasm, (bytes, bytearray, memoryview)):
             return bytes(wasm)
         raise InvalidInputType(f"{method}.wasm", f"expected the module's bytes or a path, got {type_name(wasm)}")
@@ -979,6 +1069,7 @@ class PluginHost:
         """One hook call: instance, request, call, checks, conversion. Every wasmtime failure
         comes out as a PluginError; the reused instance is discarded after any failure."""
         engine = self._engine
+        engine.check_thread_stack(loaded.name, hook)
         self._enter(loaded.name, hook)
         try:
             instance = getattr(loaded.local, "instance", None) if engine.reuse else None

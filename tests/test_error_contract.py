@@ -221,6 +221,8 @@ def _type_arg(where: str, param: str) -> List[Bad]:
         T("deep-list", deep_list, field),
         T("deep-dict", deep_dict, field),
         T("deep-json-text", lambda: DEEP_JSON_ARRAY, field),
+        T("writable-memoryview", lambda: memoryview(bytearray(b"x")), field),  # unhashable: ValueError on lookup
+        T("double-memoryview", lambda: memoryview(b"abcdabcd").cast("d"), field),
     ]
 
 
@@ -992,6 +994,8 @@ CLI_CASES: List[Tuple[str, Callable[[Any], Tuple[List[str], bytes]], Optional[st
     ("usage-not-a-root-type", lambda d: (["decode", "--type", "Header"], b""), "Header"),
     ("usage-call-without-hook", lambda d: (["call", FILTER_PLUGIN, "--request", "x.json"], b""), "--hook"),
     ("usage-bad-indent", lambda d: (["decode", "--type", "FilterResponse", "--indent", "x"], b""), "--indent"),
+    ("usage-huge-indent", lambda d: (["decode", "--type", "FilterResponse", "--indent", "9" * 20], b""), "--indent"),
+    ("usage-negative-indent", lambda d: (["decode", "--type", "FilterResponse", "--indent", "-1"], b""), "--indent"),
     ("usage-unknown-sample", lambda d: (["sample", "Nope"], b""), "Nope"),
 ]
 
@@ -1019,3 +1023,27 @@ def test_cli_success_still_exits_zero(capsys, monkeypatch):
     assert (code, err) == (0, "")
     code, err = run_cli(["--help"], capsys, monkeypatch)  # argparse's exit(0) becomes a return
     assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "argv, stdin",
+    [
+        (["encode", "--type", "FilterResponse"], b" " * 2048),
+        (["decode", "--type", "FilterResponse"], b"\0" * 2048),
+    ],
+    ids=["encode", "decode"],
+)
+def test_cli_input_is_bounded(argv, stdin, capsys, monkeypatch):
+    # `cclb-wire encode < /dev/zero` must end with an error, not eat memory forever.
+    monkeypatch.setattr(cli, "MAX_INPUT_BYTES", 1024)
+    code, err = run_cli(argv, capsys, monkeypatch, stdin)
+    assert code == 1 and err.splitlines() == ["cclb-wire: stdin: larger than 1024 bytes"]
+
+
+def test_cli_request_and_plugin_files_are_bounded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "MAX_INPUT_BYTES", 1024)
+    big = _write(tmp_path, "big.json", b" " * 2048)
+    code, err = run_cli(["call", FILTER_PLUGIN, "--hook", "filter", "--request", big], capsys, monkeypatch)
+    assert code == 1 and "larger than 1024 bytes" in err and len(err.splitlines()) == 1
+    code, err = run_cli(["inspect", FILTER_PLUGIN], capsys, monkeypatch)  # the 8 KiB plugin
+    assert code == 1 and "larger than 1024 bytes" in err and len(err.splitlines()) == 1

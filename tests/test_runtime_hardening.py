@@ -177,6 +177,7 @@ BAD_CONFIG = [
     ("cookie_redaction", "yes"),
     ("probe", 1),
     ("module_cache_dir", 5),
+    ("module_cache_dir", "/tmp/a\0b"),
     ("module_cache_size", -1),
 ]
 
@@ -292,6 +293,28 @@ def test_a_trap_near_the_limit_without_a_refused_grow_stays_a_trap(strategy):
     assert type(cause) is cw.PluginTrap and cause.trap_code == "unreachable", repr(cause)
 
 
+@pytest.mark.parametrize("probe", [True, False])
+def test_out_of_memory_in_a_start_function_is_a_memory_limit(probe):
+    with PluginHost(HostConfig(probe=probe, memory_limit_bytes=MIB)) as host:
+        cause = cause_of(lambda: host.register_filter("s", "bomb", fixture("start_memory_bomb")))
+    while isinstance(cause, cw.PluginRejected):
+        cause = cause.__cause__
+    assert type(cause) is cw.PluginMemoryLimit, repr(cause)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize(
+    "name, trap_code",
+    [("start_refused_then_hook_trap", "unreachable"), ("refused_then_divide_by_zero", "integer_division_by_zero")],
+)
+def test_a_refusal_does_not_explain_a_later_or_unrelated_trap(strategy, name, trap_code):
+    with PluginHost(HostConfig(probe=False, instance_strategy=strategy)) as host:
+        adapter = host.register_filter("s", name, fixture(name))
+        for _ in range(2):  # and again, on the next instance
+            cause = cause_of(lambda: adapter.filter(CTX, PRINCIPAL, []))
+            assert type(cause) is cw.PluginTrap and cause.trap_code == trap_code, repr(cause)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
 def test_a_refused_grow_that_the_guest_handles_is_no_error(strategy):
     config = HostConfig(memory_limit_bytes=16 * MIB, instance_strategy=strategy)
@@ -365,6 +388,35 @@ def test_a_host_that_cannot_map_guest_memory_passes_through():
     assert out.split() == ["PluginResourceLimit", "True"]
 
 
+# --- the calling thread's stack -----------------------------------------------------------------
+
+
+def test_a_thread_with_too_small_a_stack_is_refused_instead_of_crashing():
+    # A deep guest on a thread whose stack is smaller than max_wasm_stack used to hit the
+    # thread's guard page: SIGSEGV. Now the call is refused; a thread with just enough
+    # stack overflows the wasm stack as a typed trap. Both behind the failure policy.
+    out = run_isolated(
+        """
+        host = PluginHost(HostConfig(probe=False))
+        adapter = host.register_filter("s", "deep", fixture("stack_overflow"))
+        def call(results):
+            try:
+                adapter.filter(CTX, PRINCIPAL, [])
+            except cw.FilterError as exc:
+                results.append(type(exc.__cause__).__name__)
+            results.append(len(adapter.filter_with_policy(CTX, PRINCIPAL, candidates(2)).kept_upstream_ids))
+        for stack in (512 * 1024, 1024 * 1024 + 256 * 1024):
+            threading.stack_size(stack)
+            results = []
+            thread = threading.Thread(target=call, args=(results,))
+            thread.start()
+            thread.join()
+            print(*results)
+        """
+    )
+    assert out.splitlines() == ["PluginResourceLimit 2", "PluginTrap 2"]
+
+
 # --- races ---------------------------------------------------------------------------------------
 
 
@@ -434,10 +486,12 @@ def test_concurrent_registrations_share_the_disk_cache(tmp_path):
     assert list(tmp_path.glob("*.tmp")) == []
 
 
-def test_an_unwritable_cache_dir_costs_a_compile_not_a_registration(tmp_path):
+@pytest.mark.parametrize("where", ["under-a-file", "name-too-long"])
+def test_an_unusable_cache_dir_costs_a_compile_not_a_registration(tmp_path, where):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with PluginHost(HostConfig(module_cache_dir=blocker / "cache")) as host:
+    cache_dir = blocker / "cache" if where == "under-a-file" else tmp_path / ("x" * 300)
+    with PluginHost(HostConfig(module_cache_dir=cache_dir)) as host:
         assert host.register_filter("s", "m", fixture("valid_minimal")).filter(CTX, PRINCIPAL, []) == cw.FilterOutput((), "", ())
 
 
@@ -658,6 +712,7 @@ def test_a_swap_back_reuses_a_spare_module():
         (".", cw.InvalidInput),
         (None, cw.InvalidInputType),
         (42, cw.InvalidInputType),
+        ("/tmp/a\0b", cw.InvalidInput),
     ],
 )
 def test_register_with_a_bad_module_argument(wasm, error):
