@@ -1878,3 +1878,10 @@ def _check_fast_constructors():
 
 
 _check_fast_constructors()
+
+
+def _stack_address():
+    """Where the calling thread's stack is now: the address of a local of this C frame.
+    The plugin host uses it to make sure a guest call has the native stack it may use."""
+    cdef char marker = 0
+    return <size_t><void*>&marker

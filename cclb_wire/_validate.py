@@ -54,7 +54,10 @@ def check_number(value: Any, field: str, minimum: float, maximum: float, *, open
     (``(minimum, maximum]`` with ``open_minimum``)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise InvalidInputType(field, f"expected a number, got {type_name(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InvalidInput(field, f"{value} is out of range [{minimum}, {maximum}]") from None
     low_ok = number > minimum if open_minimum else number >= minimum
     if not (math.isfinite(number) and low_ok and number <= maximum):
         bracket = "(" if open_minimum else "["

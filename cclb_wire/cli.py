@@ -47,6 +47,8 @@ def _read_file(path: str, what: str) -> bytes:
 
 
 def _read_stdin_bytes() -> bytes:
+    if sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise InvalidInput("stdin", "is closed")
     return _read_bounded(sys.stdin.buffer, "stdin")
 
 
@@ -302,6 +304,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run one command (``argv`` without the program name; default ``sys.argv[1:]``) and
     return its exit status. Nothing escapes as a traceback for a bad input: a usage error
     returns 2, any other failure 1, each with one line on stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        # Output that the terminal's encoding cannot show (µs, non-ASCII header values) is
+        # escaped, not a UnicodeEncodeError.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already reported)

@@ -210,7 +210,7 @@ def _path_text(path: Any, field: str) -> str:
         raise InvalidInputType(field, f"expected a str, a path or None, got {type_name(path)}")
     try:
         text = os.fspath(path)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InvalidInputType(field, f"not a usable path: {exc}") from None
     if not isinstance(text, str):
         raise InvalidInputType(field, f"expected a text path, got {type_name(text)}")
@@ -408,37 +408,57 @@ STACK_HEADROOM = 256 * 1024
 _THREAD_STACK = threading.local()
 
 
-def _native_stack_size() -> Optional[int]:
-    """The calling thread's stack size in bytes, where the platform tells (Linux, macOS)."""
+def _native_stack_bounds() -> Optional[Tuple[int, int]]:
+    """(lowest address, size) of the calling thread's stack, where the platform tells
+    (Linux, macOS); None elsewhere."""
     import sys
 
     try:
         libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_void_p
         if sys.platform.startswith("linux"):
             attr = ctypes.create_string_buffer(256)  # pthread_attr_t is 56 bytes on glibc x86_64
-            libc.pthread_self.restype = ctypes.c_void_p
             if libc.pthread_getattr_np(ctypes.c_void_p(libc.pthread_self()), attr) != 0:
                 return None
             base, size = ctypes.c_void_p(), ctypes.c_size_t()
             failed = libc.pthread_attr_getstack(attr, ctypes.byref(base), ctypes.byref(size))
             libc.pthread_attr_destroy(attr)
-            return None if failed else size.value
+            return None if failed or not base.value else (base.value, size.value)
         if sys.platform == "darwin":
-            libc.pthread_self.restype = ctypes.c_void_p
             libc.pthread_get_stacksize_np.restype = ctypes.c_size_t
             libc.pthread_get_stacksize_np.argtypes = [ctypes.c_void_p]
-            return int(libc.pthread_get_stacksize_np(libc.pthread_self()))
-    except (OSError, AttributeError):
+            libc.pthread_get_stackaddr_np.restype = ctypes.c_void_p  # the top: stacks grow down
+            libc.pthread_get_stackaddr_np.argtypes = [ctypes.c_void_p]
+            thread = libc.pthread_self()
+            size = int(libc.pthread_get_stacksize_np(thread))
+            return int(libc.pthread_get_stackaddr_np(thread)) - size, size
+    except (OSError, AttributeError, TypeError):
         pass
     return None
 
 
-def _thread_stack_size() -> Optional[int]:
-    """The calling thread's stack size, looked up once per thread (and again after fork)."""
-    known = getattr(_THREAD_STACK, "size", 0)
-    if known == 0:
-        known = _THREAD_STACK.size = _native_stack_size()
-    return known
+def _thread_stack() -> Optional[Tuple[int, int]]:
+    """The calling thread's stack bounds, looked up once per thread."""
+    try:
+        return _THREAD_STACK.bounds  # type: ignore[no-any-return]
+    except AttributeError:
+        bounds = _THREAD_STACK.bounds = _native_stack_bounds()
+        return bounds
+
+
+def _stack_pointer_reader() -> Optional[Callable[[], int]]:
+    """The extension's reading of the current stack address; without the extension the
+    host can only compare the thread's whole stack size."""
+    from . import BACKEND
+
+    if BACKEND != "cython":
+        return None
+    from . import _codec  # type: ignore[attr-defined]
+
+    return getattr(_codec, "_stack_address", None)
+
+
+_STACK_ADDRESS = _stack_pointer_reader()
 
 
 def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
@@ -446,6 +466,9 @@ def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
     engine_config.max_wasm_stack = config.max_wasm_stack
     # wasmtime aborts the process if max_wasm_stack exceeds the (unused) async stack size.
     wt.async_stack_size_set(engine_config.ptr(), max(2 * 1024 * 1024, config.max_wasm_stack + 256 * 1024))
+    # wasmtime's compile thread pool does not survive fork(): a child that compiles with it
+    # hangs forever. Plugins are small and compiled once, so compile on the calling thread.
+    engine_config.parallel_compilation = False
     engine_config.epoch_interruption = config.deadline_s is not None
     engine_config.consume_fuel = config.fuel is not None
     # Exactly the proposals the memory.grow rewrite decodes (wasm_rewrite.py); a module
@@ -498,14 +521,20 @@ class _Engine:
         self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
 
     def check_thread_stack(self, plugin: str, hook: str) -> None:
-        """Refuse to enter guest code on a thread whose stack cannot hold max_wasm_stack."""
-        size = _thread_stack_size()
+        """Refuse to enter guest code where the thread's stack cannot hold max_wasm_stack:
+        what is left below the current frame (with the extension), else the whole stack."""
+        bounds = _thread_stack()
+        if bounds is None:
+            return
+        base, size = bounds
+        left = _STACK_ADDRESS() - base if _STACK_ADDRESS is not None else size
         needed = self.config.max_wasm_stack + STACK_HEADROOM
-        if size is not None and size < needed:
+        if left < needed:
             raise PluginResourceLimit(
-                f"the calling thread's stack is {size // 1024} KiB, less than HostConfig.max_wasm_stack "
-                f"({self.config.max_wasm_stack // 1024} KiB) + {STACK_HEADROOM // 1024} KiB: call plugins from "
-                "threads with a larger stack (threading.stack_size) or lower max_wasm_stack",
+                f"the calling thread has {left // 1024} KiB of stack left (of {size // 1024} KiB), less than "
+                f"HostConfig.max_wasm_stack ({self.config.max_wasm_stack // 1024} KiB) + {STACK_HEADROOM // 1024} KiB: "
+                "call plugins from threads with a larger stack (threading.stack_size), not deep in recursion, "
+                "or lower max_wasm_stack",
                 plugin=plugin, hook=hook, phase="enter",
             )
 

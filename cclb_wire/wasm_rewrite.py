@@ -469,6 +469,36 @@ def _check_exports(data: bytes, pos: int, end: int) -> None:
         raise _error("export section has trailing bytes", pos)
 
 
+def _function_type_index(data: bytes, section: Tuple[int, int, int, int], defined: int) -> int:
+    """The type index of the ``defined``-th function of the function section."""
+    _, _, payload, end = section
+    count, pos = _read_u32(data, payload, end)
+    type_index = -1
+    for _ in range(min(count, defined + 1)):
+        type_index, pos = _read_u32(data, pos, end)
+    return type_index
+
+
+def _is_empty_func_type(data: bytes, known: Dict[int, Tuple[int, int, int, int]], type_index: int) -> bool:
+    """Whether entry ``type_index`` of the type section is the function type [] -> []."""
+    if _TYPE not in known or type_index < 0:
+        return False
+    _, _, payload, end = known[_TYPE]
+    count, pos = _read_u32(data, payload, end)
+    if type_index >= count:
+        return False
+    for index in range(type_index + 1):
+        if _byte(data, pos, end) != 0x60:
+            raise _error("unsupported type-section entry (only function types)", pos)
+        params, pos = _read_u32(data, pos + 1, end)
+        params_end = pos + params
+        results, pos = _read_u32(data, params_end, end)
+        if index == type_index:
+            return params == 0 and results == 0
+        pos += results
+    return False
+
+
 def _section(section_id: int, payload: bytes) -> bytes:
     return bytes((section_id,)) + _leb_u32(len(payload)) + payload
 
@@ -554,6 +584,13 @@ def instrument_memory_grow(wasm: Union[bytes, bytearray, memoryview]) -> bytes:
         start_function, start_end = _read_u32(data, known[_START][2], known[_START][3])
         if start_end != known[_START][3]:
             raise _error("start section has trailing bytes", start_end)
+        # Validation of the start section goes with it, so check here what it required: a
+        # defined function of type [] -> [] (imports are refused anyway).
+        defined = start_function - imported_functions
+        if not 0 <= defined < defined_functions:
+            raise _error(f"start function {start_function} is not a function defined by the module", known[_START][2])
+        if not _is_empty_func_type(data, known, _function_type_index(data, known[_FUNCTION], defined)):
+            raise _error(f"start function {start_function} must have type [] -> []", known[_START][2])
         exports.append(_export_entry(_START_NAME, 0, start_function))
     replacements: Dict[int, bytes] = {
         _TYPE: _append_entry(data, known.get(_TYPE), _TYPE, b"\x60\x01\x7f\x01\x7f"),

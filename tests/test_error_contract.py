@@ -528,6 +528,7 @@ def _number_field(field: str, *too_big: float, optional: bool = False) -> List[B
         V("nan", lambda: math.nan, field),
         V("zero", lambda: 0, field),
         V("negative", lambda: -1.0, field),
+        V("int-past-float", lambda: 10**400, field),
         *(V(f"big-{value}", lambda value=value: value, field) for value in too_big),
     )
     if not optional:
@@ -569,7 +570,12 @@ TABLE["HostConfig"] = {
     "max_wasm_stack": _int_field("HostConfig.max_wasm_stack", 4 * 1024 * 1024) + [V("zero", lambda: 0, "HostConfig.max_wasm_stack")],
     "instance_strategy": _enum_field("HostConfig.instance_strategy"),
     "epoch_tick_s": _number_field("HostConfig.epoch_tick_s", 2),
-    "module_cache_dir": _wrong_types("HostConfig.module_cache_dir", T("int", lambda: 5, "HostConfig.module_cache_dir")),
+    "module_cache_dir": _wrong_types(
+        "HostConfig.module_cache_dir",
+        T("int", lambda: 5, "HostConfig.module_cache_dir"),
+        V("nul-in-path", lambda: "/tmp/a\0b", "HostConfig.module_cache_dir"),
+        T("broken-fspath", lambda: BrokenPath(), "HostConfig.module_cache_dir"),
+    ),
     "module_cache_size": _int_field("HostConfig.module_cache_size", 1024),
     "probe": _bool_field("HostConfig.probe"),
 }
@@ -761,6 +767,18 @@ def test_origin_policy_strings_enforce_the_origin(policy):
 PLUGINS = resources.files("cclb_wire") / "plugins"
 
 
+class BrokenPath:
+    """An os.PathLike whose __fspath__ fails the way a buggy one does."""
+
+    def __fspath__(self) -> str:
+        raise ValueError("no path here")
+
+
+class BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"/tmp/plugin.wasm"
+
+
 def _wasm_arg(field: str) -> List[Bad]:
     return _wrong_types(
         field,
@@ -768,6 +786,9 @@ def _wasm_arg(field: str) -> List[Bad]:
         T("none", lambda: None, field),
         V("missing-path", lambda: "/nonexistent/plugin.wasm", field),
         V("directory", lambda: ".", field),
+        V("nul-in-path", lambda: "/tmp/a\0b", field),
+        T("broken-fspath", BrokenPath, field),
+        T("bytes-fspath", BytesPath, field),
     )
 
 
@@ -1047,3 +1068,22 @@ def test_cli_request_and_plugin_files_are_bounded(tmp_path, capsys, monkeypatch)
     assert code == 1 and "larger than 1024 bytes" in err and len(err.splitlines()) == 1
     code, err = run_cli(["inspect", FILTER_PLUGIN], capsys, monkeypatch)  # the 8 KiB plugin
     assert code == 1 and "larger than 1024 bytes" in err and len(err.splitlines()) == 1
+
+
+def test_cli_with_stdin_closed_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)
+    capsys.readouterr()
+    assert cli.main(["encode", "--type", "FilterRequest"]) == 1
+    assert capsys.readouterr().err.splitlines() == ["cclb-wire: stdin: is closed"]
+
+
+def test_cli_output_the_terminal_cannot_encode_is_escaped():
+    import os
+    import subprocess
+
+    environment = dict(os.environ, PYTHONIOENCODING="ascii")
+    result = subprocess.run(
+        [sys.executable, "-m", "cclb_wire", "demo"], capture_output=True, text=True, env=environment, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "\\xb5s" in result.stdout  # µs, escaped

@@ -70,7 +70,7 @@ def run_isolated(code: str, timeout: float = 90) -> str:
         import wasmtime
         import cclb_wire as cw
         from cclb_wire.runtime import HostConfig, InstanceStrategy, PluginHost, FailurePolicy
-        from test_runtime_hardening import fixture, plugin, candidates, variant, CTX, PRINCIPAL
+        from test_runtime_hardening import fixture, plugin, candidates, variant, report_child, CTX, PRINCIPAL, HOSTILE
         """
     )
     result = subprocess.run(
@@ -78,6 +78,19 @@ def run_isolated(code: str, timeout: float = 90) -> str:
     )
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result.stdout
+
+
+def report_child(pid: int, timeout: float = 30) -> None:
+    """Print how a forked child ended ("child <exit code>"), or kill it ("child hung")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child", os.waitstatus_to_exitcode(status))
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    print("child hung")
 
 
 def cause_of(call) -> BaseException:
@@ -417,6 +430,28 @@ def test_a_thread_with_too_small_a_stack_is_refused_instead_of_crashing():
     assert out.splitlines() == ["PluginResourceLimit 2", "PluginTrap 2"]
 
 
+@pytest.mark.skipif(cw.BACKEND != "cython", reason="the pure-Python host sees only the thread's whole stack size")
+def test_a_call_deep_in_recursion_is_refused_instead_of_crashing():
+    # 7,000 levels of C-level recursion leave less than 4 MiB of the main thread's 8 MiB.
+    out = run_isolated(
+        """
+        sys.setrecursionlimit(100_000)
+        host = PluginHost(HostConfig(probe=False, max_wasm_stack=4 * 1024 * 1024))
+        adapter = host.register_filter("s", "deep", fixture("stack_overflow"))
+        def recurse(n):
+            if n:
+                return list(map(recurse, [n - 1]))
+            try:
+                adapter.filter(CTX, PRINCIPAL, [])
+            except cw.FilterError as exc:
+                print(type(exc.__cause__).__name__)
+        recurse(7000)
+        recurse(10)
+        """
+    )
+    assert out.split() == ["PluginResourceLimit", "PluginTrap"]
+
+
 # --- races ---------------------------------------------------------------------------------------
 
 
@@ -579,20 +614,49 @@ def test_a_forked_child_keeps_its_deadlines(strategy):
                     code = 1
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                print("child", os.waitstatus_to_exitcode(status))
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            print("child hung")
+        report_child(pid)
         host.close()
         """
     )
     assert out.split() == ["child", "0"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_forked_child_can_compile():
+    # wasmtime's compile thread pool does not survive fork(); a child that compiled with it hung.
+    out = run_isolated(
+        """
+        host = PluginHost()
+        host.register_filter("s", "v0", variant(0))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                host.register_filter("s", "v1", variant(1))
+                PluginHost().register_filter("t", "v2", variant(2)).filter(CTX, PRINCIPAL, candidates(2))
+                os._exit(0)
+            finally:
+                os._exit(1)
+        report_child(pid)
+        """
+    )
+    assert out.split() == ["child", "0"]
+
+
+def test_a_start_function_of_the_wrong_type_is_rejected_not_called():
+    # The rewrite removes the start section: its type check must not go with it, or the host
+    # calls cc_lb_free with no arguments (SIGILL).
+    out = run_isolated(
+        """
+        import re
+        text = (HOSTILE / "valid_minimal.wat").read_text()
+        wasm = wasmtime.wat2wasm(re.sub(r"\\(module", "(module (start $free)", text, count=1))
+        try:
+            PluginHost().register_filter("s", "bad-start", wasm)
+        except cw.PluginRejected as exc:
+            print("rejected", "[] -> []" in str(exc))
+        """
+    )
+    assert out.split() == ["rejected", "True"]
 
 
 # --- no leaks: tickers, reloads, unregister ----------------------------------------------------------

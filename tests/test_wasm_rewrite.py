@@ -410,6 +410,26 @@ def test_grow_by_zero_at_the_limit_never_sets_the_flag() -> None:
     assert guest.refused == 1
 
 
+@pytest.mark.parametrize(
+    "start, valid_before",
+    [
+        ("(func $s)", True),
+        ("(func $s (param i32))", False),
+        ("(func $s (result i32) i32.const 0)", False),
+    ],
+)
+def test_the_start_function_keeps_the_type_check_its_section_had(start: str, valid_before: bool) -> None:
+    original = wat(f"(module (memory 1) (type (func (param i64))) {start} (start $s))")
+    assert valid(original) is valid_before  # wasmtime's own verdict on the start section
+    if valid_before:
+        rewritten = instrument_memory_grow(original)
+        assert section(rewritten, START) is None and valid(rewritten)
+        assert START_EXPORT in {e.name for e in wasmtime.Module(ENGINE, rewritten).exports}
+    else:
+        with pytest.raises(WasmRewriteError, match=r"must have type \[\] -> \[\]"):
+            instrument_memory_grow(original)
+
+
 def test_refusal_by_the_declared_maximum_is_recorded() -> None:
     source = GROWER.replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 1 3)")
     original, rewritten = wat(source), instrument_memory_grow(wat(source))
