@@ -175,9 +175,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _load_request(path: str) -> object:
-    from .host_json import load_json
+    from .jsontext import loads
 
-    return load_json(_read_file(path, "request"), f"request {path}")
+    return loads(_read_file(path, "request"), f"request {path}")
 
 
 def _run_hook(host: "object", plugin_path: str, hook: str, request: object) -> object:
@@ -215,10 +215,11 @@ def _cmd_call(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .host_json import event_from_json, load_json, output_to_json, request_from_json
+    from .host_json import event_from_json, output_to_json, request_from_json
+    from .jsontext import loads
     from .runtime import HostConfig, InstanceStrategy, PluginHost
 
-    request = load_json(sample_text("demo_request"), "demo_request.json")
+    request = loads(sample_text("demo_request"), "demo_request.json")
     parts = request_from_json(request)
     plugins = resources.files("cclb_wire").joinpath("plugins")
     print(f"cclb_wire demo (codec backend: {BACKEND}); request {parts['ctx'].request_id}: "

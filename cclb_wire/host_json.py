@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
-from . import host_rules, host_types, jsontext
+from . import host_rules, host_types
 from .errors import InvalidInput, InvalidInputType
 
-__all__ = ["load_json", "request_from_json", "event_from_json", "output_to_json"]
+__all__ = ["request_from_json", "event_from_json", "output_to_json"]
 
 T = TypeVar("T")
 
@@ -35,12 +35,6 @@ _EVENTS = {
     "RequestFinished": host_types.RequestFinished,
     "Error": host_types.ErrorEvent,
 }
-
-
-def load_json(data: Union[str, bytes], source: str) -> Any:
-    """Parse a request file's text (nesting bounded: :func:`cclb_wire.jsontext.loads`);
-    errors are InvalidInput naming ``source``."""
-    return jsontext.loads(data, source)
 
 
 def _kind(value: Any) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "claim_json",
     "wire_claims",
     "wire_headers",
+    "header_pair",
     "header_name_bytes",
     "header_value_bytes",
     "MAX_CLAIM_DEPTH",
@@ -318,9 +319,7 @@ def wire_headers(
     result = []
     for index, pair in enumerate(pairs):
         where = f"{field}[{index}]"
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise InvalidInputType(where, f"expected a (name, value) pair, got {_describe_pair(pair)}")
-        name, value = pair
+        name, value = header_pair(pair, where)
         lower = header_name_bytes(name, where).lower()
         if lower in STRIPPED_REQUEST_HEADERS or (cookie_redaction and lower == b"cookie"):
             continue
@@ -328,10 +327,12 @@ def wire_headers(
     return tuple(result)
 
 
-def _describe_pair(pair: Any) -> str:
-    if isinstance(pair, (tuple, list)):
-        return f"a {type_name(pair)} of {len(pair)} items"
-    return f"a {type_name(pair)}"
+def header_pair(pair: Any, where: str) -> Tuple[Any, Any]:
+    """A header's (name, value): a 2-item tuple or list, else InvalidInputType naming ``where``."""
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        shape = f"a {type_name(pair)} of {len(pair)} items" if isinstance(pair, (tuple, list)) else f"a {type_name(pair)}"
+        raise InvalidInputType(where, f"expected a (name, value) pair, got {shape}")
+    return pair[0], pair[1]
 
 
 def serialize_url(url: Any, field: str = "url") -> str:

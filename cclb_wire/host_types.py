@@ -77,10 +77,7 @@ def _header_pairs(headers: Any, field: str) -> Tuple[Tuple[StrOrBytes, StrOrByte
 
 
 def _checked_pair(pair: Any, where: str) -> Tuple[StrOrBytes, StrOrBytes]:
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-        shape = f"a {type_name(pair)} of {len(pair)} items" if isinstance(pair, (tuple, list)) else f"a {type_name(pair)}"
-        raise InvalidInputType(where, f"expected a (name, value) pair, got {shape}")
-    name, value = pair
+    name, value = host_rules.header_pair(pair, where)
     host_rules.header_name_bytes(name, where)
     host_rules.header_value_bytes(value, where)
     return (name, value)

@@ -47,7 +47,6 @@ from . import (
 )
 from ._validate import check_bool, check_int, check_number, coerce_enum, type_name
 from .errors import (
-    CclbWireError,
     DecodeError,
     DialectError,
     FilterError,
@@ -369,12 +368,6 @@ def _untick_engine(engine: Any, tick: float) -> None:
 
 def _no_ticker() -> None:
     """The release of a host without a deadline: it never had a ticker."""
-
-
-def ticker_threads() -> int:
-    """How many deadline ticker threads run now (one per distinct ``epoch_tick_s`` in use)."""
-    with _TICKERS_LOCK:
-        return len(_TICKERS)
 
 
 #: Hosts alive in this process, for the fork handler.
@@ -897,10 +890,9 @@ class PluginHost:
     def _module_key(self, wasm: bytes) -> bytes:
         return blake3.blake3(wasm + b"\0" + self._engine_key.encode()).digest()
 
-    def _module(self, wasm: bytes, name: str, kind: str) -> Any:
-        """Rewrite and compile, or take from the caches (spare modules, then disk), keyed by
-        content and engine settings."""
-        key = self._module_key(wasm)
+    def _module(self, wasm: bytes, key: bytes, name: str, kind: str) -> Any:
+        """Rewrite and compile, or take from the caches (spare modules, then disk); ``key``
+        is the module key (content and engine settings)."""
         with self._lock:
             for loaded in self._slots.values():
                 if loaded.module_key == key:
@@ -955,16 +947,16 @@ class PluginHost:
         if loaded is None or any(other.module_key == loaded.module_key for other in self._slots.values()):
             return
         spares = self._spare_modules
-        if self.config.module_cache_size:
-            spares[loaded.module_key] = loaded.module
-            spares.move_to_end(loaded.module_key)
+        spares[loaded.module_key] = loaded.module
+        spares.move_to_end(loaded.module_key)
         while len(spares) > self.config.module_cache_size:
             spares.popitem(last=False)
 
     def _admit(self, kind: str, name: str, data: bytes, content_hash: bytes) -> _Loaded:
         inspection = inspect_plugin(data)
         inspection.check(kind, plugin=name)
-        module = self._module(data, name, kind)
+        module_key = self._module_key(data)
+        module = self._module(data, module_key, name, kind)
         try:
             instance_pre = self._linker.instantiate_pre(module)
         except self._engine.wt.errors as exc:
@@ -972,7 +964,7 @@ class PluginHost:
         hooks = tuple(hook for hook in HOOK_EXPORTS if hook in ((inspection.metadata or {}).get("hooks") or {}))
         loaded = _Loaded(
             name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection, hooks,
-            module, self._module_key(data), any(export.name == START_EXPORT for export in module.exports),
+            module, module_key, any(export.name == START_EXPORT for export in module.exports),
         )
         if self.config.probe:
             for hook in hooks:

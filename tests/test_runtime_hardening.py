@@ -25,7 +25,6 @@ import pytest
 import wasmtime
 
 import cclb_wire as cw
-from cclb_wire import runtime
 from cclb_wire.runtime import FailurePolicy, HostConfig, InstanceStrategy, PluginHost
 
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
