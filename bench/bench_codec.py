@@ -34,26 +34,13 @@ import numpy as np
 
 import cclb_wire
 from cclb_wire import _fallback, wire
+from benchlib import HEADERS, calls_per_batch, seconds_per_call
 
 try:
     from cclb_wire import _codec
 except ImportError:
     sys.exit("bench: the Cython extension is not built; install the package normally (not a pure build)")
 
-HEADERS = [
-    (b"host", b"cc-lb.example.internal:8443"),
-    (b"user-agent", b"claude-cli/2.0.14 (external, cli)"),
-    (b"content-type", b"application/json"),
-    (b"accept", b"application/json"),
-    (b"anthropic-version", b"2023-06-01"),
-    (b"anthropic-beta", b"claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"),
-    (b"x-api-key", b"sk-ant-api03-redacted"),
-    (b"x-stainless-lang", b"js"),
-    (b"x-stainless-package-version", b"0.55.1"),
-    (b"x-stainless-runtime-version", b"v22.11.0"),
-    (b"x-app", b"cli"),
-    (b"accept-encoding", b"gzip, deflate, br"),
-]
 
 
 def json_body(size: int) -> bytes:
@@ -140,31 +127,15 @@ def as_plain(value):
     return value
 
 
-def batch_seconds(function: Callable[[], object], number: int) -> float:
-    start = time.perf_counter()
-    for _ in range(number):
-        function()
-    return (time.perf_counter() - start) / number
-
-
-def calibrate(function: Callable[[], object], target_seconds: float) -> int:
-    number = 1
-    while True:
-        elapsed = batch_seconds(function, number) * number
-        if elapsed >= target_seconds / 4 or number >= 1 << 20:
-            return max(1, int(number * target_seconds / max(elapsed, 1e-9)))
-        number *= 4
-
-
 def run_workload(contenders: Dict[str, Callable[[], object]], rounds: int, batch_seconds_target: float) -> Dict[str, List[float]]:
-    numbers = {name: calibrate(function, batch_seconds_target) for name, function in contenders.items()}
+    numbers = {name: calls_per_batch(function, batch_seconds_target) for name, function in contenders.items()}
     samples: Dict[str, List[float]] = {name: [] for name in contenders}
     for round_index in range(rounds):
         order = list(contenders)
         if round_index % 2:
             order.reverse()  # no contender always goes first
         for name in order:
-            samples[name].append(batch_seconds(contenders[name], numbers[name]))
+            samples[name].append(seconds_per_call(contenders[name], numbers[name]))
     return samples
 
 

@@ -1,112 +1,603 @@
-"""Benchmark a plugin call: fresh vs reused instance, against wasmtime-py's public call.
+"""Benchmark a plugin call through cclb_wire's host against the alternatives, side by side.
 
-Usage: python bench/bench_host.py [--rounds N] [--out DIR]
+Usage: python bench/bench_host.py [--rounds N] [--quick] [--out DIR]
 
-One process, contenders interleaved per round, medians of per-call times. Prints
-the medians and ratios and writes DIR/bench_host.json.
-  filter/fresh      PluginHost filter call, a new store and instance per call (default)
-  filter/reuse      the same with InstanceStrategy.REUSE_PER_THREAD
-  wasmtime Func()   one call of a trivial (i32, i32) -> i64 export through wasmtime-py's
-                    public Func.__call__ (the floor the host's raw call path avoids)
-  raw call          the same trivial export through the raw call path the host uses
+Method: one process; every round runs every contender once, for a batch of calls
+sized at start-up to take about the same time, one contender after the other (the
+order reverses every other round); a contender's figure is the median over rounds of
+its per-call time (or throughput), and every ratio is the median of the per-round
+ratios, so a noisy neighbour slows both sides of a ratio alike. Prints the machine,
+a table of medians, the ratios and the targets (PASS/FAIL; a FAIL does not change
+the exit status), and writes DIR/bench_host.json and DIR/bench_host.png (the chart
+needs matplotlib; without it the PNG is skipped with a note).
+
+Only cclb_wire's public API is used, so the figures follow whatever call path the
+installed cclb_wire has.
+
+The request: a Claude Code /v1/messages filter request with 12 headers, a 1 KiB JSON
+body, 4 claims (keep_k=2) and 8 candidates.
+
+Guests (bench/guests/, assembled with wasmtime.wat2wasm at start-up):
+  constant     constant_filter.wat: frees its input and answers a fixed 916-byte
+               FilterResponse (8 results): the cost of a call without guest work
+  cache-aware  the shipped cclb_wire/plugins/cache_aware_filter.wasm: reads and
+               validates the request, ranks the 8 candidates, writes its answer
+  spin         spin_filter.wat: a counted loop, calibrated at start-up to ~2.5 ms a call
+  observe      the shipped observe_counter.wasm, given a Chunk event
+  extism       extism_filter.wat: an extism plugin with the constant guest's payloads
+
+Contenders, for each of the constant and cache-aware guests:
+  ours/reuse         PluginHost(HostConfig(instance_strategy=REUSE_PER_THREAD)), FilterPlugin.filter
+  ours/fresh         PluginHost(HostConfig()): the default, a fresh instance per call
+  wasmtime-py/reuse  the steps of a host written with wasmtime-py's public API, one
+                     Store and Instance reused: epoch deadline; encode_filter_request
+                     straight into guest memory (into=: cc_lb_alloc through a Func
+                     call, Memory.get_buffer_ptr); the hook (Func call); pointer and
+                     size checks; decode_filter_output in place; cc_lb_free (Func call)
+  wasmtime-py/fresh  the same with a new Store (limits set), Instance and exports lookup per call
+and:
+  extism             extism's Python SDK, one Plugin reused: encode_filter_request, Plugin.call
+                     (the plugin copies the archive in and answers the constant guest's
+                     916 bytes), decode_filter_output of the output in place
+  codec alone        encode_filter_request + decode_filter_output of the constant answer,
+                     no guest: the floor of a round trip
+  observe Chunk      ours/reuse, ObservabilityHook.observe(Chunk(...)) (an 80-byte archive:
+                     an ObserveEvent is as large as its largest variant)
+  1 MiB filter       ours/reuse, constant guest, the request with a 1 MiB body
+  1 MiB copy         one copy of the 1 MiB body into a preallocated bytearray (one memcpy)
+  threads            ours/reuse from 1, 2 and 4 threads at once (cache-aware guest) and
+                     from 1 and 2 threads (spin guest), each thread with its own
+                     instance: calls per second over all threads
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import importlib.util
 import json
+import os
 import platform
 import sys
+import threading
 import time
-import uuid
-from importlib import resources
+from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import wasmtime
-from wasmtime import _bindings, _ffi
 
 import cclb_wire as cw
+from benchlib import HEADERS, calls_per_batch, seconds_per_call
 
-TRIVIAL = (
-    '(module (memory (export "memory") 1) (func (export "f") (param i32 i32) (result i64) '
-    "local.get 0 i64.extend_i32_u i64.const 32 i64.shl local.get 1 i64.extend_i32_u i64.or))"
+HERE = Path(__file__).resolve().parent
+
+
+def _load_guest_generator():
+    """bench/guests/gen_guests.py: the guests' shared constants, and the check that the
+    .wat files are current."""
+    spec = importlib.util.spec_from_file_location("gen_guests", HERE / "guests" / "gen_guests.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+guests = _load_guest_generator()
+
+SPIN_CALL_SECONDS = 0.0025
+THREAD_COUNTS = (1, 2, 4)
+SPIN_THREAD_COUNTS = (1, 2)
+#: The wasmtime-py host's limits and deadline: our host's defaults (1 s of 10 ms epoch ticks, + 1).
+MEMORY_LIMIT = 128 * 1024 * 1024
+DEADLINE_TICKS = 101
+OUTPUT_BOUND = cw.WireBounds().output_body_bytes
+
+# --- the request ------------------------------------------------------------------------
+
+CACHE_READ_TOKENS = (1024, 28672, 0, 12288, 32768, 4096, 16384, 8192)
+
+
+def json_body(size: int) -> bytes:
+    """A Messages API request body of exactly ``size`` bytes (valid JSON)."""
+    head = (
+        b'{"model":"claude-sonnet-4-5-20250929","max_tokens":32000,"stream":true,'
+        b'"system":[{"type":"text","text":"You are Claude Code."}],'
+        b'"messages":[{"role":"user","content":"'
+    )
+    tail = b'"}]}'
+    sentence = b"Refactor the retry loop in client.py. "
+    room = size - len(head) - len(tail)
+    body = head + (sentence * (room // len(sentence) + 1))[:room] + tail
+    assert len(body) == size
+    return body
+
+
+def filter_request(body: bytes) -> Tuple[cw.RequestContext, cw.Principal, List[cw.UpstreamCandidate]]:
+    ctx = cw.RequestContext("3149ca30-efe9-448c-9b8b-b33b9225c533", "POST", "/v1/messages", "beta=true", HEADERS, body)
+    principal = cw.Principal(
+        "tenant-a", cw.PrincipalKind.API_KEY, {"scope": "inference", "tier": 2, "teams": ["infra", "ml"], "keep_k": 2}
+    )
+    candidates = [
+        cw.UpstreamCandidate(upstream_id, f"anthropic-{index}", "anthropic_api_key", 1767225600 + index, cw.CacheScore(tokens))
+        for index, (upstream_id, tokens) in enumerate(zip(guests.CANDIDATE_IDS, CACHE_READ_TOKENS))
+    ]
+    return ctx, principal, candidates
+
+
+# --- the wasmtime-py public-API host ------------------------------------------------------
+
+
+class WasmtimePublicHost:
+    """What a cc-lb filter host does per call, written with wasmtime-py's public API only
+    (the codec is cclb_wire's): with ``reuse``, one Store and Instance for every call and
+    each output freed; without, a new Store, Instance and exports lookup per call."""
+
+    def __init__(self, wasm: bytes, reuse: bool):
+        config = wasmtime.Config()
+        config.epoch_interruption = True  # a host needs a deadline; ours has one too
+        self.engine = wasmtime.Engine(config)
+        self.module = wasmtime.Module(self.engine, wasm)
+        self.reused = self._instantiate() if reuse else None
+
+    def _instantiate(self):
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=MEMORY_LIMIT, table_elements=65536, instances=1, tables=4, memories=1)
+        store.set_epoch_deadline(DEADLINE_TICKS)
+        exports = wasmtime.Instance(store, self.module, []).exports(store)
+        return store, exports["memory"], exports["cc_lb_alloc"], exports["cc_lb_filter"], exports["cc_lb_free"]
+
+    def filter(self, ctx: cw.RequestContext, principal: cw.Principal, candidates: Sequence[cw.UpstreamCandidate]) -> cw.FilterOutput:
+        store, memory, alloc, hook, free = self.reused or self._instantiate()
+        store.set_epoch_deadline(DEADLINE_TICKS)
+        request_at = []
+
+        def into(size: int):
+            pointer = alloc(store, size, 16)
+            if pointer == 0 or pointer % 16 or pointer + size > memory.data_len(store):
+                raise RuntimeError(f"cc_lb_alloc answered a bad pointer {pointer}")
+            request_at.append(pointer)
+            return memory.get_buffer_ptr(store), pointer
+
+        size = cw.encode_filter_request(ctx, principal, candidates, into=into)
+        packed = hook(store, request_at[0], size) & 0xFFFFFFFFFFFFFFFF
+        out_pointer, out_length = packed >> 32, packed & 0xFFFFFFFF
+        if not out_pointer or not out_length or out_length > OUTPUT_BOUND or out_pointer + out_length > memory.data_len(store):
+            raise RuntimeError(f"bad output ({out_pointer}, {out_length})")
+        output = cw.decode_filter_output(memory.get_buffer_ptr(store, out_length, out_pointer))
+        if self.reused:
+            free(store, out_pointer, out_length, 16)
+        return output
+
+
+# --- timing -------------------------------------------------------------------------------
+
+
+class ThreadGang:
+    """``threads`` threads that each make ``calls`` calls of ``function`` when a round
+    starts them; the round's sample is calls per second over all of them, from the
+    common start to the last one done. The threads live as long as the gang, so each
+    keeps its reused instance from round to round."""
+
+    def __init__(self, function: Callable[[], object], threads: int):
+        self.function = function
+        self.threads = threads
+        self.calls = 1
+        self._start = threading.Barrier(threads + 1)
+        self._done = threading.Barrier(threads + 1)
+        self._stopping = False
+        self._errors: List[BaseException] = []
+        self._workers = [threading.Thread(target=self._work, daemon=True) for _ in range(threads)]
+        for worker in self._workers:
+            worker.start()
+
+    def _work(self) -> None:
+        while True:
+            self._start.wait()
+            if self._stopping:
+                return
+            try:
+                for _ in range(self.calls):
+                    self.function()
+            except BaseException as exc:  # reported by run(), on the main thread
+                self._errors.append(exc)
+            self._done.wait()
+
+    def run(self, calls_per_thread: int) -> float:
+        self.calls = calls_per_thread
+        self._start.wait()
+        started = time.perf_counter()
+        self._done.wait()
+        elapsed = time.perf_counter() - started
+        if self._errors:
+            raise self._errors[0]
+        return self.threads * calls_per_thread / elapsed
+
+    def close(self) -> None:
+        self._stopping = True
+        self._start.wait()
+        for worker in self._workers:
+            worker.join()
+
+
+@dataclass
+class Contender:
+    name: str
+    group: str
+    #: "us" (median per-call time) or "calls/s" (throughput over all threads).
+    unit: str
+    #: One round's batch; returns the sample (seconds per call, or calls per second).
+    run: Callable[[], float]
+
+
+def per_call(name: str, group: str, function: Callable[[], object], batch_seconds: float) -> Contender:
+    calls = calls_per_batch(function, batch_seconds)
+    return Contender(name, group, "us", lambda: seconds_per_call(function, calls))
+
+
+def threaded(name: str, group: str, function: Callable[[], object], threads: int, batch_seconds: float,
+             gangs: List[ThreadGang]) -> Contender:
+    # Every gang does the same total work per round, so a gang that does not scale
+    # takes as long as one thread would.
+    calls = max(1, calls_per_batch(function, batch_seconds) // threads)
+    gang = ThreadGang(function, threads)
+    gangs.append(gang)
+    gang.run(1)  # each thread makes its instance before the first round
+    return Contender(name, group, "calls/s", lambda: gang.run(calls))
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+
+def shipped_plugin(name: str) -> bytes:
+    return (resources.files("cclb_wire") / "plugins" / name).read_bytes()
+
+
+def assemble(wat: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def calibrate_spin(host: cw.PluginHost, request: tuple) -> Tuple[cw.FilterPlugin, int]:
+    """Register the spin guest with a loop count that makes a call take ~SPIN_CALL_SECONDS:
+    a few passes of scaling the count by target / measured (the call's fixed cost is tiny
+    next to the loop; medians, because the cores are shared)."""
+    wat = guests.load("spin_filter")
+    iterations = guests.DEFAULT_SPIN_ITERATIONS
+    for _ in range(3):
+        plugin = host.register_filter("spin", "spin", assemble(guests.with_spin_iterations(wat, iterations)))
+        plugin.filter(*request)
+        seconds = float(np.median([seconds_per_call(lambda: plugin.filter(*request), 1) for _ in range(15)]))
+        iterations = max(1, min((1 << 31) - 1, round(iterations * SPIN_CALL_SECONDS / seconds)))
+    plugin = host.register_filter("spin", "spin", assemble(guests.with_spin_iterations(wat, iterations)))
+    return plugin, iterations
+
+
+def build(batch_seconds: float):
+    """Every contender, checked to answer what ours answers; and what to close at the end."""
+    request = filter_request(json_body(1024))
+    big_request = filter_request(json_body(1 << 20))
+    answer = guests.constant_answer()
+    chunk = cw.Chunk(batch_index=7, event_count=1, total_bytes=64)
+
+    reuse_host = cw.PluginHost(cw.HostConfig(instance_strategy=cw.InstanceStrategy.REUSE_PER_THREAD))
+    fresh_host = cw.PluginHost(cw.HostConfig())
+    wasm = {"constant": assemble(guests.load("constant_filter")), "cache-aware": shipped_plugin("cache_aware_filter.wasm")}
+    contenders: List[Contender] = []
+    gangs: List[ThreadGang] = []
+    reuse_plugins = {}
+
+    def codec_alone() -> cw.FilterOutput:
+        cw.encode_filter_request(*request)
+        return cw.decode_filter_output(answer)
+
+    contenders.append(per_call("codec alone", "constant", codec_alone, batch_seconds))
+    for guest, module in wasm.items():
+        reuse = reuse_plugins[guest] = reuse_host.register_filter(guest, guest, module)
+        fresh = fresh_host.register_filter(guest, guest, module)
+        public_reuse = WasmtimePublicHost(module, reuse=True)
+        public_fresh = WasmtimePublicHost(module, reuse=False)
+        expected = reuse.filter(*request)
+        for other in (fresh, public_reuse, public_fresh):
+            assert other.filter(*request) == expected, f"{guest}: {type(other).__name__} answers otherwise"
+        if guest == "constant":
+            assert expected == cw.decode_filter_output(answer)
+        contenders += [
+            per_call(f"ours/reuse [{guest}]", guest, lambda plugin=reuse: plugin.filter(*request), batch_seconds),
+            per_call(f"ours/fresh [{guest}]", guest, lambda plugin=fresh: plugin.filter(*request), batch_seconds),
+            per_call(f"wasmtime-py/reuse [{guest}]", guest, lambda host=public_reuse: host.filter(*request), batch_seconds),
+            per_call(f"wasmtime-py/fresh [{guest}]", guest, lambda host=public_fresh: host.filter(*request), batch_seconds),
+        ]
+        if guest == "constant":
+            extism_call = extism_contender(request, answer)
+            if extism_call is not None:
+                contenders.append(per_call("extism [constant]", guest, extism_call, batch_seconds))
+
+    observe = reuse_host.register_observe("observe", "observe-counter", shipped_plugin("observe_counter.wasm"))
+    contenders.append(per_call("observe Chunk [reuse]", "other", lambda: observe.observe(chunk), batch_seconds))
+    constant = reuse_plugins["constant"]
+    assert constant.filter(*big_request) == constant.filter(*request)
+    big_body = big_request[0].body
+    # A memoryview's slice assignment is one memcpy; bytearray's own is about 2x slower here.
+    copy_target = memoryview(bytearray(len(big_body)))
+
+    def copy_body() -> None:
+        copy_target[:] = big_body
+
+    contenders.append(per_call("1 MiB filter [constant, reuse]", "other", lambda: constant.filter(*big_request), batch_seconds))
+    contenders.append(per_call("1 MiB copy", "other", copy_body, batch_seconds))
+
+    cache_aware = reuse_plugins["cache-aware"]
+    for threads in THREAD_COUNTS:
+        contenders.append(threaded(f"threads x{threads} [cache-aware]", "threads", lambda: cache_aware.filter(*request),
+                                   threads, batch_seconds, gangs))
+    spin, spin_iterations = calibrate_spin(reuse_host, request)
+    for threads in SPIN_THREAD_COUNTS:
+        contenders.append(threaded(f"threads x{threads} [spin]", "threads", lambda: spin.filter(*request),
+                                   threads, batch_seconds, gangs))
+    settings = {
+        "request_bytes": len(cw.encode_filter_request(*request)),
+        "answer_bytes": len(answer),
+        "observe_event_bytes": len(cw.encode_observe_event(chunk)),
+        "big_request_bytes": len(cw.encode_filter_request(*big_request)),
+        "spin_iterations": spin_iterations,
+    }
+    return contenders, gangs, (reuse_host, fresh_host), settings
+
+
+def extism_contender(request: tuple, answer: bytes) -> Optional[Callable[[], object]]:
+    """encode -> extism Plugin.call -> decode, or None (with a note) without extism."""
+    try:
+        import extism
+    except ImportError:
+        print("note: extism is not installed (pip install '.[bench]'): the extism contender is skipped")
+        return None
+    plugin = extism.Plugin(assemble(guests.load("extism_filter")), wasi=False, functions=[])
+    assert bytes(plugin.call("filter", cw.encode_filter_request(*request))) == answer
+
+    def call() -> cw.FilterOutput:
+        return cw.decode_filter_output(plugin.call("filter", cw.encode_filter_request(*request), parse=None))
+
+    assert call() == cw.decode_filter_output(answer)
+    return call
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def machine() -> Dict[str, object]:
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        pass
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "wasmtime": version("wasmtime"),
+        "extism": version("extism"),
+        "cclb_wire": f"{cw.__version__} ({cw.BACKEND} backend)",
+        # Other work on shared cores shows here, and in the thread figures first.
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    #: Contender names: the target is the median of the per-round ratios numerator /
+    #: denominator ("x"), or without a denominator the numerator's median (its unit).
+    numerator: str
+    denominator: Optional[str]
+    at_most: Optional[float] = None
+    at_least: Optional[float] = None
+
+
+# Ratios are "how many times": time / time, or throughput / throughput for threads.
+TARGETS = (
+    Target("reuse, constant guest: round trip <= 1.5x codec alone", "ours/reuse [constant]", "codec alone", at_most=1.5),
+    Target("reuse, constant guest: >= 10x faster than wasmtime-py reused",
+           "wasmtime-py/reuse [constant]", "ours/reuse [constant]", at_least=10),
+    Target("fresh, constant guest: <= 3x our reuse", "ours/fresh [constant]", "ours/reuse [constant]", at_most=3),
+    Target("fresh, constant guest: >= 10x faster than wasmtime-py fresh",
+           "wasmtime-py/fresh [constant]", "ours/fresh [constant]", at_least=10),
+    Target("observe Chunk round trip, reuse: <= 3 us", "observe Chunk [reuse]", None, at_most=3.0),
+    Target("reuse, constant guest: >= 5x faster than extism, same payload",
+           "extism [constant]", "ours/reuse [constant]", at_least=5),
+    Target("1 MiB body filter call <= 1.5x one copy of the body", "1 MiB filter [constant, reuse]", "1 MiB copy", at_most=1.5),
+    Target("spin guest: 2 threads >= 1.5x the throughput of 1 thread", "threads x2 [spin]", "threads x1 [spin]", at_least=1.5),
+)
+
+RATIOS = (
+    ("ours/reuse / codec alone [constant]", "ours/reuse [constant]", "codec alone"),
+    ("ours/fresh / ours/reuse [constant]", "ours/fresh [constant]", "ours/reuse [constant]"),
+    ("wasmtime-py/reuse / ours/reuse [constant]", "wasmtime-py/reuse [constant]", "ours/reuse [constant]"),
+    ("wasmtime-py/fresh / ours/fresh [constant]", "wasmtime-py/fresh [constant]", "ours/fresh [constant]"),
+    ("extism / ours/reuse [constant]", "extism [constant]", "ours/reuse [constant]"),
+    ("ours/reuse / codec alone [cache-aware]", "ours/reuse [cache-aware]", "codec alone"),
+    ("ours/fresh / ours/reuse [cache-aware]", "ours/fresh [cache-aware]", "ours/reuse [cache-aware]"),
+    ("wasmtime-py/reuse / ours/reuse [cache-aware]", "wasmtime-py/reuse [cache-aware]", "ours/reuse [cache-aware]"),
+    ("wasmtime-py/fresh / ours/fresh [cache-aware]", "wasmtime-py/fresh [cache-aware]", "ours/fresh [cache-aware]"),
+    ("1 MiB filter / 1 MiB copy", "1 MiB filter [constant, reuse]", "1 MiB copy"),
+    ("throughput x2 / x1 [cache-aware]", "threads x2 [cache-aware]", "threads x1 [cache-aware]"),
+    ("throughput x4 / x1 [cache-aware]", "threads x4 [cache-aware]", "threads x1 [cache-aware]"),
+    ("throughput x2 / x1 [spin]", "threads x2 [spin]", "threads x1 [spin]"),
 )
 
 
-def contenders():
-    wasm = (resources.files("cclb_wire") / "plugins" / "cache_aware_filter.wasm").read_bytes()
-    ctx = cw.RequestContext(
-        "3149ca30-efe9-448c-9b8b-b33b9225c533", "POST", "/v1/messages", None,
-        [("content-type", "application/json"), ("anthropic-version", "2023-06-01"), ("user-agent", "claude-cli/2.0.14")],
-        b'{"model":"claude-sonnet-4-5","max_tokens":32000,"messages":[]}',
-    )
-    principal = cw.Principal("tenant-a", cw.PrincipalKind.API_KEY, {"keep_k": 2})
-    candidates = [
-        cw.UpstreamCandidate(uuid.UUID(int=i + 1), f"up-{i}", "anthropic_api_key", 1767225600, cw.CacheScore(t))
-        for i, t in enumerate([1024, 28672, 0, 12288])
-    ]
-    fresh_host = cw.PluginHost(cw.HostConfig())
-    reuse_host = cw.PluginHost(cw.HostConfig(instance_strategy=cw.InstanceStrategy.REUSE_PER_THREAD))
-    fresh = fresh_host.register_filter("bench", "cache-aware", wasm)
-    reuse = reuse_host.register_filter("bench", "cache-aware", wasm)
-    assert fresh.filter(ctx, principal, candidates) == reuse.filter(ctx, principal, candidates)
+def summarize(contenders: List[Contender], samples: Dict[str, List[float]]) -> Dict[str, dict]:
+    summary = {}
+    for contender in contenders:
+        values = np.array(samples[contender.name]) * (1e6 if contender.unit == "us" else 1.0)
+        summary[contender.name] = {
+            "group": contender.group,
+            "unit": contender.unit,
+            "median": float(np.median(values)),
+            "p10": float(np.percentile(values, 10)),
+            "p90": float(np.percentile(values, 90)),
+        }
+    return summary
 
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    instance = wasmtime.Instance(store, wasmtime.Module(engine, wasmtime.wat2wasm(TRIVIAL)), [])
-    func = instance.exports(store)["f"]
-    args = (_ffi.wasmtime_val_raw_t * 2)()
-    context, func_ref = store._context(), ctypes.byref(func._func)
-    trap = ctypes.POINTER(_ffi.wasm_trap_t)()
-    trap_ref = ctypes.byref(trap)
-    call = _bindings._wasmtime_func_call_unchecked
 
-    def raw():
-        args[0].i32 = 5
-        args[1].i32 = 7
-        if call(context, func_ref, args, 2, trap_ref) or trap:
-            raise RuntimeError("trap")
-        return args[0].i64
+def ratio(samples: Dict[str, List[float]], numerator: str, denominator: str) -> Optional[float]:
+    """The median of the per-round ratios, or None when a side was not measured."""
+    if numerator not in samples or denominator not in samples:
+        return None
+    return float(np.median(np.array(samples[numerator]) / np.array(samples[denominator])))
 
-    return {
-        "filter/fresh": lambda: fresh.filter(ctx, principal, candidates),
-        "filter/reuse": lambda: reuse.filter(ctx, principal, candidates),
-        "wasmtime Func()": lambda: func(store, 5, 7),
-        "raw call": raw,
-    }, (fresh_host, reuse_host)
+
+def evaluate(target: Target, samples: Dict[str, List[float]], summary: Dict[str, dict]) -> dict:
+    if target.denominator is None:
+        measured = summary[target.numerator]["median"] if target.numerator in summary else None
+    else:
+        measured = ratio(samples, target.numerator, target.denominator)
+    if measured is None:
+        verdict = "SKIP"
+    elif target.at_most is not None:
+        verdict = "PASS" if measured <= target.at_most else "FAIL"
+    else:
+        verdict = "PASS" if measured >= target.at_least else "FAIL"
+    unit = "x" if target.denominator is not None else f" {summary.get(target.numerator, {}).get('unit', '')}"
+    return {"target": target.text, "measured": measured, "unit": unit, "at_most": target.at_most,
+            "at_least": target.at_least, "verdict": verdict}
+
+
+def print_report(info: dict, settings: dict, summary: Dict[str, dict], ratios: Dict[str, float], verdicts: List[dict]) -> None:
+    load = info["load_average_at_start"]
+    print(f"machine: {info['platform']}; {info['cpu']}; {info['cores']} cores ({info['usable_cores']} usable)"
+          + (f"; load average {load[0]:.2f} at start" if load else ""))
+    print(f"python {info['python']}, wasmtime {info['wasmtime']}, extism {info['extism']}, cclb_wire {info['cclb_wire']}")
+    print(f"request {settings['request_bytes']} B (1 KiB body, 8 candidates), constant answer {settings['answer_bytes']} B, "
+          f"observe event {settings['observe_event_bytes']} B, 1 MiB request {settings['big_request_bytes']} B, "
+          f"spin loop {settings['spin_iterations']} iterations ({settings['spin_call_ms']:.2f} ms a call on 1 thread); "
+          f"{settings['rounds']} rounds\n")
+    print(f"{'contender':34s} {'median':>11s} {'p10':>11s} {'p90':>11s}")
+    group = None
+    for name, row in summary.items():
+        if row["group"] != group:
+            group = row["group"]
+            print(f"[{group}]")
+        unit = " us" if row["unit"] == "us" else " /s"
+        print(f"  {name:32s} {row['median']:11.2f}{unit} {row['p10']:8.2f}{unit} {row['p90']:8.2f}{unit}")
+    print("\nratios (median of per-round ratios; times for calls, throughputs for threads):")
+    for label, value in ratios.items():
+        print(f"  {label:46s} {value:7.2f}x")
+    print("\ntargets:")
+    for verdict in verdicts:
+        bound = f"<= {verdict['at_most']:g}" if verdict["at_most"] is not None else f">= {verdict['at_least']:g}"
+        measured = "n/a" if verdict["measured"] is None else f"{verdict['measured']:.2f}{verdict['unit']}"
+        print(f"  {verdict['verdict']}  {verdict['target']:62s} measured {measured} (target {bound})")
+
+
+def write_chart(path: Path, summary: Dict[str, dict], speedups: Dict[str, float]) -> None:
+    """Left: per-call medians (log scale), coloured by guest. Right: each thread gang's
+    throughput relative to one thread of the same guest."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed (pip install '.[bench]'): {path.name} not written")
+        return
+    colours = {"constant": "tab:blue", "cache-aware": "tab:orange", "other": "tab:green"}
+    rows = [(name, row) for name, row in summary.items() if row["unit"] == "us"][::-1]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [3, 2]})
+    medians = [row["median"] for _, row in rows]
+    errors = np.array([[row["median"] - row["p10"], row["p90"] - row["median"]] for _, row in rows]).T
+    left.barh([name for name, _ in rows], medians, xerr=errors, ecolor="gray", capsize=2,
+              color=[colours.get(row["group"], "tab:gray") for _, row in rows])
+    for position, (_, row) in enumerate(rows):  # past the error bar, so they never overlap
+        left.text(row["p90"] * 1.08, position, f"{row['median']:.1f}", va="center", fontsize=7)
+    left.set_xscale("log")
+    left.set_xlim(right=max(row["p90"] for _, row in rows) * 2)
+    left.set_xlabel("us per call (median, p10-p90; log scale)")
+    left.tick_params(axis="y", labelsize=8)
+    names = list(speedups)[::-1]
+    bars = right.barh(names, [speedups[name] for name in names],
+                      color=["tab:orange" if "cache-aware" in name else "tab:purple" for name in names])
+    right.bar_label(bars, labels=[f"{speedups[name]:.2f}x, {summary[name]['median']:.0f}/s" for name in names],
+                    padding=3, fontsize=7)
+    right.axvline(1.0, color="gray", linewidth=0.8)
+    right.set_xlim(0, max(max(speedups.values()) * 1.35, max(THREAD_COUNTS)))
+    right.set_xlabel("throughput relative to 1 thread (median of per-round ratios)")
+    right.tick_params(axis="y", labelsize=8)
+    figure.suptitle("cclb_wire plugin host: one process, contenders interleaved per round")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- main -------------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--calls", type=int, default=200, help="calls per contender per round")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--rounds", type=int, help="rounds (default 61; 5 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds, short batches")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where to write bench_host.json and .png")
     args = parser.parse_args()
-    functions, hosts = contenders()
-    samples = {name: [] for name in functions}
-    for round_index in range(args.rounds):
-        order = list(functions) if round_index % 2 == 0 else list(reversed(functions))
-        for name in order:
-            function = functions[name]
-            started = time.perf_counter()
-            for _ in range(args.calls):
-                function()
-            samples[name].append((time.perf_counter() - started) / args.calls)
-    for host in hosts:
-        host.close()
-    medians = {name: float(np.median(values)) * 1e6 for name, values in samples.items()}
-    for name, value in medians.items():
-        print(f"{name:18s} {value:9.2f} µs/call   x{value / medians['raw call']:.1f} of the raw call")
-    print(f"\nwasmtime-py Func() / raw call path: {medians['wasmtime Func()'] / medians['raw call']:.1f}x")
+    rounds = args.rounds or (5 if args.quick else 61)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    batch_seconds = 0.01 if args.quick else 0.05
+
+    info = machine()
+    try:
+        contenders, gangs, hosts, settings = build(batch_seconds)
+    except guests.StaleGuest as exc:
+        sys.exit(f"bench_host: {exc}")
+    settings.update(rounds=rounds, batch_seconds=batch_seconds)
+    samples: Dict[str, List[float]] = {contender.name: [] for contender in contenders}
+    try:
+        for round_index in range(rounds):
+            order = contenders if round_index % 2 == 0 else contenders[::-1]  # no contender always first
+            for contender in order:
+                samples[contender.name].append(contender.run())
+    finally:
+        for gang in gangs:
+            gang.close()
+        for host in hosts:
+            host.close()
+
+    summary = summarize(contenders, samples)
+    settings["spin_call_ms"] = 1e3 / summary["threads x1 [spin]"]["median"]
+    ratios = {label: value for label, a, b in RATIOS if (value := ratio(samples, a, b)) is not None}
+    verdicts = [evaluate(target, samples, summary) for target in TARGETS]
+    print_report(info, settings, summary, ratios, verdicts)
+
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "method": "same process, contenders interleaved per round; medians of per-round per-call times",
-        "median_us": medians,
+        "machine": info,
+        "method": "one process; contenders interleaved per round (order reversed every other round); "
+        "medians over rounds of per-call times (us) or throughputs (calls/s); ratios are medians of per-round ratios",
+        "settings": settings,
+        "results": summary,
+        "ratios": ratios,
+        "targets": verdicts,
+        "samples": {  # per round, in the contender's unit
+            contender.name: [value * (1e6 if contender.unit == "us" else 1.0) for value in samples[contender.name]]
+            for contender in contenders
+        },
     }
     (args.out / "bench_host.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    speedups = {
+        name: ratio(samples, name, f"threads x1 [{guest}]")
+        for name, row in summary.items() if row["unit"] == "calls/s"
+        for guest in [name[name.index("[") + 1 : -1]]
+    }
+    write_chart(args.out / "bench_host.png", summary, speedups)
+    print(f"\nwrote {args.out / 'bench_host.json'}")
     return 0
 
 
