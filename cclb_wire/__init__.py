@@ -26,6 +26,7 @@ from .errors import (
     PluginMemoryLimit,
     PluginOutOfFuel,
     PluginOutputError,
+    PluginPoolSaturated,
     PluginRejected,
     PluginResourceLimit,
     PluginTimeout,
@@ -159,6 +160,7 @@ __all__ = [
     "PluginOutOfFuel",
     "PluginMemoryLimit",
     "PluginResourceLimit",
+    "PluginPoolSaturated",
     "PluginTrap",
     "PluginOutputError",
 ]

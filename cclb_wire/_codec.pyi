@@ -48,3 +48,53 @@ def decode_shaped_request(
 ) -> ShapedRequest: ...
 def compiled_layouts() -> Dict[str, Tuple[int, int, Any]]: ...
 def _stack_address() -> int: ...
+
+# -- the native call path (cclb_wire.runtime binds and drives it) --------------------------
+
+WASMTIME_MAJOR: int
+_WASMTIME_LAYOUTS: Dict[str, Tuple[int, Dict[str, int]]]
+_WASMTIME_SYMBOLS: Tuple[str, ...]
+
+def bind_wasmtime(version: str, addresses: Dict[str, Optional[int]], layouts: Dict[str, Tuple[int, Dict[str, int]]]) -> None: ...
+
+class CallGate:
+    active: int
+    closed: bool
+    idle: Any
+    def __init__(self, idle: Any) -> None: ...
+    def enter(self) -> bool: ...
+    def leave(self) -> None: ...
+    def close(self) -> bool: ...
+    def wait_idle(self, timeout: Optional[float]) -> bool: ...
+    def after_fork(self, idle: Any) -> None: ...
+
+class ReusedGuest: ...
+
+class NativePlugin:
+    def __init__(
+        self,
+        engine_address: int,
+        pre_address: int,
+        owners: Any,
+        faults: Any,
+        local: Any,
+        gate: CallGate,
+        hooks: Tuple[str, ...],
+        *,
+        reuse: bool,
+        has_start: bool,
+        deadline_ticks: int,
+        fuel: Optional[int],
+        memory_limit: int,
+        table_elements: int,
+        max_tables: int,
+        stack_needed: int,
+        bounds: WireBounds,
+        origin_policy: ShapeOriginPolicy,
+        cookie_redaction: bool,
+        grow_flag_export: str,
+        start_export: str,
+    ) -> None: ...
+    def filter(self, ctx: RequestContext, principal: Principal, candidates: Iterable[UpstreamCandidate]) -> FilterOutput: ...
+    def shape(self, ctx: RequestContext, principal: Principal, upstream: AnthropicDirect) -> ShapedRequest: ...
+    def observe(self, event: ObserveEventInput) -> None: ...

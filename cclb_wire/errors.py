@@ -30,6 +30,7 @@ __all__ = [
     "PluginOutOfFuel",
     "PluginMemoryLimit",
     "PluginResourceLimit",
+    "PluginPoolSaturated",
     "PluginTrap",
     "PluginOutputError",
 ]
@@ -225,6 +226,11 @@ class PluginResourceLimit(PluginError):
     """The guest needed more of a bounded store resource than allowed: table elements,
     tables, memories or instances (``HostConfig`` limits), or the host could not
     reserve the memory to instantiate it."""
+
+
+class PluginPoolSaturated(PluginResourceLimit):
+    """Every slot of the instance pool (``HostConfig.pool_size``) is in use: the call
+    fails at once instead of waiting for one (the reference's ``PoolSaturated``)."""
 
 
 class PluginTrap(PluginError):

@@ -9,10 +9,11 @@ memory, tables and the wasm stack, each with its own error class, and it checks 
 output size before reading anything.
 
 This module is the policy layer: configuration, admission, slots, strategies,
-limits and the failure policy. The per-call machinery (``_Instance``) encodes the
-request straight into guest memory, calls the hook through wasmtime's C API with a
-preallocated raw argument array, and decodes the answer in place. ``wasmtime`` is
-imported only when a host is created.
+limits, the typed errors and the failure policy. The per-call machinery lives in the
+extension (``_codec.NativePlugin``: one C call allocates in the guest, encodes the
+request straight into guest memory, calls the hook with the GIL released, checks and
+decodes the answer in place), or, under the pure-Python backend, in its ctypes twin
+(``_ctypes_calls``). ``wasmtime`` is imported only when a host is created.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import itertools
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,7 @@ from .errors import (
     PluginMemoryLimit,
     PluginOutOfFuel,
     PluginOutputError,
+    PluginPoolSaturated,
     PluginRejected,
     PluginResourceLimit,
     PluginTimeout,
@@ -73,6 +77,8 @@ from .host_types import (
     UpstreamCandidate,
     WireBounds,
 )
+from ._ctypes_calls import CallGate, Instance, Wasmtime, run_call
+from ._ctypes_calls import trap_text as _trap_text
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
 
@@ -103,6 +109,14 @@ MAX_DEADLINE_TICKS = 100_000
 #: wasmtime keeps fuel in an i64.
 MAX_FUEL = (1 << 63) - 1
 HOOK_KINDS = tuple(HOOK_EXPORTS)
+#: Largest instance pool: its address space is reserved up front.
+MAX_POOL_SIZE = 4096
+#: Guard pages after each pooled memory: wasmtime checks bounds explicitly, since a slot
+#: reserves only the memory limit, not 4 GiB.
+POOL_MEMORY_GUARD = 64 * 1024
+#: Pooled memory reset by memset rather than madvise when the guest touched this little:
+#: cheaper for the small heaps plugins use.
+POOL_KEEP_RESIDENT = 64 * 1024
 
 
 class FailurePolicy(enum.Enum):
@@ -159,6 +173,13 @@ class HostConfig:
     #: The wasm stack, 16 KiB .. 4 MiB: it runs on the calling thread's own stack.
     max_wasm_stack: int = 1024 * 1024
     instance_strategy: InstanceStrategy = InstanceStrategy.FRESH
+    #: FRESH instances come from a pool of this many slots (0: no pool, each store maps
+    #: its own memory). A slot reserves ``memory_limit_bytes`` + 64 KiB of address space
+    #: for its memory plus ``max_tables`` x ``table_elements_limit`` x 8 bytes for its
+    #: tables (~130 MiB by default), and no RSS until a guest touches it. It bounds the
+    #: FRESH calls and admissions running at once; one more fails at once with
+    #: PluginPoolSaturated.
+    pool_size: int = 32
     #: How often the deadline ticker advances the engine's epoch, in (0, 1] seconds.
     epoch_tick_s: float = 0.01
     #: Where compiled modules are kept between processes (None: in memory only). Compiled
@@ -200,6 +221,7 @@ class HostConfig:
         if self.module_cache_dir is not None:
             put("module_cache_dir", Path(_path_text(self.module_cache_dir, "HostConfig.module_cache_dir")))
         check_int(self.module_cache_size, "HostConfig.module_cache_size", 0, 1024)
+        check_int(self.pool_size, "HostConfig.pool_size", 0, MAX_POOL_SIZE)
 
 
 def _path_text(path: Any, field: str) -> str:
@@ -246,59 +268,18 @@ PROBE_SAMPLES: Dict[str, bytes] = {
 # ==============================================================================
 
 
-class _Wasmtime:
-    """The wasmtime module and the raw C entry points the call path uses."""
-
-    def __init__(self) -> None:
-        import wasmtime
-        from wasmtime import _bindings, _ffi
-
-        self.wasmtime = wasmtime
-        self.ffi = _ffi
-        # The raw C entry points (ctypes functions), without wasmtime-py's Python wrappers:
-        # the hot path calls them directly. wasmtime is pinned to one major version.
-        self.call_unchecked = _bindings._wasmtime_func_call_unchecked
-        self.memory_data = _bindings._wasmtime_memory_data
-        self.memory_data_size = _bindings._wasmtime_memory_data_size
-        self.set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
-        self.export_get = _bindings._wasmtime_instance_export_get
-        self.global_get = _bindings._wasmtime_global_get
-        self.global_set = _bindings._wasmtime_global_set
-        self.async_stack_size_set = _bindings._wasmtime_config_async_stack_size_set
-        self.version = getattr(wasmtime, "__version__", "") or _package_version("wasmtime")
-        self.trap_names = {code.value: code.name.lower() for code in wasmtime.TrapCode}
-        self.errors = (wasmtime.WasmtimeError, wasmtime.Trap)
-
-
-def _trap_text(message: str) -> str:
-    """The line of a wasmtime error that says what happened (after "Caused by:"), not the backtrace."""
-    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        after = lines[lines.index("Caused by:") + 1 :]
-        if after:
-            return after[-1]
-    return lines[0] if lines else "trap"
-
-
-def _package_version(name: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:  # pragma: no cover - metadata missing
-        return "unknown"
-
-
-_WASMTIME: Optional[_Wasmtime] = None
+_WASMTIME: Optional[Wasmtime] = None
 _WASMTIME_LOCK = threading.Lock()
 
 
-def _wt() -> _Wasmtime:
+def _wt() -> Wasmtime:
     global _WASMTIME
     if _WASMTIME is None:
         with _WASMTIME_LOCK:
             if _WASMTIME is None:
-                _WASMTIME = _Wasmtime()
+                wt = Wasmtime()
+                _bind_native(wt)
+                _WASMTIME = wt
     return _WASMTIME
 
 
@@ -454,7 +435,7 @@ def _stack_pointer_reader() -> Optional[Callable[[], int]]:
 _STACK_ADDRESS = _stack_pointer_reader()
 
 
-def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
+def _engine_config(wt: Wasmtime, config: HostConfig) -> Any:
     engine_config = wt.wasmtime.Config()
     engine_config.max_wasm_stack = config.max_wasm_stack
     # wasmtime aborts the process if max_wasm_stack exceeds the (unused) async stack size.
@@ -462,6 +443,8 @@ def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
     # wasmtime's compile thread pool does not survive fork(): a child that compiles with it
     # hangs forever. Plugins are small and compiled once, so compile on the calling thread.
     engine_config.parallel_compilation = False
+    if config.instance_strategy is InstanceStrategy.FRESH and config.pool_size > 0:
+        _use_instance_pool(wt, engine_config, config)
     engine_config.epoch_interruption = config.deadline_s is not None
     engine_config.consume_fuel = config.fuel is not None
     # Exactly the proposals the memory.grow rewrite decodes (wasm_rewrite.py); a module
@@ -474,6 +457,46 @@ def _engine_config(wt: _Wasmtime, config: HostConfig) -> Any:
     ):
         setattr(engine_config, f"wasm_{feature}", False)
     return engine_config
+
+
+def _use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> None:
+    """Instantiate from wasmtime's pooling allocator: memories and tables are reserved once
+    for ``pool_size`` instances and reset (copy-on-write) when a store is dropped."""
+    dll = wt.dll
+    c_u32, c_u64, c_void_p = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
+    new = dll.wasmtime_pooling_allocation_config_new
+    new.restype, new.argtypes = c_void_p, []
+    pool = new()
+    settings = (
+        ("total_core_instances", c_u32, config.pool_size),
+        ("total_memories", c_u32, config.pool_size),
+        ("total_tables", c_u32, config.pool_size * max(config.max_tables, 1)),
+        ("max_memories_per_module", c_u32, 1),
+        ("max_tables_per_module", c_u32, max(config.max_tables, 1)),
+        ("table_elements", ctypes.c_size_t, config.table_elements_limit),
+        ("max_memory_size", ctypes.c_size_t, config.memory_limit_bytes),
+        ("linear_memory_keep_resident", ctypes.c_size_t, POOL_KEEP_RESIDENT),
+        ("total_stacks", c_u32, 0),
+        ("total_gc_heaps", c_u32, 0),
+        ("total_component_instances", c_u32, 0),
+    )
+    try:
+        for name, kind, value in settings:
+            setter = getattr(dll, f"wasmtime_pooling_allocation_config_{name}_set")
+            setter.restype, setter.argtypes = None, [c_void_p, kind]
+            setter(pool, value)
+        config_ptr = ctypes.cast(engine_config.ptr(), c_void_p)
+        for name, value in (("memory_reservation", config.memory_limit_bytes), ("memory_guard_size", POOL_MEMORY_GUARD)):
+            setter = getattr(dll, f"wasmtime_config_{name}_set")
+            setter.restype, setter.argtypes = None, [c_void_p, c_u64]
+            setter(config_ptr, value)
+        apply = dll.wasmtime_pooling_allocation_strategy_set
+        apply.restype, apply.argtypes = None, [c_void_p, c_void_p]
+        apply(config_ptr, pool)  # copies the settings
+    finally:
+        delete = dll.wasmtime_pooling_allocation_config_delete
+        delete.restype, delete.argtypes = None, [c_void_p]
+        delete(pool)
 
 
 @dataclass
@@ -495,15 +518,19 @@ class _Loaded:
     #: Reused instances (REUSE_PER_THREAD). They hold no reference back to this object,
     #: so they die with it when the plugin leaves its slot.
     local: threading.local = field(default_factory=threading.local)
+    #: The extension's call path for this plugin (None: the ctypes path).
+    native: Any = None
+    #: Builds the typed errors of this plugin's calls, for both call paths.
+    faults: Any = None
 
 
 class _Engine:
     """What every call needs from its host: the engine, the limits, the deadline. Holds no
     slots and no host, so instances that keep it create no reference cycles."""
 
-    __slots__ = ("wt", "engine", "config", "deadline_ticks", "reuse")
+    __slots__ = ("wt", "engine", "config", "deadline_ticks", "reuse", "pooled")
 
-    def __init__(self, wt: _Wasmtime, engine: Any, config: HostConfig):
+    def __init__(self, wt: Wasmtime, engine: Any, config: HostConfig):
         self.wt = wt
         self.engine = engine
         self.config = config
@@ -512,6 +539,7 @@ class _Engine:
             math.ceil(config.deadline_s / config.epoch_tick_s) + 1 if config.deadline_s is not None else 0
         )
         self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
+        self.pooled = not self.reuse and config.pool_size > 0
 
     def check_thread_stack(self, plugin: str, hook: str) -> None:
         """Refuse to enter guest code where the thread's stack cannot hold max_wasm_stack:
@@ -521,15 +549,12 @@ class _Engine:
             return
         base, size = bounds
         left = _STACK_ADDRESS() - base if _STACK_ADDRESS is not None else size
-        needed = self.config.max_wasm_stack + STACK_HEADROOM
-        if left < needed:
-            raise PluginResourceLimit(
-                f"the calling thread has {left // 1024} KiB of stack left (of {size // 1024} KiB), less than "
-                f"HostConfig.max_wasm_stack ({self.config.max_wasm_stack // 1024} KiB) + {STACK_HEADROOM // 1024} KiB: "
-                "call plugins from threads with a larger stack (threading.stack_size), not deep in recursion, "
-                "or lower max_wasm_stack",
-                plugin=plugin, hook=hook, phase="enter",
-            )
+        if left < self.stack_needed:
+            raise _Faults(self, plugin).stack(hook, left, size)
+
+    @property
+    def stack_needed(self) -> int:
+        return self.config.max_wasm_stack + STACK_HEADROOM
 
 
 def _instantiate_failure(engine: _Engine, exc: BaseException, plugin: str, hook: str) -> PluginError:
@@ -540,6 +565,11 @@ def _instantiate_failure(engine: _Engine, exc: BaseException, plugin: str, hook:
         return _trap_failure(engine, exc, "instantiate", where, grow_refused=False)
     message = _trap_text(str(exc))
     lowered = message.lower()
+    if "maximum concurrent limit" in lowered:
+        return PluginPoolSaturated(
+            f"instantiate: every slot of the instance pool is in use (HostConfig.pool_size = {engine.config.pool_size})",
+            **where,
+        )
     if "memory minimum size" in lowered:
         return PluginMemoryLimit(
             f"instantiate: {message} (HostConfig.memory_limit_bytes = {engine.config.memory_limit_bytes})", **where
@@ -553,6 +583,21 @@ def _instantiate_failure(engine: _Engine, exc: BaseException, plugin: str, hook:
     if any(word in lowered for word in ("allocate", "mmap", "memfd", "reserve", "out of memory")):
         return PluginResourceLimit(f"instantiate: the host could not reserve memory: {message}", **where)
     return PluginError(f"instantiate: {message}", **where)
+
+
+def _pool_limit_failure(engine: _Engine, message: str, plugin: str, hook: str) -> Optional[PluginError]:
+    """The typed limit behind a module the instance pool cannot hold (wasmtime checks the
+    pool's limits when it compiles), or None for any other compile failure."""
+    if "does not fit in pooling allocator" not in message:
+        return None
+    detail = re.sub(r"^\d+: ", "", _trap_text(message))  # the last cause, without its chain number
+    where = {"plugin": plugin, "hook": hook, "phase": "compile"}
+    config = engine.config
+    if message.startswith("module memory"):
+        return PluginMemoryLimit(f"compile: {detail} (HostConfig.memory_limit_bytes = {config.memory_limit_bytes})", **where)
+    if "count of" in detail:
+        return PluginResourceLimit(f"compile: {detail} (HostConfig.max_tables = {config.max_tables})", **where)
+    return PluginResourceLimit(f"compile: {detail} (HostConfig.table_elements_limit = {config.table_elements_limit})", **where)
 
 
 def _trap_failure(engine: _Engine, trap: Any, phase: str, where: Dict[str, str], *, grow_refused: bool) -> PluginError:
@@ -587,190 +632,146 @@ def _classify(
     return PluginTrap(f"{phase}: {message}", trap_code=name, **where)
 
 
-class _Instance:
-    """One store and instance of a plugin, with the raw call machinery around it."""
+def _closed_error(plugin: str, hook: str) -> PluginError:
+    return PluginError("the host is closed", plugin=plugin, hook=hook)
 
-    __slots__ = (
-        "engine", "plugin", "store", "externs", "memory_ref", "context", "alloc", "free", "hooks",
-        "args", "trap", "trap_ref", "out_pointer", "view", "view_key", "grow_refused_ref",
-        "flag_value", "__weakref__",
-    )
 
-    def __init__(self, engine: _Engine, loaded: _Loaded, hook: str):
-        wt = engine.wt
-        config = engine.config
+class _Faults:
+    """The typed error of every way a call can fail, for one plugin: both call paths (the
+    extension's and the ctypes one) build their errors here, so they word them alike.
+    ``trap`` and ``error`` are wasmtime pointers (ctypes pointers or addresses, 0 for none)
+    whose ownership passes to the wasmtime-py object made of them."""
+
+    __slots__ = ("engine", "plugin")
+
+    def __init__(self, engine: _Engine, plugin: str):
         self.engine = engine
-        self.plugin = loaded.name
-        store = wt.wasmtime.Store(engine.engine)
-        store.set_limits(
-            memory_size=config.memory_limit_bytes,
-            table_elements=config.table_elements_limit,
-            instances=1,
-            tables=config.max_tables,
-            memories=1,
-        )
-        self.store = store
-        self.context = store._context()
-        # Armed before instantiation: a start function runs under the deadline and the fuel.
-        self.arm()
-        try:
-            instance = loaded.instance_pre.instantiate(store)
-        except wt.errors as exc:
-            raise _instantiate_failure(engine, exc, loaded.name, hook) from exc
-        # One C lookup per export we use: wasmtime-py's exports() wraps every export (~60 us).
-        instance_ref = ctypes.byref(instance._instance)
-        self.externs: List[Any] = []
+        self.plugin = plugin
 
-        def export(name: str) -> Any:
-            item = wt.ffi.wasmtime_extern_t()
-            encoded = name.encode()
-            if not wt.export_get(self.context, instance_ref, encoded, len(encoded), ctypes.byref(item)):
-                raise PluginError(f"instantiate: export `{name}` is missing", plugin=loaded.name, hook=hook)
-            self.externs.append(item)  # the byref() pointers below point into it
-            return item.of
-
-        self.memory_ref = ctypes.byref(export("memory").memory)
-        self.view: Optional[memoryview] = None
-        self.view_key = (0, 0)
-        self.alloc = ctypes.byref(export("cc_lb_alloc").func)
-        self.free = ctypes.byref(export("cc_lb_free").func)
-        self.grow_refused_ref = ctypes.byref(export(GROW_REFUSED_EXPORT).global_)
-        self.flag_value = wt.ffi.wasmtime_val_t()
-        self.hooks = {name: ctypes.byref(export(HOOK_EXPORTS[name]).func) for name in loaded.hooks}
-        self.args = (wt.ffi.wasmtime_val_raw_t * 3)()
-        self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
-        self.trap_ref = ctypes.byref(self.trap)
-        self.out_pointer = 0
-        if loaded.has_start:
-            # The rewrite turned the start section into an export: run it now, under the
-            # limits armed above, so a trap in it is typed like any other.
-            self._call(ctypes.byref(export(START_EXPORT).func), 0, "start function", hook)
-            self.clear_refused_grow()  # a refusal the start function survived is not the hook's
-
-    def arm(self) -> None:
-        """Reset the per-call limits: the epoch deadline and the fuel."""
-        engine = self.engine
-        if engine.deadline_ticks:
-            engine.wt.set_epoch_deadline(self.context, engine.deadline_ticks)
-        if engine.config.fuel is not None:
-            self.store.set_fuel(engine.config.fuel)
-
-    def _refused_a_grow(self) -> bool:
-        """Whether the guest saw memory.grow fail (the rewrite records it in a global)."""
-        value = self.flag_value
-        self.engine.wt.global_get(self.context, self.grow_refused_ref, ctypes.byref(value))
-        return bool(value.of.i32)
-
-    def clear_refused_grow(self) -> None:
-        """A reused instance starts each call with the flag down."""
-        value = self.flag_value
-        value.kind = 0  # WASMTIME_I32
-        value.of.i32 = 0
-        error = self.engine.wt.global_set(self.context, self.grow_refused_ref, ctypes.byref(value))
-        if error:  # pragma: no cover - the global is ours, mutable and i32
-            raise PluginError("cannot reset the memory.grow flag", plugin=self.plugin, phase="arm")
-
-    def _call(self, func: Any, nargs: int, phase: str, hook: str) -> None:
-        error = self.engine.wt.call_unchecked(self.context, func, self.args, nargs, self.trap_ref)
-        if error or self.trap:
-            raise self._failure(error, phase, hook)
-
-    def _failure(self, error: Any, phase: str, hook: str) -> PluginError:
+    def _wrap(self, trap: Any, error: Any) -> Any:
         wt = self.engine.wt
+        if trap:
+            return wt.wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(wt.ffi.wasm_trap_t)))
+        return wt.wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(wt.ffi.wasmtime_error_t)))
+
+    def call(self, phase: str, hook: str, trap: Any, error: Any, refused: bool) -> PluginError:
+        """Guest code trapped or failed during ``phase``."""
         where = {"plugin": self.plugin, "hook": hook, "phase": phase}
-        refused = self._refused_a_grow()
-        if self.trap:
-            trap = wt.wasmtime.Trap._from_ptr(self.trap)
-            self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
-            self.trap_ref = ctypes.byref(self.trap)
-            return _trap_failure(self.engine, trap, phase, where, grow_refused=refused)
-        message = _trap_text(str(wt.wasmtime.WasmtimeError._from_ptr(error)))
-        return _classify(self.engine, "error", message, phase, where, grow_refused=refused)
+        failure = self._wrap(trap, error)
+        if trap:
+            return _trap_failure(self.engine, failure, phase, where, grow_refused=refused)
+        return _classify(self.engine, "error", _trap_text(str(failure)), phase, where, grow_refused=refused)
 
-    def guest_view(self) -> memoryview:
-        """All of guest memory as a writable byte view. Memory may move or grow whenever the
-        guest runs, so the view is rebuilt when its base or size changed."""
-        wt = self.engine.wt
-        size = wt.memory_data_size(self.context, self.memory_ref)
-        address = ctypes.cast(wt.memory_data(self.context, self.memory_ref), ctypes.c_void_p).value or 0
-        if (address, size) != self.view_key or self.view is None:
-            self.view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
-            self.view_key = (address, size)
-        return self.view
+    def instantiate(self, hook: str, trap: Any, error: Any) -> PluginError:
+        """Instantiation failed (pointers, from the native path); the error's __cause__ is
+        the wasmtime exception, as ``raise ... from`` sets it on the ctypes path."""
+        failure = self._wrap(trap, error)
+        typed = self.instantiation(hook, failure)
+        typed.__cause__ = failure
+        return typed
 
-    def allocate(self, size: int, hook: str) -> Tuple[memoryview, int]:
-        """cc_lb_alloc(size, 16): the guest buffer to write the request into."""
+    def instantiation(self, hook: str, exc: BaseException) -> PluginError:
+        return _instantiate_failure(self.engine, exc, self.plugin, hook)
+
+    def missing_export(self, hook: str, name: str) -> PluginError:
+        return PluginError(f"instantiate: export `{name}` is missing", plugin=self.plugin, hook=hook)
+
+    def alloc(self, hook: str, size: int, pointer: int, memory_size: int, refused: bool) -> PluginError:
+        """cc_lb_alloc answered null, a misaligned pointer or one outside guest memory."""
         where = {"plugin": self.plugin, "hook": hook, "phase": "cc_lb_alloc"}
-        self.args[0].i32 = size
-        self.args[1].i32 = 16
-        self._call(self.alloc, 2, "cc_lb_alloc", hook)
-        pointer = self.args[0].i32 & 0xFFFFFFFF
         limit = self.engine.config.memory_limit_bytes
         if pointer == 0:
-            if self._refused_a_grow() or size > limit:
-                raise PluginMemoryLimit(f"cc_lb_alloc: no room for the {size}-byte request under the {limit}-byte limit", **where)
-            raise PluginTrap(f"cc_lb_alloc: guest returned null pointer for {size}-byte allocation", trap_code="null_pointer", **where)
+            if refused or size > limit:
+                return PluginMemoryLimit(f"cc_lb_alloc: no room for the {size}-byte request under the {limit}-byte limit", **where)
+            return PluginTrap(f"cc_lb_alloc: guest returned null pointer for {size}-byte allocation", trap_code="null_pointer", **where)
         if pointer % 16:
-            raise PluginOutputError(f"cc_lb_alloc: returned pointer {pointer}, not aligned to 16 as asked", **where)
-        view = self.guest_view()
-        if pointer + size > len(view):
-            raise PluginOutputError(
-                f"cc_lb_alloc: returned [{pointer}..{pointer + size}) outside guest memory ({len(view)} bytes)", **where
-            )
-        return view, pointer
+            return PluginOutputError(f"cc_lb_alloc: returned pointer {pointer}, not aligned to 16 as asked", **where)
+        return PluginOutputError(
+            f"cc_lb_alloc: returned [{pointer}..{pointer + size}) outside guest memory ({memory_size} bytes)", **where
+        )
 
-    def call_hook(self, hook: str, write_request: Callable[[Callable[[int], Tuple[memoryview, int]]], int]) -> Optional[memoryview]:
-        """Write the request into guest memory, call the hook, check its output.
-
-        ``write_request(into)`` encodes the request through ``into(size) -> (buffer,
-        offset)``, which allocates it in the guest, and returns its size. Returns a
-        view of the output in guest memory, or None when an observe hook answers nothing.
-        """
-        self.arm()
-        pointers = []
-
-        def into(size: int) -> Tuple[memoryview, int]:
-            view, pointer = self.allocate(size, hook)
-            pointers.append(pointer)
-            return view, pointer
-
-        size = write_request(into)
+    def output(self, hook: str, pointer: int, length: int, memory_size: int) -> Optional[PluginError]:
+        """What is wrong with the hook's (pointer, length) answer, checked in this order; None if nothing."""
         export = HOOK_EXPORTS[hook]
-        self.args[0].i32 = pointers[0]
-        self.args[1].i32 = size
-        self._call(self.hooks[hook], 2, export, hook)
-        packed = self.args[0].i64 & 0xFFFFFFFFFFFFFFFF
-        out_pointer, out_length = packed >> 32, packed & 0xFFFFFFFF
-        if hook == "observe" and packed == 0:
-            return None
         where = {"plugin": self.plugin, "hook": hook, "phase": export}
-        if out_pointer == 0 or out_length == 0:
-            raise PluginOutputError(
-                f"{export}: guest returned invalid (ptr={out_pointer}, len={out_length}); only observe may return (0, 0)",
-                **where,
+        if pointer == 0 or length == 0:
+            return PluginOutputError(
+                f"{export}: guest returned invalid (ptr={pointer}, len={length}); only observe may return (0, 0)", **where
             )
         bound = self.engine.config.bounds.output_body_bytes
-        if out_length > bound:  # checked before anything is read
-            raise PluginOutputError(
-                f"{export}: output of {out_length} bytes exceeds wire_bounds.output_body_bytes ({bound})", **where
-            )
-        end = out_pointer + out_length
+        if length > bound:  # checked before anything is read
+            return PluginOutputError(f"{export}: output of {length} bytes exceeds wire_bounds.output_body_bytes ({bound})", **where)
+        end = pointer + length
         if end > 0xFFFFFFFF:
-            raise PluginOutputError(f"{export}: guest output ptr+len overflows ({out_pointer} + {out_length})", **where)
-        view = self.guest_view()  # memory as it is after the call: the guest may have grown it
-        if end > len(view):
-            raise PluginOutputError(
-                f"{export}: guest output [{out_pointer}..{end}) out of bounds (memory size {len(view)})", **where
-            )
-        self.out_pointer = out_pointer
-        return view[out_pointer:end]
+            return PluginOutputError(f"{export}: guest output ptr+len overflows ({pointer} + {length})", **where)
+        if end > memory_size:
+            return PluginOutputError(f"{export}: guest output [{pointer}..{end}) out of bounds (memory size {memory_size})", **where)
+        return None
 
-    def free_output(self, length: int, hook: str) -> None:
-        """cc_lb_free(out_ptr, out_len, 16): a reused instance gives its output back."""
-        self.args[0].i32 = self.out_pointer
-        self.args[1].i32 = length
-        self.args[2].i32 = 16
-        self._call(self.free, 3, "cc_lb_free", hook)
+    def stack(self, hook: str, left: int, size: int) -> PluginResourceLimit:
+        config = self.engine.config
+        return PluginResourceLimit(
+            f"the calling thread has {left // 1024} KiB of stack left (of {size // 1024} KiB), less than "
+            f"HostConfig.max_wasm_stack ({config.max_wasm_stack // 1024} KiB) + {STACK_HEADROOM // 1024} KiB: "
+            "call plugins from threads with a larger stack (threading.stack_size), not deep in recursion, "
+            "or lower max_wasm_stack",
+            plugin=self.plugin, hook=hook, phase="enter",
+        )
+
+    def closed(self, hook: str) -> PluginError:
+        return _closed_error(self.plugin, hook)
+
+
+# --- which call path: the extension's, or ctypes ------------------------------------------
+
+#: Set to 0 to use the ctypes call path even where the extension could take the calls.
+NATIVE_CALLS_ENV = "CCLB_WIRE_NATIVE_CALLS"
+_NATIVE: Optional[Any] = None  # the extension, bound to libwasmtime; None: the ctypes path
+_NATIVE_REASON = "not bound yet"
+_NATIVE_LOCK = threading.Lock()
+
+
+def _bind_native(wt: Wasmtime) -> None:
+    """Bind the extension's call path to the libwasmtime wasmtime-py loaded, once. Where it
+    cannot (the pure-Python backend, another wasmtime, a missing symbol), calls take the
+    ctypes path; a mismatch also warns, naming the reason."""
+    global _NATIVE, _NATIVE_REASON
+    from . import BACKEND
+
+    if BACKEND != "cython":
+        _NATIVE_REASON = "the pure-Python backend is loaded"
+        return
+    if os.environ.get(NATIVE_CALLS_ENV, "") == "0":
+        _NATIVE_REASON = f"{NATIVE_CALLS_ENV}=0"
+        return
+    from . import _codec  # type: ignore[attr-defined]
+
+    ffi = wt.ffi
+    layouts = {
+        name: (ctypes.sizeof(getattr(ffi, name)), {field[0]: getattr(getattr(ffi, name), field[0]).offset for field in getattr(ffi, name)._fields_})
+        for name in _codec._WASMTIME_LAYOUTS
+        if hasattr(ffi, name)
+    }
+    addresses = {}
+    for symbol in _codec._WASMTIME_SYMBOLS:
+        try:
+            addresses[symbol] = ctypes.cast(getattr(wt.dll, symbol), ctypes.c_void_p).value
+        except AttributeError:
+            addresses[symbol] = None
+    try:
+        _codec.bind_wasmtime(wt.version, addresses, layouts)
+    except RuntimeError as exc:
+        _NATIVE_REASON = str(exc)
+        warnings.warn(f"cclb_wire: plugin calls take the slower ctypes path: {exc}", RuntimeWarning, stacklevel=3)
+        return
+    _NATIVE = _codec
+    _NATIVE_REASON = ""
+
+
+def _new_gate() -> Any:
+    if _NATIVE is not None:
+        return _NATIVE.CallGate(threading.Condition())
+    return CallGate(threading.Condition())
 
 
 # ==============================================================================
@@ -805,7 +806,8 @@ class PluginHost:
         self._engine = _Engine(wt, engine, config)
         self._engine_key = (
             f"wasmtime {wt.version}; stack {config.max_wasm_stack}; "
-            f"epoch {config.deadline_s is not None}; fuel {config.fuel is not None}; grow-rewrite 1"
+            f"epoch {config.deadline_s is not None}; fuel {config.fuel is not None}; grow-rewrite 1; "
+            f"pool {config.memory_limit_bytes if self._engine.pooled else 0}"
         )
         self._linker = wt.wasmtime.Linker(engine)
         #: Compiled modules no slot may use any more, most recent last (an LRU).
@@ -814,10 +816,9 @@ class PluginHost:
         #: The ticket of the last registration or unregistration applied to each slot.
         self._slot_tickets: Dict[Tuple[str, str], int] = {}
         self._tickets = itertools.count(1)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active = 0
-        self._closed = False
+        self._lock = threading.Lock()  # the slots and their tickets
+        #: Calls and registrations in flight; close() shuts it and waits for them.
+        self._gate: Any = _new_gate()
         self._cache_dir = Path(config.module_cache_dir) if config.module_cache_dir is not None else None
         #: Gives the engine back to its ticker: at close(), or when the host is collected.
         self._release: Callable[[], Any] = _no_ticker
@@ -830,7 +831,7 @@ class PluginHost:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return bool(self._gate.closed)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop the host: no call, probe or registration starts after this.
@@ -844,16 +845,14 @@ class PluginHost:
         """
         if timeout is not None:
             check_number(timeout, "PluginHost.close.timeout", 0.0, MAX_DEADLINE_S)
-        with self._lock:
-            already = self._closed
-            self._closed = True
+        already = self._gate.close()
         if not already and self._engine.deadline_ticks:
             # Past every armed deadline: calls running now stop at their next epoch check.
             for _ in range(self._engine.deadline_ticks + 1):
                 self._engine.engine.increment_epoch()
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._active == 0, timeout):
-                raise PluginError(f"close(): {self._active} call(s) or registration(s) still running after {timeout} s")
+        if not self._gate.wait_idle(timeout):
+            raise PluginError(f"close(): {self._gate.active} call(s) or registration(s) still running after {timeout} s")
+        with self._lock:
             self._slots.clear()
             self._spare_modules.clear()
         self._release()
@@ -866,20 +865,14 @@ class PluginHost:
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active = 0
+        self._gate.after_fork(threading.Condition())
 
     def _enter(self, plugin: str, hook: str) -> None:
-        with self._lock:
-            if self._closed:
-                raise PluginError("the host is closed", plugin=plugin, hook=hook)
-            self._active += 1
+        if not self._gate.enter():
+            raise _closed_error(plugin, hook)
 
     def _leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._closed and not self._active:
-                self._idle.notify_all()
+        self._gate.leave()
 
     # -- admission ----------------------------------------------------------------
 
@@ -920,7 +913,11 @@ class PluginHost:
             try:
                 module = wasmtime.Module(engine, instrumented)
             except self._engine.wt.errors as exc:
-                raise PluginRejected(f"failed to compile wasm module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
+                rejected = PluginRejected(f"failed to compile wasm module: {exc}".splitlines()[0], plugin=name, hook=kind)
+                limit = _pool_limit_failure(self._engine, str(exc), name, kind)
+                if limit is not None:
+                    raise rejected from limit
+                raise rejected from exc
             if cached is not None:
                 self._store_compiled(cached, module)
         return module
@@ -966,20 +963,52 @@ class PluginHost:
             name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection, hooks,
             module, module_key, any(export.name == START_EXPORT for export in module.exports),
         )
+        loaded.faults = _Faults(self._engine, name)
         if self.config.probe:
             for hook in hooks:
                 self._probe(loaded, hook)
         else:
             self._trial_instance(loaded, kind)
+        if _NATIVE is not None:
+            loaded.native = self._native_plugin(_NATIVE, loaded, instance_pre)
         return loaded
 
-    def _trial_instance(self, loaded: _Loaded, hook: str) -> _Instance:
+    def _native_plugin(self, native: Any, loaded: _Loaded, instance_pre: Any) -> Any:
+        """The extension's call path for an admitted plugin, with this host's limits."""
+        engine = self._engine
+        config = self.config
+        return native.NativePlugin(
+            ctypes.cast(engine.engine.ptr(), ctypes.c_void_p).value,
+            ctypes.cast(instance_pre.ptr(), ctypes.c_void_p).value,
+            (engine.engine, instance_pre),
+            _Faults(engine, loaded.name),
+            loaded.local,
+            self._gate,
+            loaded.hooks,
+            reuse=engine.reuse,
+            has_start=loaded.has_start,
+            deadline_ticks=engine.deadline_ticks,
+            fuel=config.fuel,
+            memory_limit=config.memory_limit_bytes,
+            table_elements=config.table_elements_limit,
+            max_tables=config.max_tables,
+            stack_needed=engine.stack_needed,
+            bounds=config.bounds,
+            origin_policy=config.origin_policy,
+            cookie_redaction=config.cookie_redaction,
+            grow_flag_export=GROW_REFUSED_EXPORT,
+            start_export=START_EXPORT,
+        )
+
+    def _trial_instance(self, loaded: _Loaded, hook: str) -> Instance:
         """Instantiate under the limits (start function included); failures reject the module."""
-        if self._closed:
+        if self._gate.closed:
             raise PluginError("the host closed during admission", plugin=loaded.name, hook=hook)
         try:
             self._engine.check_thread_stack(loaded.name, hook)
-            return _Instance(self._engine, loaded, hook)
+            return Instance(self._engine, loaded, hook)
+        except PluginPoolSaturated:
+            raise  # the module is fine; the host is busy
         except PluginError as exc:
             raise PluginRejected(f"cannot instantiate: {exc.detail}", plugin=loaded.name, hook=hook) from exc
 
@@ -992,7 +1021,8 @@ class PluginHost:
                 memoryview(buffer)[offset : offset + len(sample)] = sample
                 return len(sample)
 
-            output = instance.call_hook(hook, write)
+            view = instance.call_hook(hook, write)
+            output = None if view is None else bytes(view)  # a copy: the store is closed below
             if hook == "filter":
                 decode("FilterResponse", output)
             elif hook == "shape":
@@ -1002,6 +1032,8 @@ class PluginHost:
             raise PluginRejected(
                 f"runtime probe failed for hook {hook}: {reason}", plugin=loaded.name, hook=hook
             ) from exc
+        finally:
+            instance.close()  # its pool slot now, not when a traceback holding it dies
 
     def _read_module(self, method: str, wasm: Any) -> bytes:
         if isinstance(wasm, (str, os.PathLike)):
@@ -1033,7 +1065,7 @@ class PluginHost:
                     return adapter(self, kind, slot_key)
             loaded = self._admit(kind, name, data, content_hash)
             with self._lock:
-                if self._closed:
+                if self._gate.closed:
                     raise PluginError("the host closed during registration", plugin=name, hook=kind)
                 if ticket < self._slot_tickets.get(key, 0):
                     _log.info("registration of %r into %s slot %r overtaken by a newer one; not applied", name, kind, slot_key)
@@ -1086,36 +1118,6 @@ class PluginHost:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _run(self, loaded: _Loaded, hook: str, write: Callable, convert: Callable[[Optional[memoryview]], Any]) -> Any:
-        """One hook call: instance, request, call, checks, conversion. Every wasmtime failure
-        comes out as a PluginError; the reused instance is discarded after any failure."""
-        engine = self._engine
-        engine.check_thread_stack(loaded.name, hook)
-        self._enter(loaded.name, hook)
-        try:
-            instance = getattr(loaded.local, "instance", None) if engine.reuse else None
-            try:
-                if instance is None:
-                    instance = _Instance(engine, loaded, hook)
-                    if engine.reuse:
-                        loaded.local.instance = instance
-                elif engine.reuse:
-                    instance.clear_refused_grow()
-                output = instance.call_hook(hook, write)
-                result = convert(output)
-                if engine.reuse and output is not None:
-                    instance.free_output(len(output), hook)
-                return result
-            except BaseException as exc:
-                if engine.reuse:
-                    loaded.local.instance = None
-                if isinstance(exc, engine.wt.errors):
-                    raise PluginError(f"{hook}: {_trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
-                raise
-        finally:
-            self._leave()
-
-
 class _Adapter:
     """A slot's adapter: every call runs the plugin the slot holds when the call starts."""
 
@@ -1124,10 +1126,15 @@ class _Adapter:
     def __init__(self, host: PluginHost, kind: str, slot_key: str):
         self._host = host
         self._kind = kind
-        self.slot_key = slot_key
+        self._slot = (kind, slot_key)
+
+    @property
+    def slot_key(self) -> str:
+        """The slot this adapter calls."""
+        return self._slot[1]
 
     def _loaded(self) -> _Loaded:
-        loaded = self._host._slots.get((self._kind, self.slot_key))
+        loaded = self._host._slots.get(self._slot)
         if loaded is None:
             state = "the host is closed" if self._host.closed else "unregistered, or never registered"
             raise PluginError(f"slot {self.slot_key!r} is empty ({state})", hook=self._kind)
@@ -1164,7 +1171,10 @@ class FilterPlugin(_Adapter):
             return encode_filter_request(ctx, principal, candidates, cookie_redaction=config.cookie_redaction, into=into)
 
         try:
-            return host._run(self._loaded(), "filter", write, lambda output: decode_filter_output(output, config.bounds))
+            loaded = self._loaded()
+            if loaded.native is not None:
+                return loaded.native.filter(ctx, principal, candidates)  # type: ignore[no-any-return]
+            return run_call(host._engine, host._gate, loaded, "filter", write, lambda output: decode_filter_output(output, config.bounds))
         except PluginTrap as exc:
             raise FilterError.trap(exc.detail) from exc
         except PluginError as exc:
@@ -1207,7 +1217,10 @@ class UpstreamDialect(_Adapter):
             return decode_shaped_request(output, upstream, origin_policy=config.origin_policy, bounds=config.bounds)
 
         try:
-            return self._host._run(self._loaded(), "shape", write, convert)
+            loaded = self._loaded()
+            if loaded.native is not None:
+                return loaded.native.shape(ctx, principal, upstream)  # type: ignore[no-any-return]
+            return run_call(self._host._engine, self._host._gate, loaded, "shape", write, convert)
         except PluginTrap as exc:
             raise DialectError.unsupported_request(exc.detail) from exc
         except PluginError as exc:
@@ -1238,6 +1251,10 @@ class ObservabilityHook(_Adapter):
             return encode_observe_event(event, into=into)
 
         try:
-            self._host._run(self._loaded(), "observe", write, lambda output: None)
+            loaded = self._loaded()
+            if loaded.native is not None:
+                loaded.native.observe(event)
+            else:
+                run_call(self._host._engine, self._host._gate, loaded, "observe", write, lambda output: None)
         except PluginError as exc:
             raise ObservabilityError.dropped(str(exc)) from exc

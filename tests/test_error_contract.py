@@ -577,6 +577,7 @@ TABLE["HostConfig"] = {
         T("broken-fspath", lambda: BrokenPath(), "HostConfig.module_cache_dir"),
     ),
     "module_cache_size": _int_field("HostConfig.module_cache_size", 1024),
+    "pool_size": _int_field("HostConfig.pool_size", 4096),
     "probe": _bool_field("HostConfig.probe"),
 }
 TABLE["PluginHost"] = {
@@ -614,6 +615,7 @@ EXCLUDED = {
             "CclbWireError", "InvalidInput", "InvalidInputType", "WireError", "DecodeError", "PointerOutOfRange",
             "UnalignedPointer", "InvalidUtf8", "InvalidDiscriminant", "EncodeError", "EncodeTypeError", "FilterError",
             "DialectError", "ObservabilityError", "PluginError", "PluginRejected", "PluginTimeout", "PluginOutOfFuel",
+            "PluginPoolSaturated",
             "PluginMemoryLimit", "PluginResourceLimit", "PluginTrap", "PluginOutputError",
         )
     },

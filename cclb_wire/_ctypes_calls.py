@@ -1,0 +1,312 @@
+"""The ctypes call path: the pure-Python twin of the extension's native one (_hostcall.pxi).
+
+Calls take this path under the pure-Python backend, or when the extension cannot bind
+to the libwasmtime wasmtime-py loaded. It does the same steps in the same order through
+wasmtime's raw C entry points (ctypes functions of wasmtime-py's bindings, without its
+Python wrappers), and builds every error through the plugin's ``faults`` object, the
+one the native path uses, so both word their errors alike. ``cclb_wire.runtime`` holds
+the policy and picks the path; this module is imported only with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any, Callable, List, Optional, Tuple
+
+from .errors import PluginError
+from .wasm_module import HOOK_EXPORTS
+from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
+
+
+class Wasmtime:
+    """The wasmtime module and the raw C entry points the call path uses."""
+
+    def __init__(self) -> None:
+        import wasmtime
+        from wasmtime import _bindings, _ffi
+
+        self.wasmtime = wasmtime
+        self.ffi = _ffi
+        # The raw C entry points (ctypes functions), without wasmtime-py's Python wrappers:
+        # the hot path calls them directly. wasmtime is pinned to one major version.
+        self.call_unchecked = _bindings._wasmtime_func_call_unchecked
+        self.memory_data = _bindings._wasmtime_memory_data
+        self.memory_data_size = _bindings._wasmtime_memory_data_size
+        self.set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
+        self.export_get = _bindings._wasmtime_instance_export_get
+        self.global_get = _bindings._wasmtime_global_get
+        self.global_set = _bindings._wasmtime_global_set
+        self.async_stack_size_set = _bindings._wasmtime_config_async_stack_size_set
+        self.dll = _ffi.dll
+        self.version = getattr(wasmtime, "__version__", "") or package_version("wasmtime")
+        self.trap_names = {code.value: code.name.lower() for code in wasmtime.TrapCode}
+        self.errors = (wasmtime.WasmtimeError, wasmtime.Trap)
+
+
+def trap_text(message: str) -> str:
+    """The line of a wasmtime error that says what happened (after "Caused by:"), not the backtrace."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        after = lines[lines.index("Caused by:") + 1 :]
+        if after:
+            return after[-1]
+    return lines[0] if lines else "trap"
+
+
+def package_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # pragma: no cover - metadata missing
+        return "unknown"
+
+
+class CallGate:
+    """Counts a host's calls and registrations in flight, for close() (the ctypes path's
+    twin of the extension's CallGate: same methods, with a lock instead of the GIL)."""
+
+    def __init__(self, idle: threading.Condition):
+        self.idle = idle
+        self.active = 0
+        self.closed = False
+
+    def enter(self) -> bool:
+        """Count one more in flight; False (nothing counted) once the host is closed."""
+        with self.idle:
+            if self.closed:
+                return False
+            self.active += 1
+            return True
+
+    def leave(self) -> None:
+        with self.idle:
+            self.active -= 1
+            if self.closed and not self.active:
+                self.idle.notify_all()
+
+    def close(self) -> bool:
+        """Close the gate; returns whether it was closed already."""
+        with self.idle:
+            already, self.closed = self.closed, True
+            return already
+
+    def wait_idle(self, timeout: Optional[float]) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: self.active == 0, timeout)
+
+    def after_fork(self, idle: threading.Condition) -> None:
+        """In a forked child: no call of the parent's threads is in flight here."""
+        self.idle = idle
+        self.active = 0
+
+
+class Instance:
+    """One store and instance of a plugin, with the raw call machinery around it."""
+
+    __slots__ = (
+        "engine", "plugin", "store", "externs", "memory_ref", "context", "alloc", "free", "hooks",
+        "args", "trap", "trap_ref", "out_pointer", "view", "view_key", "grow_refused_ref",
+        "flag_value", "faults", "__weakref__",
+    )
+
+    def __init__(self, engine: Any, loaded: Any, hook: str):
+        wt = engine.wt
+        config = engine.config
+        self.engine = engine
+        self.plugin = loaded.name
+        self.faults = loaded.faults
+        store = wt.wasmtime.Store(engine.engine)
+        store.set_limits(
+            memory_size=config.memory_limit_bytes,
+            table_elements=config.table_elements_limit,
+            instances=1,
+            tables=config.max_tables,
+            memories=1,
+        )
+        self.store = store
+        try:
+            self._instantiate(engine, loaded, hook)
+        except BaseException:
+            store.close()  # now: it holds a pool slot, and the traceback would keep it
+            raise
+
+    def _instantiate(self, engine: Any, loaded: Any, hook: str) -> None:
+        wt = engine.wt
+        store = self.store
+        self.context = store._context()
+        # Armed before instantiation: a start function runs under the deadline and the fuel.
+        self.arm()
+        try:
+            instance = loaded.instance_pre.instantiate(store)
+        except wt.errors as exc:
+            raise self.faults.instantiation(hook, exc) from exc
+        # One C lookup per export we use: wasmtime-py's exports() wraps every export (~60 us).
+        instance_ref = ctypes.byref(instance._instance)
+        self.externs: List[Any] = []
+
+        def export(name: str) -> Any:
+            item = wt.ffi.wasmtime_extern_t()
+            encoded = name.encode()
+            if not wt.export_get(self.context, instance_ref, encoded, len(encoded), ctypes.byref(item)):
+                raise self.faults.missing_export(hook, name)
+            self.externs.append(item)  # the byref() pointers below point into it
+            return item.of
+
+        self.memory_ref = ctypes.byref(export("memory").memory)
+        self.view: Optional[memoryview] = None
+        self.view_key = (0, 0)
+        self.alloc = ctypes.byref(export("cc_lb_alloc").func)
+        self.free = ctypes.byref(export("cc_lb_free").func)
+        self.grow_refused_ref = ctypes.byref(export(GROW_REFUSED_EXPORT).global_)
+        self.flag_value = wt.ffi.wasmtime_val_t()
+        self.hooks = {name: ctypes.byref(export(HOOK_EXPORTS[name]).func) for name in loaded.hooks}
+        self.args = (wt.ffi.wasmtime_val_raw_t * 3)()
+        self.trap = ctypes.POINTER(wt.ffi.wasm_trap_t)()
+        self.trap_ref = ctypes.byref(self.trap)
+        self.out_pointer = 0
+        if loaded.has_start:
+            # The rewrite turned the start section into an export: run it now, under the
+            # limits armed above, so a trap in it is typed like any other.
+            self._call(ctypes.byref(export(START_EXPORT).func), 0, "start function", hook)
+            self.clear_refused_grow()  # a refusal the start function survived is not the hook's
+
+    def close(self) -> None:
+        """Delete the store now; the instance is unusable after this."""
+        self.view = None
+        self.store.close()
+
+    def arm(self) -> None:
+        """Reset the per-call limits: the epoch deadline and the fuel."""
+        engine = self.engine
+        if engine.deadline_ticks:
+            engine.wt.set_epoch_deadline(self.context, engine.deadline_ticks)
+        if engine.config.fuel is not None:
+            self.store.set_fuel(engine.config.fuel)
+
+    def _refused_a_grow(self) -> bool:
+        """Whether the guest saw memory.grow fail (the rewrite records it in a global)."""
+        value = self.flag_value
+        self.engine.wt.global_get(self.context, self.grow_refused_ref, ctypes.byref(value))
+        return bool(value.of.i32)
+
+    def clear_refused_grow(self) -> None:
+        """A reused instance starts each call with the flag down."""
+        value = self.flag_value
+        value.kind = 0  # WASMTIME_I32
+        value.of.i32 = 0
+        error = self.engine.wt.global_set(self.context, self.grow_refused_ref, ctypes.byref(value))
+        if error:  # pragma: no cover - the global is ours, mutable and i32
+            raise PluginError("cannot reset the memory.grow flag", plugin=self.plugin, phase="arm")
+
+    def _call(self, func: Any, nargs: int, phase: str, hook: str) -> None:
+        error = self.engine.wt.call_unchecked(self.context, func, self.args, nargs, self.trap_ref)
+        if error or self.trap:
+            raise self._failure(error, phase, hook)
+
+    def _failure(self, error: Any, phase: str, hook: str) -> PluginError:
+        trap = self.trap
+        if trap:  # the error object takes the trap: the next call gets a fresh out-pointer
+            self.trap = ctypes.POINTER(self.engine.wt.ffi.wasm_trap_t)()
+            self.trap_ref = ctypes.byref(self.trap)
+        return self.faults.call(phase, hook, trap, error, self._refused_a_grow())
+
+    def guest_view(self) -> memoryview:
+        """All of guest memory as a writable byte view. Memory may move or grow whenever the
+        guest runs, so the view is rebuilt when its base or size changed."""
+        wt = self.engine.wt
+        size = wt.memory_data_size(self.context, self.memory_ref)
+        address = ctypes.cast(wt.memory_data(self.context, self.memory_ref), ctypes.c_void_p).value or 0
+        if (address, size) != self.view_key or self.view is None:
+            self.view = memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+            self.view_key = (address, size)
+        return self.view
+
+    def allocate(self, size: int, hook: str) -> Tuple[memoryview, int]:
+        """cc_lb_alloc(size, 16): the guest buffer to write the request into."""
+        self.args[0].i32 = size
+        self.args[1].i32 = 16
+        self._call(self.alloc, 2, "cc_lb_alloc", hook)
+        pointer = self.args[0].i32 & 0xFFFFFFFF
+        view = self.guest_view()
+        if pointer == 0 or pointer % 16 or pointer + size > len(view):
+            raise self.faults.alloc(hook, size, pointer, len(view), pointer == 0 and self._refused_a_grow())
+        return view, pointer
+
+    def call_hook(self, hook: str, write_request: Callable[[Callable[[int], Tuple[memoryview, int]]], int]) -> Optional[memoryview]:
+        """Write the request into guest memory, call the hook, check its output.
+
+        ``write_request(into)`` encodes the request through ``into(size) -> (buffer,
+        offset)``, which allocates it in the guest, and returns its size. Returns a
+        view of the output in guest memory, or None when an observe hook answers nothing.
+        """
+        self.arm()
+        pointers = []
+
+        def into(size: int) -> Tuple[memoryview, int]:
+            view, pointer = self.allocate(size, hook)
+            pointers.append(pointer)
+            return view, pointer
+
+        size = write_request(into)
+        export = HOOK_EXPORTS[hook]
+        self.args[0].i32 = pointers[0]
+        self.args[1].i32 = size
+        self._call(self.hooks[hook], 2, export, hook)
+        packed = self.args[0].i64 & 0xFFFFFFFFFFFFFFFF
+        out_pointer, out_length = packed >> 32, packed & 0xFFFFFFFF
+        if hook == "observe" and packed == 0:
+            return None
+        view = self.guest_view()  # memory as it is after the call: the guest may have grown it
+        failure = self.faults.output(hook, out_pointer, out_length, len(view))
+        if failure is not None:
+            raise failure
+        self.out_pointer = out_pointer
+        return view[out_pointer : out_pointer + out_length]
+
+    def free_output(self, length: int, hook: str) -> None:
+        """cc_lb_free(out_ptr, out_len, 16): a reused instance gives its output back."""
+        self.args[0].i32 = self.out_pointer
+        self.args[1].i32 = length
+        self.args[2].i32 = 16
+        self._call(self.free, 3, "cc_lb_free", hook)
+
+
+def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable, convert: Callable[[Optional[memoryview]], Any]) -> Any:
+    """One hook call: instance, request, call, checks, conversion. Every wasmtime failure
+    comes out as a PluginError; the reused instance is discarded after any failure. A
+    store that is done with is closed here, not when the last traceback holding it dies:
+    it holds a slot of the instance pool. (Views of guest memory in such a traceback stay
+    readable: a pool slot's memory stays mapped; without a pool the store is left to the
+    last reference, as before.)"""
+    engine.check_thread_stack(loaded.name, hook)
+    if not gate.enter():
+        raise loaded.faults.closed(hook)
+    instance = None
+    done = not engine.reuse
+    close = engine.pooled
+    try:
+        instance = getattr(loaded.local, "instance", None) if engine.reuse else None
+        if instance is None:
+            instance = Instance(engine, loaded, hook)
+            if engine.reuse:
+                loaded.local.instance = instance
+        elif engine.reuse:
+            instance.clear_refused_grow()
+        output = instance.call_hook(hook, write)
+        result = convert(output)
+        if engine.reuse and output is not None:
+            instance.free_output(len(output), hook)
+        return result
+    except BaseException as exc:
+        done = True
+        if engine.reuse:
+            loaded.local.instance = None
+        if isinstance(exc, engine.wt.errors):
+            raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
+        raise
+    finally:
+        if done and close and instance is not None:
+            instance.close()
+        gate.leave()

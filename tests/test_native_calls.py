@@ -1,0 +1,248 @@
+"""The native call path (the extension calls wasmtime's C API) and the instance pool.
+
+The runtime suites run on whichever call path is active: the extension's with the Cython
+backend, ctypes with the fallback (CI also runs them with CCLB_WIRE_NATIVE_CALLS=0). The
+tests here pin what only shows across threads, pools and paths: guest code runs without
+the GIL, a full pool fails at once with a typed error, reloads give their slots back, and
+both paths answer every hostile guest with the same error, word for word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import cclb_wire as cw
+from cclb_wire import runtime
+from cclb_wire.runtime import HostConfig, InstanceStrategy, PluginHost
+
+from test_runtime_hardening import CTX, PRINCIPAL, candidates, fixture, run_isolated, variant
+
+TESTS = Path(__file__).resolve().parent
+
+
+def spin_then_time_out(adapter, results, started=None):
+    """One call of a guest that loops until its deadline; records the typed cause."""
+    if started is not None:
+        started.set()
+    try:
+        adapter.filter(CTX, PRINCIPAL, [])
+        results.append("returned")
+    except cw.FilterError as exc:
+        results.append(type(exc.__cause__).__name__)
+
+
+def test_the_extension_takes_the_calls_when_it_is_loaded():
+    with PluginHost() as host:
+        host.register_filter("s", "v", variant(0))
+        native = host.slot("filter", "s").native
+    if cw.BACKEND == "cython" and os.environ.get(runtime.NATIVE_CALLS_ENV) != "0":
+        assert native is not None and runtime._NATIVE_REASON == ""
+    else:
+        assert native is None and runtime._NATIVE_REASON
+
+
+@pytest.mark.parametrize("strategy", [InstanceStrategy.FRESH, InstanceStrategy.REUSE_PER_THREAD])
+def test_the_gil_is_released_while_guest_code_runs(strategy):
+    # A guest spins until its 0.6 s deadline; meanwhile this thread must keep running Python.
+    with PluginHost(HostConfig(deadline_s=0.6, probe=False, instance_strategy=strategy)) as host:
+        adapter = host.register_filter("s", "spin", fixture("infinite_loop"))
+        results: list = []
+        started = threading.Event()
+        worker = threading.Thread(target=spin_then_time_out, args=(adapter, results, started))
+        worker.start()
+        started.wait()
+        time.sleep(0.05)  # well inside the guest by now
+        progress = 0
+        while worker.is_alive():
+            progress += 1
+        worker.join()
+    assert results == ["PluginTimeout"]
+    # Holding the GIL for the whole call would leave this loop a handful of iterations.
+    assert progress > 10_000, progress
+
+
+def test_two_threads_run_two_guests_at_once():
+    # Each guest spins until its own 0.5 s deadline: run at once, both end after ~0.5 s;
+    # one after the other (a call holding the GIL), after ~1 s.
+    with PluginHost(HostConfig(deadline_s=0.5, probe=False, instance_strategy="reuse_per_thread")) as host:
+        adapter = host.register_filter("s", "spin", fixture("infinite_loop"))
+        results: list = []
+        threads = [threading.Thread(target=spin_then_time_out, args=(adapter, results)) for _ in range(2)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    assert results == ["PluginTimeout", "PluginTimeout"]
+    assert elapsed < 0.9, elapsed
+
+
+def test_a_full_pool_fails_at_once_with_a_typed_error_and_recovers():
+    config = HostConfig(pool_size=2, deadline_s=1.5, probe=False, failure_policy="pass_through")
+    with PluginHost(config) as host:
+        spinning = host.register_filter("spin", "spin", fixture("infinite_loop"))
+        serving = host.register_filter("ok", "ok", variant(0))
+        results: list = []
+        threads = [threading.Thread(target=spin_then_time_out, args=(spinning, results)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # both spinning guests now hold a pool slot each
+        started = time.monotonic()
+        with pytest.raises(cw.FilterError) as caught:
+            serving.filter(CTX, PRINCIPAL, candidates(2))
+        waited = time.monotonic() - started
+        cause = caught.value.__cause__
+        assert type(cause) is cw.PluginPoolSaturated and isinstance(cause, cw.PluginResourceLimit)
+        assert "pool_size = 2" in str(cause) and cause.plugin == "ok" and cause.hook == "filter"
+        assert waited < 0.5, waited  # never waits for a slot
+        passed = serving.filter_with_policy(CTX, PRINCIPAL, candidates(2))
+        assert len(passed.kept_upstream_ids) == 2 and "pool" in passed.reason
+        for thread in threads:
+            thread.join()
+        assert results == ["PluginTimeout", "PluginTimeout"]
+        # The slots came back with the stores of the timed-out calls.
+        assert len(serving.filter(CTX, PRINCIPAL, candidates(2)).kept_upstream_ids) == 1
+
+
+def test_reloads_and_failed_calls_give_their_pool_slots_back():
+    with PluginHost(HostConfig(pool_size=2, deadline_s=0.05)) as host:
+        for index in range(40):
+            adapter = host.register_filter("s", f"v{index % 3}", variant(index % 3))
+            assert len(adapter.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids) == 1
+    with PluginHost(HostConfig(pool_size=1, deadline_s=0.05, probe=False)) as host:
+        spinning = host.register_filter("spin", "spin", fixture("infinite_loop"))
+        for _ in range(5):  # each timed-out call returns its slot, or the next would saturate
+            assert type(_cause(lambda: spinning.filter(CTX, PRINCIPAL, []))) is cw.PluginTimeout
+
+
+def _cause(call):
+    with pytest.raises(cw.CclbWireError) as caught:
+        call()
+    return caught.value.__cause__
+
+
+def test_without_a_pool_fresh_instances_still_work():
+    with PluginHost(HostConfig(pool_size=0)) as host:
+        adapter = host.register_filter("s", "v", variant(1))
+        threads_done = []
+
+        def call():
+            threads_done.append(len(adapter.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids))
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert threads_done == [1, 1, 1, 1]
+
+
+# --- both call paths answer alike ---------------------------------------------------------------
+
+HOSTILE_CALLS = [
+    ("out_of_bounds", {}), ("out_ptr_zero", {}), ("out_len_zero", {}), ("oversized", {}),
+    ("ptr_len_overflow", {}), ("unreachable", {}), ("stack_overflow", {}), ("memory_bomb", {"memory_limit_bytes": 4 << 20}),
+    ("grow_by_1", {"memory_limit_bytes": 2 << 20}), ("trap_near_limit", {"memory_limit_bytes": 2 << 20}),
+    ("refused_then_divide_by_zero", {"memory_limit_bytes": 2 << 20}), ("misaligned_alloc_large", {}),
+    ("infinite_loop", {"deadline_s": 0.05}), ("infinite_loop", {"deadline_s": None, "fuel": 100_000}),
+    ("start_refused_then_hook_trap", {"memory_limit_bytes": 2 << 20}), ("grow_then_answer", {}),
+]
+
+OUTCOMES = """
+import json
+results = []
+for name, overrides in json.loads({calls!r}):
+    for strategy in ("fresh", "reuse_per_thread"):
+        config = HostConfig(probe=False, instance_strategy=strategy, **overrides)
+        with PluginHost(config) as host:
+            adapter = host.register_filter("s", name, fixture(name))
+            for _ in range(2):
+                try:
+                    results.append(["ok", repr(adapter.filter(CTX, PRINCIPAL, candidates(2)))])
+                except cw.FilterError as exc:
+                    cause = exc.__cause__
+                    results.append([type(exc).__name__, str(exc), type(cause).__name__, str(cause),
+                                    getattr(cause, "trap_code", ""), cause.phase])
+print(json.dumps(results))
+"""
+
+
+def _outcomes(native: bool) -> list:
+    code = OUTCOMES.format(calls=json.dumps(HOSTILE_CALLS))
+    env_value = None if native else "0"
+    previous = os.environ.get(runtime.NATIVE_CALLS_ENV)
+    try:
+        if env_value is None:
+            os.environ.pop(runtime.NATIVE_CALLS_ENV, None)
+        else:
+            os.environ[runtime.NATIVE_CALLS_ENV] = env_value
+        return json.loads(run_isolated(code, timeout=180))
+    finally:
+        if previous is None:
+            os.environ.pop(runtime.NATIVE_CALLS_ENV, None)
+        else:
+            os.environ[runtime.NATIVE_CALLS_ENV] = previous
+
+
+def test_both_call_paths_answer_every_hostile_guest_alike():
+    native, ctypes_path = _outcomes(True), _outcomes(False)
+    assert len(native) == 4 * len(HOSTILE_CALLS)
+    for index, (ours, theirs) in enumerate(zip(native, ctypes_path)):
+        name, overrides = HOSTILE_CALLS[index // 4]
+        assert ours == theirs, (name, overrides, index % 4)
+    kinds = {row[2] for row in native if row[0] != "ok"}
+    assert {"PluginOutputError", "PluginTrap", "PluginMemoryLimit", "PluginTimeout", "PluginOutOfFuel"} <= kinds
+
+
+# --- binding to wasmtime ----------------------------------------------------------------------------
+
+
+def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it():
+    out = run_isolated(
+        """
+        import warnings
+        os.environ.pop("CCLB_WIRE_NATIVE_CALLS", None)  # the path is chosen at the first host
+        wasmtime.__version__ = "99.0.0"
+        from cclb_wire import runtime
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            host = PluginHost()
+        adapter = host.register_filter("s", "v", variant(0))
+        print(len(adapter.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids))
+        print(runtime._NATIVE is None)
+        print(runtime._NATIVE_REASON)
+        print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])
+        """
+    )
+    served, fallen_back, reason, warned = out.splitlines()
+    assert served == "1" and fallen_back == "True"
+    if cw.BACKEND == "cython":
+        assert "wasmtime 99.0.0 is not the major version 50" in reason
+        assert "ctypes path" in warned and "99.0.0" in warned
+    else:
+        assert reason == "the pure-Python backend is loaded" and warned == "[]"
+
+
+@pytest.mark.skipif(cw.BACKEND != "cython", reason="binds the extension")
+def test_the_binding_refuses_a_missing_symbol_or_another_layout():
+    from cclb_wire import _codec
+
+    wt = runtime._wt()
+    layouts = {name: (0, {}) for name in _codec._WASMTIME_LAYOUTS}
+    with pytest.raises(RuntimeError, match="wasmtime_func_t is laid out as"):
+        _codec.bind_wasmtime(wt.version, {}, layouts)
+    good_layouts = {
+        name: (size, dict(fields)) for name, (size, fields) in _codec._WASMTIME_LAYOUTS.items()
+    }
+    with pytest.raises(RuntimeError, match="does not export wasmtime_store_new"):
+        _codec.bind_wasmtime(wt.version, {}, good_layouts)
