@@ -668,6 +668,32 @@ def test_a_start_function_of_the_wrong_type_is_rejected_not_called():
     assert out.split() == ["rejected", "True"]
 
 
+def test_a_stalled_ticker_never_ends_a_deadline_early():
+    # The ticker needs the GIL to tick. A thread that keeps it 0.3 s stalls the ticker; the
+    # ticker used to make up the missed ticks in a burst as soon as the next call released
+    # the GIL, ending that call's 0.2 s deadline at once.
+    out = run_isolated(
+        """
+        sys.setswitchinterval(0.5)
+        host = PluginHost(HostConfig(deadline_s=0.2, probe=False))
+        adapter = host.register_filter("s", "spin", fixture("infinite_loop"))
+        for _ in range(3):
+            busy_until = time.perf_counter() + 0.3
+            while time.perf_counter() < busy_until:
+                pass
+            started = time.monotonic()
+            try:
+                adapter.filter(CTX, PRINCIPAL, [])
+            except cw.FilterError as exc:
+                print(type(exc.__cause__).__name__, round(time.monotonic() - started, 3))
+        """
+    )
+    for line in out.splitlines():
+        cause, elapsed = line.split()
+        assert cause == "PluginTimeout" and float(elapsed) >= 0.2, out
+    assert len(out.splitlines()) == 3
+
+
 # --- no leaks: tickers, reloads, unregister ----------------------------------------------------------
 
 
