@@ -234,24 +234,11 @@ class Instance:
             raise self.faults.alloc(hook, size, pointer, len(view), pointer == 0 and self._refused_a_grow())
         return view, pointer
 
-    def call_hook(self, hook: str, write_request: Callable[[Callable[[int], Tuple[memoryview, int]]], int]) -> Optional[memoryview]:
-        """Write the request into guest memory, call the hook, check its output.
-
-        ``write_request(into)`` encodes the request through ``into(size) -> (buffer,
-        offset)``, which allocates it in the guest, and returns its size. Returns a
-        view of the output in guest memory, or None when an observe hook answers nothing.
-        """
-        self.arm()
-        pointers = []
-
-        def into(size: int) -> Tuple[memoryview, int]:
-            view, pointer = self.allocate(size, hook)
-            pointers.append(pointer)
-            return view, pointer
-
-        size = write_request(into)
+    def call_hook(self, hook: str, pointer: int, size: int) -> Optional[memoryview]:
+        """Call the hook on the request written at ``pointer`` and check its answer: a view
+        of the output in guest memory, or None when an observe hook answers nothing."""
         export = HOOK_EXPORTS[hook]
-        self.args[0].i32 = pointers[0]
+        self.args[0].i32 = pointer
         self.args[1].i32 = size
         self._call(self.hooks[hook], 2, export, hook)
         packed = self.args[0].i64 & 0xFFFFFFFFFFFFFFFF
@@ -265,6 +252,13 @@ class Instance:
         self.out_pointer = out_pointer
         return view[out_pointer : out_pointer + out_length]
 
+    def call_with(self, hook: str, request: bytes) -> Optional[memoryview]:
+        """The whole call with a ready archive (the admission probe's sample)."""
+        self.arm()
+        view, pointer = self.allocate(len(request), hook)
+        view[pointer : pointer + len(request)] = request
+        return self.call_hook(hook, pointer, len(request))
+
     def free_output(self, length: int, hook: str) -> None:
         """cc_lb_free(out_ptr, out_len, 16): a reused instance gives its output back."""
         self.args[0].i32 = self.out_pointer
@@ -274,19 +268,25 @@ class Instance:
 
 
 def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable, convert: Callable[[Optional[memoryview]], Any]) -> Any:
-    """One hook call: instance, request, call, checks, conversion. Every wasmtime failure
-    comes out as a PluginError; the reused instance is discarded after any failure. A
-    store that is done with is closed here, not when the last traceback holding it dies:
-    it holds a slot of the instance pool. (Views of guest memory in such a traceback stay
-    readable: a pool slot's memory stays mapped; without a pool the store is left to the
-    last reference, as before.)"""
-    engine.check_thread_stack(loaded.name, hook)
-    if not gate.enter():
-        raise loaded.faults.closed(hook)
-    instance = None
-    done = not engine.reuse
-    close = engine.pooled
-    try:
+    """One hook call, in the native path's order: ``write(into)`` measures the request
+    first, so a bad argument is the caller's error whatever state the plugin, the host or
+    the pool is in; ``into(size)`` then checks the stack, enters the gate, takes an
+    instance, arms it and allocates the request in the guest. Every wasmtime failure comes
+    out as a PluginError; the reused instance is discarded after any failure. A store that
+    is done with is closed here, not when the last traceback holding it dies: it holds a
+    slot of the instance pool. (Views of guest memory in such a traceback stay readable:
+    a pool slot's memory stays mapped; without a pool the store is left to the last
+    reference.)"""
+    instance: Optional[Instance] = None
+    entered = False
+    pointer = 0
+
+    def into(size: int) -> Tuple[memoryview, int]:
+        nonlocal instance, entered, pointer
+        engine.check_thread_stack(loaded.name, hook)
+        if not gate.enter():
+            raise loaded.faults.closed(hook)
+        entered = True
         instance = getattr(loaded.local, "instance", None) if engine.reuse else None
         if instance is None:
             instance = Instance(engine, loaded, hook)
@@ -294,19 +294,28 @@ def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callabl
                 loaded.local.instance = instance
         elif engine.reuse:
             instance.clear_refused_grow()
-        output = instance.call_hook(hook, write)
+        instance.arm()
+        view, pointer = instance.allocate(size, hook)
+        return view, pointer
+
+    done = not engine.reuse
+    try:
+        size = write(into)
+        assert instance is not None  # into() ran, or write() raised
+        output = instance.call_hook(hook, pointer, size)
         result = convert(output)
         if engine.reuse and output is not None:
             instance.free_output(len(output), hook)
         return result
     except BaseException as exc:
         done = True
-        if engine.reuse:
+        if engine.reuse and entered:
             loaded.local.instance = None
         if isinstance(exc, engine.wt.errors):
             raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
         raise
     finally:
-        if done and close and instance is not None:
+        if done and engine.pooled and instance is not None:
             instance.close()
-        gate.leave()
+        if entered:
+            gate.leave()

@@ -449,7 +449,7 @@ def _engine_config(wt: Wasmtime, config: HostConfig) -> Any:
     # wasmtime's compile thread pool does not survive fork(): a child that compiles with it
     # hangs forever. Plugins are small and compiled once, so compile on the calling thread.
     engine_config.parallel_compilation = False
-    if config.instance_strategy is InstanceStrategy.FRESH and config.pool_size > 0:
+    if _pooled(config):
         _use_instance_pool(wt, engine_config, config)
     engine_config.epoch_interruption = config.deadline_s is not None
     engine_config.consume_fuel = config.fuel is not None
@@ -463,6 +463,48 @@ def _engine_config(wt: Wasmtime, config: HostConfig) -> Any:
     ):
         setattr(engine_config, f"wasm_{feature}", False)
     return engine_config
+
+
+#: Address space wasmtime maps for a pool beyond its memories and tables (instances,
+#: guard regions), allowed for when checking that the pool fits.
+POOL_OVERHEAD_BYTES = 64 * 1024 * 1024
+
+
+def _pooled(config: HostConfig) -> bool:
+    """Whether instances come from the pool: FRESH instances, unless pool_size is 0."""
+    return config.instance_strategy is InstanceStrategy.FRESH and config.pool_size > 0
+
+
+def _pool_reservation(config: HostConfig) -> Tuple[int, int]:
+    """Bytes of address space the instance pool reserves: (memories, tables)."""
+    memories = config.pool_size * (config.memory_limit_bytes + POOL_MEMORY_GUARD)
+    tables = config.pool_size * max(config.max_tables, 1) * config.table_elements_limit * 8
+    return memories, tables
+
+
+def _check_pool_fits(config: HostConfig) -> None:
+    """Reserve (and release) the pool's address space before wasmtime does: wasmtime's C API
+    aborts the process when its reservation fails (``ulimit -v``, or a pool larger than the
+    address space), where this raises PluginResourceLimit."""
+    import mmap
+
+    memories, tables = _pool_reservation(config)
+    if os.name == "nt":  # pragma: no cover - Windows reserves lazily; no ulimit -v there
+        return
+    reserved = []
+    try:
+        for size in (memories, tables, POOL_OVERHEAD_BYTES):
+            if size:
+                reserved.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0))
+    except (OSError, OverflowError, ValueError) as exc:
+        raise PluginResourceLimit(
+            f"cannot reserve address space for the instance pool: {memories} bytes for its memories and "
+            f"{tables} for its tables ({exc}); lower HostConfig.pool_size, memory_limit_bytes or "
+            "table_elements_limit, or set pool_size=0 for no pool"
+        ) from None
+    finally:
+        for region in reserved:
+            region.close()
 
 
 def _use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> None:
@@ -545,7 +587,7 @@ class _Engine:
             math.ceil(config.deadline_s / config.epoch_tick_s) + 1 if config.deadline_s is not None else 0
         )
         self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
-        self.pooled = not self.reuse and config.pool_size > 0
+        self.pooled = _pooled(config)
 
     def check_thread_stack(self, plugin: str, hook: str) -> None:
         """Refuse to enter guest code where the thread's stack cannot hold max_wasm_stack:
@@ -805,6 +847,8 @@ class PluginHost:
             raise InvalidInputType("PluginHost.config", f"expected a HostConfig or None, got {type_name(config)}")
         self.config = config
         wt = _wt()
+        if _pooled(config):
+            _check_pool_fits(config)
         try:
             engine = wt.wasmtime.Engine(_engine_config(wt, config))
         except wt.errors as exc:
@@ -870,8 +914,16 @@ class PluginHost:
         self.close()
 
     def _after_fork_in_child(self) -> None:
+        in_flight = self._gate.active
         self._lock = threading.Lock()
         self._gate.after_fork(threading.Condition())
+        if in_flight and self._engine.pooled:
+            # Their threads do not exist here, so their stores are never dropped.
+            _log.warning(
+                "fork() while %d plugin call(s) or registration(s) were in flight: their instance-pool slots "
+                "stay taken in this child (%d of pool_size=%d); fork before serving, or create hosts after fork()",
+                in_flight, in_flight, self.config.pool_size,
+            )
 
     def _enter(self, plugin: str, hook: str) -> None:
         if not self._gate.enter():
@@ -1022,12 +1074,7 @@ class PluginHost:
         sample = PROBE_SAMPLES[hook]
         instance = self._trial_instance(loaded, hook)
         try:
-            def write(into: Callable[[int], Tuple[memoryview, int]]) -> int:
-                buffer, offset = into(len(sample))
-                memoryview(buffer)[offset : offset + len(sample)] = sample
-                return len(sample)
-
-            view = instance.call_hook(hook, write)
+            view = instance.call_with(hook, sample)
             output = None if view is None else bytes(view)  # a copy: the store is closed below
             if hook == "filter":
                 decode("FilterResponse", output)
@@ -1198,6 +1245,14 @@ class FilterPlugin(_Adapter):
             raise InvalidInputType(
                 "FilterPlugin.filter_with_policy.candidates", f"expected an iterable of UpstreamCandidate, got {type_name(candidates)}"
             ) from None
+        for index, candidate in enumerate(candidates):
+            # Checked here too: an empty slot fails before the request is encoded, and
+            # passing through needs every candidate's upstream_id.
+            if not isinstance(candidate, UpstreamCandidate):
+                raise InvalidInputType(
+                    f"FilterPlugin.filter_with_policy.candidates[{index}]",
+                    f"expected a cclb_wire.UpstreamCandidate, got {type_name(candidate)}",
+                )
         try:
             return self.filter(ctx, principal, candidates)
         except FilterError as exc:

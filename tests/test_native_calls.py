@@ -131,6 +131,77 @@ def _cause(call):
     return caught.value.__cause__
 
 
+def test_a_bad_argument_is_the_callers_error_whatever_state_the_host_is_in():
+    # The request is measured before the stack check, the gate and the instance, on both
+    # call paths: a full pool never turns a bad argument into a plugin failure (which
+    # PASS_THROUGH would then "pass through"), and an empty slot never crashes the policy.
+    bogus = ["not a candidate"]
+    config = HostConfig(pool_size=1, deadline_s=1.0, probe=False)
+    with PluginHost(config) as host:
+        spinning = host.register_filter("spin", "spin", fixture("infinite_loop"))
+        adapter = host.register_filter("ok", "ok", variant(0))
+        worker = threading.Thread(target=spin_then_time_out, args=(spinning, []))
+        worker.start()
+        time.sleep(0.3)  # the one pool slot is taken
+        for call in (adapter.filter, adapter.filter_with_policy):
+            with pytest.raises(cw.InvalidInputType, match=r"candidates\[0\]: expected a cclb_wire.UpstreamCandidate, got str"):
+                call(CTX, PRINCIPAL, bogus)
+        worker.join()
+        host.unregister("filter", "ok")
+        # An empty slot is found before anything is encoded: filter says so; the policy
+        # call, which would pass the candidates through, refuses them first.
+        with pytest.raises(cw.FilterError, match="is empty"):
+            adapter.filter(CTX, PRINCIPAL, bogus)
+        with pytest.raises(cw.InvalidInputType, match=r"candidates\[0\]"):
+            adapter.filter_with_policy(CTX, PRINCIPAL, bogus)
+
+
+def test_a_pool_that_cannot_be_reserved_is_a_typed_error_not_an_abort():
+    # wasmtime's C API aborts the process when the pool's reservation fails; the host
+    # reserves it first, so it raises instead.
+    out = run_isolated(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, resource.RLIM_INFINITY))
+        for config in (HostConfig(), HostConfig(pool_size=0)):
+            try:
+                PluginHost(config)
+                print("created")
+            except cw.PluginResourceLimit as exc:
+                print(type(exc).__name__, "pool_size" in str(exc))
+        """
+    )
+    assert out.split() == ["PluginResourceLimit", "True", "created"]
+    # Every field in range, but 128 TiB of tables: more than there is address space.
+    with pytest.raises(cw.PluginResourceLimit, match="for its tables"):
+        PluginHost(HostConfig(pool_size=256, max_tables=1024, table_elements_limit=1 << 26))
+
+
+def test_a_fork_during_a_call_warns_that_its_pool_slot_stays_taken_in_the_child():
+    out = run_isolated(
+        """
+        import logging
+        logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
+        host = PluginHost(HostConfig(pool_size=2, deadline_s=1.0, probe=False))
+        spinning = host.register_filter("spin", "spin", fixture("infinite_loop"))
+        serving = host.register_filter("ok", "ok", variant(0))
+        worker = threading.Thread(target=lambda: spinning.filter_with_policy(CTX, PRINCIPAL, []))
+        worker.start()
+        time.sleep(0.3)  # the spinning call holds one of the two slots
+        pid = os.fork()
+        if pid == 0:
+            served = [len(serving.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids) for _ in range(3)]
+            print("child served", served, flush=True)
+            os._exit(0)
+        report_child(pid)
+        worker.join()
+        """
+    )
+    assert "fork() while 1 plugin call(s) or registration(s) were in flight" in out
+    assert "(1 of pool_size=2)" in out
+    assert "child served [1, 1, 1]" in out and "child 0" in out
+
+
 def test_without_a_pool_fresh_instances_still_work():
     with PluginHost(HostConfig(pool_size=0)) as host:
         adapter = host.register_filter("s", "v", variant(1))
