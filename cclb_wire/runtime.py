@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import dataclasses
 import enum
 import itertools
 import logging
@@ -847,19 +848,14 @@ class PluginHost:
             raise InvalidInputType("PluginHost.config", f"expected a HostConfig or None, got {type_name(config)}")
         self.config = config
         wt = _wt()
-        if _pooled(config):
-            _check_pool_fits(config)
-        try:
-            engine = wt.wasmtime.Engine(_engine_config(wt, config))
-        except wt.errors as exc:
-            raise PluginError(f"cannot create the wasmtime engine: {_trap_text(str(exc))}") from exc
-        self._engine = _Engine(wt, engine, config)
+        #: Gives the engine back to its ticker: at close(), or when the host is collected.
+        self._release: Callable[[], Any] = _no_ticker
+        self._start_engine()
         self._engine_key = (
             f"wasmtime {wt.version}; stack {config.max_wasm_stack}; "
             f"epoch {config.deadline_s is not None}; fuel {config.fuel is not None}; grow-rewrite 1; "
-            f"pool {config.memory_limit_bytes if self._engine.pooled else 0}"
+            f"pool {config.memory_limit_bytes if _pooled(config) else 0}"
         )
-        self._linker = wt.wasmtime.Linker(engine)
         #: Compiled modules no slot may use any more, most recent last (an LRU).
         self._spare_modules: "collections.OrderedDict[bytes, Any]" = collections.OrderedDict()
         self._slots: Dict[Tuple[str, str], _Loaded] = {}
@@ -870,12 +866,23 @@ class PluginHost:
         #: Calls and registrations in flight; close() shuts it and waits for them.
         self._gate: Any = _new_gate()
         self._cache_dir = Path(config.module_cache_dir) if config.module_cache_dir is not None else None
-        #: Gives the engine back to its ticker: at close(), or when the host is collected.
-        self._release: Callable[[], Any] = _no_ticker
+        _HOSTS.add(self)
+
+    def _start_engine(self) -> None:
+        """The engine (with its instance pool), its linker and its deadline ticker."""
+        config = self.config
+        wt = _wt()
+        if _pooled(config):
+            _check_pool_fits(config)
+        try:
+            engine = wt.wasmtime.Engine(_engine_config(wt, config))
+        except wt.errors as exc:
+            raise PluginError(f"cannot create the wasmtime engine: {_trap_text(str(exc))}") from exc
+        self._engine = _Engine(wt, engine, config)
+        self._linker = wt.wasmtime.Linker(engine)
         if config.deadline_s is not None:
             _tick_engine(engine, config.epoch_tick_s)
             self._release = weakref.finalize(self, _untick_engine, engine, config.epoch_tick_s)
-        _HOSTS.add(self)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -917,13 +924,35 @@ class PluginHost:
         in_flight = self._gate.active
         self._lock = threading.Lock()
         self._gate.after_fork(threading.Condition())
-        if in_flight and self._engine.pooled:
-            # Their threads do not exist here, so their stores are never dropped.
-            _log.warning(
-                "fork() while %d plugin call(s) or registration(s) were in flight: their instance-pool slots "
-                "stay taken in this child (%d of pool_size=%d); fork before serving, or create hosts after fork()",
-                in_flight, in_flight, self.config.pool_size,
+        if in_flight and self._engine.pooled and not self._gate.closed:
+            # The calls' threads do not exist here, so their stores would hold their pool
+            # slots for good: give the child a pool of its own.
+            try:
+                self._restart_engine()
+            except Exception as exc:  # the child keeps serving, from a smaller pool
+                _log.warning(
+                    "fork() while %d plugin call(s) were in flight: their pool slots stay taken in this child "
+                    "(%d of pool_size=%d), because a new pool could not be made: %s",
+                    in_flight, in_flight, self.config.pool_size, exc,
+                )
+
+    def _restart_engine(self) -> None:
+        """A new engine and pool, with every slot's plugin moved onto it (its compiled code
+        is carried over, not recompiled); the old engine's spare modules are dropped."""
+        self._release()
+        self._start_engine()
+        self._spare_modules.clear()
+        wasmtime = self._engine.wt.wasmtime
+        for key, loaded in list(self._slots.items()):
+            module = wasmtime.Module.deserialize(self._engine.engine, loaded.module.serialize())
+            instance_pre = self._linker.instantiate_pre(module)
+            moved = dataclasses.replace(
+                loaded, instance_pre=instance_pre, module=module, local=threading.local(), native=None,
+                faults=_Faults(self._engine, loaded.name),
             )
+            if _NATIVE is not None:
+                moved.native = self._native_plugin(_NATIVE, moved, instance_pre)
+            self._slots[key] = moved
 
     def _enter(self, plugin: str, hook: str) -> None:
         if not self._gate.enter():
