@@ -92,6 +92,7 @@ class NativePlugin:
         bounds: WireBounds,
         origin_policy: ShapeOriginPolicy,
         cookie_redaction: bool,
+        hook_exports: Dict[str, str],
         grow_flag_export: str,
         start_export: str,
     ) -> None: ...

@@ -14,6 +14,7 @@ import ctypes
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
+from . import decode_filter_output, decode_shaped_request, encode_filter_request, encode_observe_event, encode_shape_request
 from .errors import PluginError
 from .wasm_module import HOOK_EXPORTS
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
@@ -298,7 +299,6 @@ def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callabl
         view, pointer = instance.allocate(size, hook)
         return view, pointer
 
-    done = not engine.reuse
     try:
         size = write(into)
         assert instance is not None  # into() ran, or write() raised
@@ -308,14 +308,41 @@ def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callabl
             instance.free_output(len(output), hook)
         return result
     except BaseException as exc:
-        done = True
         if engine.reuse and entered:
             loaded.local.instance = None
         if isinstance(exc, engine.wt.errors):
             raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
         raise
     finally:
-        if done and engine.pooled and instance is not None:
+        if engine.pooled and instance is not None:  # pooled: FRESH, so the store is done with
             instance.close()
         if entered:
             gate.leave()
+
+
+# The hooks, as NativePlugin's methods do them (the adapters call one or the other).
+
+
+def call_filter(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: Any, candidates: Any) -> Any:
+    config = engine.config
+
+    def write(into: Callable) -> int:
+        return encode_filter_request(ctx, principal, candidates, cookie_redaction=config.cookie_redaction, into=into)
+
+    return run_call(engine, gate, loaded, "filter", write, lambda output: decode_filter_output(output, config.bounds))
+
+
+def call_shape(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: Any, upstream: Any) -> Any:
+    config = engine.config
+
+    def write(into: Callable) -> int:
+        return encode_shape_request(ctx, principal, upstream, cookie_redaction=config.cookie_redaction, into=into)
+
+    def convert(output: Optional[memoryview]) -> Any:
+        return decode_shaped_request(output, upstream, origin_policy=config.origin_policy, bounds=config.bounds)
+
+    return run_call(engine, gate, loaded, "shape", write, convert)
+
+
+def call_observe(engine: Any, gate: CallGate, loaded: Any, event: Any) -> None:
+    run_call(engine, gate, loaded, "observe", lambda into: encode_observe_event(event, into=into), lambda output: None)

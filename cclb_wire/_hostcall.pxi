@@ -163,7 +163,6 @@ cdef enum:
     HOOK_OBSERVE = 2
 
 cdef tuple _HOOK_NAMES = ("filter", "shape", "observe")
-cdef tuple _HOOK_EXPORT_NAMES = ("cc_lb_filter", "cc_lb_shape", "cc_lb_observe")
 
 
 cdef struct Guest:
@@ -208,10 +207,11 @@ cdef class NativePlugin:
     cdef Py_ssize_t output_bound, reason_cap
     cdef object bounds, origin_policy
     cdef bytes grow_flag_export, start_export
+    cdef tuple hook_exports, hook_export_bytes  # the hooks' export names, by HOOK_* index
 
     def __init__(self, engine_address, pre_address, owners, faults, local, CallGate gate, hooks, *,
                  bint reuse, bint has_start, deadline_ticks, fuel, memory_limit, table_elements, max_tables,
-                 stack_needed, bounds, origin_policy, bint cookie_redaction, str grow_flag_export,
+                 stack_needed, bounds, origin_policy, bint cookie_redaction, hook_exports, str grow_flag_export,
                  str start_export):
         if not _WT_BOUND:
             raise RuntimeError("bind_wasmtime() has not run")
@@ -237,6 +237,8 @@ cdef class NativePlugin:
         self.reason_cap = _bound(bounds.reason_bytes)
         self.origin_policy = origin_policy
         self.cookie_redaction = cookie_redaction
+        self.hook_exports = tuple(hook_exports[name] for name in _HOOK_NAMES)
+        self.hook_export_bytes = tuple(name.encode() for name in self.hook_exports)
         self.grow_flag_export = grow_flag_export.encode()
         self.start_export = start_export.encode()
 
@@ -324,7 +326,7 @@ cdef class NativePlugin:
         self._export(g, self.grow_flag_export, WT_EXTERN_GLOBAL, hook, &g.grow_flag)
         for i in range(3):
             if self.has_hook[i]:
-                self._export(g, _HOOK_EXPORT_BYTES[i], WT_EXTERN_FUNC, hook, &g.hooks[i])
+                self._export(g, self.hook_export_bytes[i], WT_EXTERN_FUNC, hook, &g.hooks[i])
         if self.has_start:
             self._run_start(g, hook)
         return 0
@@ -373,7 +375,7 @@ cdef class NativePlugin:
         args[0].i64 = 0
         args[0].i32 = <int32_t>pointer
         args[1].i32 = <int32_t>size
-        self._call(g, &g.hooks[hook], args, 2, _HOOK_EXPORT_NAMES[hook], hook)
+        self._call(g, &g.hooks[hook], args, 2, self.hook_exports[hook], hook)
         packed = <uint64_t>args[0].i64
         if hook == HOOK_OBSERVE and packed == 0:
             out_length[0] = 0
@@ -429,12 +431,8 @@ cdef class NativePlugin:
                 if reused is None:
                     reused = ReusedGuest()
                     reused.owners = self.owners
+                    self._open(&reused.g, hook)  # on failure the store dies with ``reused``
                     self.local.instance = reused
-                    try:
-                        self._open(&reused.g, hook)
-                    except BaseException:
-                        self.local.instance = None
-                        raise
                 else:
                     self._clear_refused_grow(&reused.g, hook)
                 g = &reused.g
@@ -445,9 +443,7 @@ cdef class NativePlugin:
                 self._arm(g, hook)
                 self._request(g, hook, job, encoded, &pointer, &size)
                 output = self._hook(g, hook, pointer, size, &length)
-                result = None if output == NULL else (
-                    None if hook == HOOK_OBSERVE else self._convert(hook, output, length, upstream)
-                )
+                result = None if output == NULL or hook == HOOK_OBSERVE else self._convert(hook, output, length, upstream)
                 if self.reuse and output != NULL:
                     self._free(g, hook, length)
                 return result
@@ -495,7 +491,7 @@ cdef class NativePlugin:
         """ObservabilityHook.observe's machinery."""
         cdef Job job
         cdef bytes encoded = None
-        cdef tuple fields = None
+        cdef tuple fields = None  # owns the fields the job points at, until the call ends
         try:
             fields = _host_event_job(&job, event)
             _measure(&job)
@@ -503,5 +499,3 @@ cdef class NativePlugin:
             encoded = _fallback.encode_observe_event(event)
         self._run(HOOK_OBSERVE, &job, encoded, None)
 
-
-cdef tuple _HOOK_EXPORT_BYTES = tuple(name.encode() for name in _HOOK_EXPORT_NAMES)

@@ -39,16 +39,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import blake3
 
-from . import (
-    decode,
-    decode_filter_output,
-    decode_shaped_request,
-    encode,
-    encode_filter_request,
-    encode_observe_event,
-    encode_shape_request,
-    wire,
-)
+from . import decode, encode, wire
 from ._validate import check_bool, check_int, check_number, coerce_enum, type_name
 from .errors import (
     DecodeError,
@@ -78,7 +69,7 @@ from .host_types import (
     UpstreamCandidate,
     WireBounds,
 )
-from ._ctypes_calls import CallGate, Instance, Wasmtime, run_call
+from ._ctypes_calls import CallGate, Instance, Wasmtime, call_filter, call_observe, call_shape
 from ._ctypes_calls import trap_text as _trap_text
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
@@ -476,10 +467,15 @@ def _pooled(config: HostConfig) -> bool:
     return config.instance_strategy is InstanceStrategy.FRESH and config.pool_size > 0
 
 
+def _pool_tables(config: HostConfig) -> int:
+    """Tables per pool slot: ``max_tables``, and at least one (wasmtime's pool needs it)."""
+    return max(config.max_tables, 1)
+
+
 def _pool_reservation(config: HostConfig) -> Tuple[int, int]:
     """Bytes of address space the instance pool reserves: (memories, tables)."""
     memories = config.pool_size * (config.memory_limit_bytes + POOL_MEMORY_GUARD)
-    tables = config.pool_size * max(config.max_tables, 1) * config.table_elements_limit * 8
+    tables = config.pool_size * _pool_tables(config) * config.table_elements_limit * 8
     return memories, tables
 
 
@@ -508,44 +504,42 @@ def _check_pool_fits(config: HostConfig) -> None:
             region.close()
 
 
+def _c_function(dll: Any, name: str, restype: Any, *argtypes: Any) -> Any:
+    """A function of libwasmtime wasmtime-py has no binding for, typed for ctypes."""
+    function = getattr(dll, name)
+    function.restype, function.argtypes = restype, list(argtypes)
+    return function
+
+
 def _use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> None:
     """Instantiate from wasmtime's pooling allocator: memories and tables are reserved once
     for ``pool_size`` instances and reset (copy-on-write) when a store is dropped."""
     dll = wt.dll
-    c_u32, c_u64, c_void_p = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
-    new = dll.wasmtime_pooling_allocation_config_new
-    new.restype, new.argtypes = c_void_p, []
-    pool = new()
+    c_u32, c_u64, c_size, c_void_p = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p
+    pool = _c_function(dll, "wasmtime_pooling_allocation_config_new", c_void_p)()
     settings = (
         ("total_core_instances", c_u32, config.pool_size),
         ("total_memories", c_u32, config.pool_size),
-        ("total_tables", c_u32, config.pool_size * max(config.max_tables, 1)),
+        ("total_tables", c_u32, config.pool_size * _pool_tables(config)),
         ("max_memories_per_module", c_u32, 1),
-        ("max_tables_per_module", c_u32, max(config.max_tables, 1)),
-        ("table_elements", ctypes.c_size_t, config.table_elements_limit),
-        ("max_memory_size", ctypes.c_size_t, config.memory_limit_bytes),
-        ("linear_memory_keep_resident", ctypes.c_size_t, POOL_KEEP_RESIDENT),
+        ("max_tables_per_module", c_u32, _pool_tables(config)),
+        ("table_elements", c_size, config.table_elements_limit),
+        ("max_memory_size", c_size, config.memory_limit_bytes),
+        ("linear_memory_keep_resident", c_size, POOL_KEEP_RESIDENT),
         ("total_stacks", c_u32, 0),
         ("total_gc_heaps", c_u32, 0),
         ("total_component_instances", c_u32, 0),
     )
     try:
         for name, kind, value in settings:
-            setter = getattr(dll, f"wasmtime_pooling_allocation_config_{name}_set")
-            setter.restype, setter.argtypes = None, [c_void_p, kind]
-            setter(pool, value)
+            _c_function(dll, f"wasmtime_pooling_allocation_config_{name}_set", None, c_void_p, kind)(pool, value)
         config_ptr = ctypes.cast(engine_config.ptr(), c_void_p)
         for name, value in (("memory_reservation", config.memory_limit_bytes), ("memory_guard_size", POOL_MEMORY_GUARD)):
-            setter = getattr(dll, f"wasmtime_config_{name}_set")
-            setter.restype, setter.argtypes = None, [c_void_p, c_u64]
-            setter(config_ptr, value)
-        apply = dll.wasmtime_pooling_allocation_strategy_set
-        apply.restype, apply.argtypes = None, [c_void_p, c_void_p]
-        apply(config_ptr, pool)  # copies the settings
+            _c_function(dll, f"wasmtime_config_{name}_set", None, c_void_p, c_u64)(config_ptr, value)
+        # The strategy copies the settings.
+        _c_function(dll, "wasmtime_pooling_allocation_strategy_set", None, c_void_p, c_void_p)(config_ptr, pool)
     finally:
-        delete = dll.wasmtime_pooling_allocation_config_delete
-        delete.restype, delete.argtypes = None, [c_void_p]
-        delete(pool)
+        _c_function(dll, "wasmtime_pooling_allocation_config_delete", None, c_void_p)(pool)
 
 
 @dataclass
@@ -795,12 +789,10 @@ def _bind_native(wt: Wasmtime) -> None:
         return
     from . import _codec  # type: ignore[attr-defined]
 
-    ffi = wt.ffi
-    layouts = {
-        name: (ctypes.sizeof(getattr(ffi, name)), {field[0]: getattr(getattr(ffi, name), field[0]).offset for field in getattr(ffi, name)._fields_})
-        for name in _codec._WASMTIME_LAYOUTS
-        if hasattr(ffi, name)
-    }
+    def layout(struct: Any) -> Tuple[int, Dict[str, int]]:
+        return ctypes.sizeof(struct), {name: getattr(struct, name).offset for name, *_ in struct._fields_}
+
+    layouts = {name: layout(getattr(wt.ffi, name)) for name in _codec._WASMTIME_LAYOUTS if hasattr(wt.ffi, name)}
     addresses = {}
     for symbol in _codec._WASMTIME_SYMBOLS:
         try:
@@ -1083,6 +1075,7 @@ class PluginHost:
             bounds=config.bounds,
             origin_policy=config.origin_policy,
             cookie_redaction=config.cookie_redaction,
+            hook_exports=HOOK_EXPORTS,
             grow_flag_export=GROW_REFUSED_EXPORT,
             start_export=START_EXPORT,
         )
@@ -1247,16 +1240,11 @@ class FilterPlugin(_Adapter):
         (PluginTimeout, PluginTrap, ...) is its __cause__. Bad arguments raise the codec's
         own errors (``EncodeError``, ``InvalidInput``): they are the caller's, not the plugin's."""
         host = self._host
-        config = host.config
-
-        def write(into: Callable) -> int:
-            return encode_filter_request(ctx, principal, candidates, cookie_redaction=config.cookie_redaction, into=into)
-
         try:
             loaded = self._loaded()
             if loaded.native is not None:
                 return loaded.native.filter(ctx, principal, candidates)  # type: ignore[no-any-return]
-            return run_call(host._engine, host._gate, loaded, "filter", write, lambda output: decode_filter_output(output, config.bounds))
+            return call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)  # type: ignore[no-any-return]
         except PluginTrap as exc:
             raise FilterError.trap(exc.detail) from exc
         except PluginError as exc:
@@ -1298,19 +1286,12 @@ class UpstreamDialect(_Adapter):
     def shape(self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal) -> ShapedRequest:
         """Raises DialectError (unsupported request) for anything the plugin did wrong, an
         empty slot or a closed host; the typed error is its __cause__."""
-        config = self._host.config
-
-        def write(into: Callable) -> int:
-            return encode_shape_request(ctx, principal, upstream, cookie_redaction=config.cookie_redaction, into=into)
-
-        def convert(output: Optional[memoryview]) -> ShapedRequest:
-            return decode_shaped_request(output, upstream, origin_policy=config.origin_policy, bounds=config.bounds)
-
+        host = self._host
         try:
             loaded = self._loaded()
             if loaded.native is not None:
                 return loaded.native.shape(ctx, principal, upstream)  # type: ignore[no-any-return]
-            return run_call(self._host._engine, self._host._gate, loaded, "shape", write, convert)
+            return call_shape(host._engine, host._gate, loaded, ctx, principal, upstream)  # type: ignore[no-any-return]
         except PluginTrap as exc:
             raise DialectError.unsupported_request(exc.detail) from exc
         except PluginError as exc:
@@ -1336,15 +1317,12 @@ class ObservabilityHook(_Adapter):
     def observe(self, event: ObserveEventInput) -> None:
         """Raises ObservabilityError (dropped) for anything the plugin did wrong, an empty
         slot or a closed host; the typed error is its __cause__."""
-
-        def write(into: Callable) -> int:
-            return encode_observe_event(event, into=into)
-
+        host = self._host
         try:
             loaded = self._loaded()
             if loaded.native is not None:
                 loaded.native.observe(event)
             else:
-                run_call(self._host._engine, self._host._gate, loaded, "observe", write, lambda output: None)
+                call_observe(host._engine, host._gate, loaded, event)
         except PluginError as exc:
             raise ObservabilityError.dropped(str(exc)) from exc
