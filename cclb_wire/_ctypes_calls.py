@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 from . import decode_filter_output, decode_shaped_request, encode_filter_request, encode_observe_event, encode_shape_request
 from .errors import PluginError
 from .wasm_module import HOOK_EXPORTS
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
+
+#: ``into(size)``: allocate ``size`` bytes in the guest, returning (guest memory view, pointer).
+Into = Callable[[int], Tuple[memoryview, int]]
+
+
+class Faults(Protocol):
+    """What this call path asks of a plugin's error builder (``runtime._Faults``)."""
+
+    def call(self, phase: str, hook: str, trap: Any, error: Any, refused: bool) -> PluginError: ...
+    def instantiation(self, hook: str, exc: BaseException) -> PluginError: ...
+    def missing_export(self, hook: str, name: str) -> PluginError: ...
+    def alloc(self, hook: str, size: int, pointer: int, memory_size: int, refused: bool) -> PluginError: ...
+    def output(self, hook: str, pointer: int, length: int, memory_size: int) -> Optional[PluginError]: ...
 
 
 class Wasmtime:
@@ -117,7 +130,7 @@ class Instance:
         config = engine.config
         self.engine = engine
         self.plugin = loaded.name
-        self.faults = loaded.faults
+        self.faults: Faults = loaded.faults
         store = wt.wasmtime.Store(engine.engine)
         store.set_limits(
             memory_size=config.memory_limit_bytes,
@@ -268,7 +281,9 @@ class Instance:
         self._call(self.free, 3, "cc_lb_free", hook)
 
 
-def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable, convert: Callable[[Optional[memoryview]], Any]) -> Any:
+def run_call(
+    engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable[[Into], int], convert: Callable[[Optional[memoryview]], Any]
+) -> Any:
     """One hook call, in the native path's order: ``write(into)`` measures the request
     first, so a bad argument is the caller's error whatever state the plugin, the host or
     the pool is in; ``into(size)`` then checks the stack, enters the gate, takes an
@@ -326,7 +341,7 @@ def run_call(engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callabl
 def call_filter(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: Any, candidates: Any) -> Any:
     config = engine.config
 
-    def write(into: Callable) -> int:
+    def write(into: Into) -> int:
         return encode_filter_request(ctx, principal, candidates, cookie_redaction=config.cookie_redaction, into=into)
 
     return run_call(engine, gate, loaded, "filter", write, lambda output: decode_filter_output(output, config.bounds))
@@ -335,7 +350,7 @@ def call_filter(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: A
 def call_shape(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: Any, upstream: Any) -> Any:
     config = engine.config
 
-    def write(into: Callable) -> int:
+    def write(into: Into) -> int:
         return encode_shape_request(ctx, principal, upstream, cookie_redaction=config.cookie_redaction, into=into)
 
     def convert(output: Optional[memoryview]) -> Any:

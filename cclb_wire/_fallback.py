@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar, Union, overload
 
 from . import host_rules, host_types, schema, wire
 from ._validate import check_bool, coerce_enum
 from .errors import (
     DecodeError,
+    WireError,
     DialectError,
     EncodeError,
     EncodeTypeError,
@@ -72,7 +73,7 @@ NamedType = Union[schema.StructType, schema.EnumType]
 class _Fault(Exception):
     """Internal: a failure deep in a walk; containers prepend their path part."""
 
-    def __init__(self, error_class: type, detail: str, offset: Optional[int] = None):
+    def __init__(self, error_class: Type[WireError], detail: str, offset: Optional[int] = None):
         super().__init__(detail)
         self.error_class = error_class
         self.detail = detail
@@ -105,11 +106,15 @@ def _round_up(value: int, align: int) -> int:
 # ``size`` and ``deps`` walk the same bytes in the same order, so the write
 # pass lands exactly where the size pass said it would.
 
+_Size = Callable[[int, Any], int]
+_Deps = Callable[[Any, int, Any], Tuple[int, Any]]
+_Put = Callable[[Any, int, Any, Any], None]
+
 
 class _Encoder:
     __slots__ = ("size", "deps", "put")
 
-    def __init__(self, size: Callable, deps: Callable, put: Callable):
+    def __init__(self, size: _Size, deps: _Deps, put: _Put):
         self.size = size
         self.deps = deps
         self.put = put
@@ -237,7 +242,7 @@ def _slice_encoder(slice_type: schema.SliceOf) -> _Encoder:
     return _Encoder(size, deps, _put_pointer)
 
 
-def _fields_encoder(fields: Tuple[schema.Field, ...]) -> Tuple[Callable, Callable, Callable]:
+def _fields_encoder(fields: Tuple[schema.Field, ...]) -> Tuple[_Size, _Deps, _Put]:
     """size/deps/put over a tuple of field values laid out at the given offsets."""
     parts = [(f.name, f.offset, _encoder(f.type)) for f in fields]
     count = len(parts)
@@ -252,14 +257,14 @@ def _fields_encoder(fields: Tuple[schema.Field, ...]) -> Tuple[Callable, Callabl
                 raise
         return cursor
 
-    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, list]:
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, List[Any]]:
         resolvers = []
         for index in range(count):
             cursor, resolver = parts[index][2].deps(buf, cursor, value[index])
             resolvers.append(resolver)
         return cursor, resolvers
 
-    def put(buf: Any, pos: int, value: Any, resolvers: list) -> None:
+    def put(buf: Any, pos: int, value: Any, resolvers: List[Any]) -> None:
         for index in range(count):
             _, offset, encoder = parts[index]
             encoder.put(buf, pos + offset, value[index], resolvers[index])
@@ -287,8 +292,8 @@ def _struct_encoder(struct_type: schema.StructType) -> _Encoder:
 
 def _enum_encoder(enum_type: schema.EnumType) -> _Encoder:
     base = class_for(enum_type)
-    by_class = {}
-    for variant_class in base.VARIANTS:  # type: ignore[attr-defined]
+    by_class: Dict[type, Tuple[str, int, Tuple[_Size, _Deps, _Put]]] = {}
+    for variant_class in base.VARIANTS:
         variant = variant_class.WIRE_VARIANT
         by_class[variant_class] = (variant.name, variant.tag, _fields_encoder(variant.fields))
 
@@ -364,7 +369,7 @@ class _RootPlan:
 
 def _root_of_value(value: Any, field: str) -> NamedType:
     if isinstance(value, WireValue) and type(value).WIRE_TYPE is not None:
-        wire_type = type(value).WIRE_TYPE
+        wire_type: NamedType = type(value).WIRE_TYPE
         if wire_type.name in schema.ROOT_TYPES:
             return wire_type
     raise EncodeTypeError(
@@ -469,6 +474,9 @@ class _State:
         self.hi = len(data)
 
 
+_Read = Callable[[_State, int], Any]
+
+
 def _out_of_range(target: int, size: int, state: _State, pointer_pos: int) -> _Fault:
     return _Fault(
         PointerOutOfRange,
@@ -481,7 +489,7 @@ def _unaligned(target: int, align: int, pointer_pos: int) -> _Fault:
     return _Fault(UnalignedPointer, f"pointee at {target} is not aligned to {align}", pointer_pos)
 
 
-def _str_reader(pointer: schema.Pointer) -> Callable:
+def _str_reader(pointer: schema.Pointer) -> _Read:
     def read(state: _State, pos: int) -> str:
         relative, length = _UNPACK_POINTER(state.data, pos)
         target = pos + relative
@@ -498,7 +506,7 @@ def _str_reader(pointer: schema.Pointer) -> Callable:
     return read
 
 
-def _bytes_reader(pointer: schema.Pointer) -> Callable:
+def _bytes_reader(pointer: schema.Pointer) -> _Read:
     def read(state: _State, pos: int) -> bytes:
         relative, length = _UNPACK_POINTER(state.data, pos)
         target = pos + relative
@@ -511,16 +519,17 @@ def _bytes_reader(pointer: schema.Pointer) -> Callable:
     return read
 
 
-def _int_reader(primitive: schema.Primitive) -> Callable:
+def _int_reader(primitive: schema.Primitive) -> _Read:
     unpack_from = _INT_STRUCTS[primitive.size].unpack_from
 
     def read(state: _State, pos: int) -> int:
-        return unpack_from(state.data, pos)[0]
+        value: int = unpack_from(state.data, pos)[0]
+        return value
 
     return read
 
 
-def _option_reader(option: schema.OptionOf) -> Callable:
+def _option_reader(option: schema.OptionOf) -> _Read:
     inner = _reader(option.inner)
     payload = option.payload_offset
 
@@ -535,12 +544,12 @@ def _option_reader(option: schema.OptionOf) -> Callable:
     return read
 
 
-def _slice_reader(slice_type: schema.SliceOf) -> Callable:
+def _slice_reader(slice_type: schema.SliceOf) -> _Read:
     elem = slice_type.elem
     elem_size, elem_align = elem.size, elem.align
     read_elem = _reader(elem)
 
-    def read(state: _State, pos: int) -> tuple:
+    def read(state: _State, pos: int) -> Tuple[Any, ...]:
         relative, count = _UNPACK_POINTER(state.data, pos)
         target = pos + relative
         size = count * elem_size
@@ -567,10 +576,10 @@ def _slice_reader(slice_type: schema.SliceOf) -> Callable:
     return read
 
 
-def _fields_reader(fields: Tuple[schema.Field, ...]) -> Callable:
+def _fields_reader(fields: Tuple[schema.Field, ...]) -> _Read:
     parts = [(f.name, f.offset, _reader(f.type)) for f in fields]
 
-    def read(state: _State, pos: int) -> list:
+    def read(state: _State, pos: int) -> List[Any]:
         values = []
         for name, offset, read_field in parts:
             try:
@@ -583,7 +592,7 @@ def _fields_reader(fields: Tuple[schema.Field, ...]) -> Callable:
     return read
 
 
-def _struct_reader(struct_type: schema.StructType) -> Callable:
+def _struct_reader(struct_type: schema.StructType) -> _Read:
     cls = class_for(struct_type)
     read_fields = _fields_reader(struct_type.fields)
     new = tuple.__new__
@@ -594,11 +603,11 @@ def _struct_reader(struct_type: schema.StructType) -> Callable:
     return read
 
 
-def _enum_reader(enum_type: schema.EnumType) -> Callable:
+def _enum_reader(enum_type: schema.EnumType) -> _Read:
     base = class_for(enum_type)
     variants = [
         (variant_class, variant_class.WIRE_VARIANT.name, _fields_reader(variant_class.WIRE_VARIANT.fields))
-        for variant_class in base.VARIANTS  # type: ignore[attr-defined]
+        for variant_class in base.VARIANTS
     ]
     count = len(variants)
     new = tuple.__new__
@@ -617,8 +626,8 @@ def _enum_reader(enum_type: schema.EnumType) -> Callable:
     return read
 
 
-_READERS: Dict[Any, Callable] = {}
-_READER_BUILDERS: Dict[str, Callable[[Any], Callable]] = {
+_READERS: Dict[Any, _Read] = {}
+_READER_BUILDERS: Dict[str, Callable[[Any], _Read]] = {
     "int": _int_reader,
     "str": _str_reader,
     "bytes": _bytes_reader,
@@ -629,7 +638,7 @@ _READER_BUILDERS: Dict[str, Callable[[Any], Callable]] = {
 }
 
 
-def _reader(wire_type: Any) -> Callable:
+def _reader(wire_type: Any) -> _Read:
     found = _READERS.get(wire_type)
     if found is None:
         found = _READERS[wire_type] = _READER_BUILDERS[schema.kind_of(wire_type)](wire_type)
@@ -693,6 +702,13 @@ def root_for(type_: Any, field: str) -> NamedType:
     return root
 
 
+_V = TypeVar("_V", bound=WireValue)
+
+
+@overload
+def decode(type_: Type[_V], data: Any) -> _V: ...
+@overload
+def decode(type_: Union[type, str, schema.StructType, schema.EnumType], data: Any) -> WireValue: ...
 def decode(type_: Any, data: Any) -> Any:
     """Decode an archive of ``type_`` (a root type name, value class or schema type).
 
@@ -723,7 +739,7 @@ def _check_into(where: str, into: Any) -> None:
         )
 
 
-def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
+def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> Tuple[Any, ...]:
     return (
         ctx.request_id,
         ctx.method,
@@ -735,7 +751,7 @@ def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> tuple:
     )
 
 
-def _wire_candidates(candidates: Any, field: str) -> tuple:
+def _wire_candidates(candidates: Any, field: str) -> Tuple[Tuple[str, str, str, int, int], ...]:
     if isinstance(candidates, (str, bytes, bytearray, memoryview)):
         raise InvalidInputType(field, f"expected an iterable of cclb_wire.UpstreamCandidate, got {_type_name(candidates)}")
     try:
@@ -762,7 +778,7 @@ def _wire_upstream(upstream: Any) -> Any:
 Into = Callable[[int], Tuple[Any, int]]
 
 
-def _encode_host(root: NamedType, value: Any, into: Optional[Into], where: str) -> Any:
+def _encode_host(root: NamedType, value: Any, into: Optional[Into], where: str) -> Union[bytes, int]:
     if into is None:
         return encode_root(root, value)
     plan = _RootPlan(root, value)
@@ -770,6 +786,33 @@ def _encode_host(root: NamedType, value: Any, into: Optional[Into], where: str) 
     return write_plan(plan, buffer, offset, f"{where}.into")
 
 
+@overload
+def encode_filter_request(
+    ctx: RequestContext,
+    principal: Principal,
+    candidates: Iterable[UpstreamCandidate],
+    *,
+    cookie_redaction: bool = ...,
+    into: None = ...,
+) -> bytes: ...
+@overload
+def encode_filter_request(
+    ctx: RequestContext,
+    principal: Principal,
+    candidates: Iterable[UpstreamCandidate],
+    *,
+    cookie_redaction: bool = ...,
+    into: Into,
+) -> int: ...
+@overload
+def encode_filter_request(
+    ctx: RequestContext,
+    principal: Principal,
+    candidates: Iterable[UpstreamCandidate],
+    *,
+    cookie_redaction: bool = ...,
+    into: Optional[Into] = ...,
+) -> Union[bytes, int]: ...
 def encode_filter_request(
     ctx: RequestContext,
     principal: Principal,
@@ -777,7 +820,7 @@ def encode_filter_request(
     *,
     cookie_redaction: bool = False,
     into: Optional[Into] = None,
-) -> Any:
+) -> Union[bytes, int]:
     """The FilterRequest archive a filter plugin receives for this request.
 
     With ``into``, a callable taking the exact size and returning ``(buffer, offset)``
@@ -795,6 +838,33 @@ def encode_filter_request(
     return _encode_host(schema.FILTER_REQUEST, value, into, where)
 
 
+@overload
+def encode_shape_request(
+    ctx: RequestContext,
+    principal: Principal,
+    upstream: AnthropicDirect,
+    *,
+    cookie_redaction: bool = ...,
+    into: None = ...,
+) -> bytes: ...
+@overload
+def encode_shape_request(
+    ctx: RequestContext,
+    principal: Principal,
+    upstream: AnthropicDirect,
+    *,
+    cookie_redaction: bool = ...,
+    into: Into,
+) -> int: ...
+@overload
+def encode_shape_request(
+    ctx: RequestContext,
+    principal: Principal,
+    upstream: AnthropicDirect,
+    *,
+    cookie_redaction: bool = ...,
+    into: Optional[Into] = ...,
+) -> Union[bytes, int]: ...
 def encode_shape_request(
     ctx: RequestContext,
     principal: Principal,
@@ -802,7 +872,7 @@ def encode_shape_request(
     *,
     cookie_redaction: bool = False,
     into: Optional[Into] = None,
-) -> Any:
+) -> Union[bytes, int]:
     """The ShapeRequest archive a shape plugin receives for this request and upstream
     (``into`` and argument errors: as for encode_filter_request)."""
     where = "encode_shape_request"
@@ -842,7 +912,15 @@ def _wire_event(event: Any) -> Any:
     )
 
 
-def encode_observe_event(event: host_types.ObserveEventInput, *, into: Optional[Into] = None) -> Any:
+@overload
+def encode_observe_event(event: host_types.ObserveEventInput, *, into: None = ...) -> bytes: ...
+@overload
+def encode_observe_event(event: host_types.ObserveEventInput, *, into: Into) -> int: ...
+@overload
+def encode_observe_event(
+    event: host_types.ObserveEventInput, *, into: Optional[Into] = ...
+) -> Union[bytes, int]: ...
+def encode_observe_event(event: host_types.ObserveEventInput, *, into: Optional[Into] = None) -> Union[bytes, int]:
     """The ObserveEvent archive an observe plugin receives for this host event
     (``into`` and argument errors: as for encode_filter_request)."""
     where = "encode_observe_event"

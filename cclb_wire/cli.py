@@ -20,11 +20,14 @@ import argparse
 import json
 import sys
 from importlib import resources
-from typing import BinaryIO, List, NoReturn, Optional
+from typing import TYPE_CHECKING, BinaryIO, List, NoReturn, Optional
 
 from . import BACKEND, schema
 from .errors import CclbWireError, InvalidInput
 from .jsonvalue import decode_json, encode_json
+
+if TYPE_CHECKING:  # the plugin host (and wasmtime) load only for the commands that run plugins
+    from .runtime import PluginHost
 
 ROOT_NAMES = list(schema.ROOT_TYPES)
 
@@ -102,7 +105,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def sample_text(type_name: str) -> str:
     """The bundled sample value of a root type, as JSON text."""
-    return resources.files("cclb_wire").joinpath("samples", f"{type_name}.json").read_text(encoding="utf-8")
+    # One joinpath() per part: Traversable.joinpath takes several only from Python 3.11.
+    return resources.files("cclb_wire").joinpath("samples").joinpath(f"{type_name}.json").read_text(encoding="utf-8")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -180,21 +184,19 @@ def _load_request(path: str) -> object:
     return loads(_read_file(path, "request"), f"request {path}")
 
 
-def _run_hook(host: "object", plugin_path: str, hook: str, request: object) -> object:
+def _run_hook(host: PluginHost, plugin_path: str, hook: str, request: object) -> object:
     from .host_json import event_from_json, request_from_json
 
     wasm = _read_file(plugin_path, "plugin")
     name = plugin_path.rsplit("/", 1)[-1]
     if hook == "observe":
         event = event_from_json(request)  # a bad request file is reported before the plugin is loaded
-        host.register_observe("cli", name, wasm).observe(event)  # type: ignore[attr-defined]
+        host.register_observe("cli", name, wasm).observe(event)
         return None
     parts = request_from_json(request)
     if hook == "filter":
-        adapter = host.register_filter("cli", name, wasm)  # type: ignore[attr-defined]
-        return adapter.filter(parts["ctx"], parts["principal"], parts["candidates"])
-    adapter = host.register_shape("cli", name, wasm)  # type: ignore[attr-defined]
-    return adapter.shape(parts["ctx"], parts["upstream"], parts["principal"])
+        return host.register_filter("cli", name, wasm).filter(parts["ctx"], parts["principal"], parts["candidates"])
+    return host.register_shape("cli", name, wasm).shape(parts["ctx"], parts["upstream"], parts["principal"])
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
@@ -316,7 +318,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2, already reported)
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     try:
-        return args.run(args)
+        status: int = args.run(args)
+        return status
     except BrokenPipeError:
         return 1
     except (CclbWireError, OSError) as exc:

@@ -7,7 +7,7 @@ the error, so the text is defined in exactly one place.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Type, TypeVar
 
 __all__ = [
     "CclbWireError",
@@ -124,16 +124,22 @@ def _where(type_name: str, path: str) -> str:
     return f"{type_name}.{path}" if path else type_name
 
 
+#: A WireError subclass: the error builders below return an instance of the class they get.
+_W = TypeVar("_W", bound=WireError)
+
+
 def decode_error(
-    cls: type, type_name: str, path: str, offset: int, detail: str
-) -> DecodeError:
-    """Build a decode error with the one message format both backends use."""
+    cls: Type[_W], type_name: str, path: str, offset: int, detail: str
+) -> _W:
+    """Build a decode error (an instance of ``cls``, a DecodeError subclass) with the
+    one message format both backends use."""
     message = f"invalid {type_name} archive: {detail} at {_where(type_name, path)} (offset {offset})"
     return cls(message, type_name=type_name, path=path, offset=offset)
 
 
-def encode_error(cls: type, type_name: str, path: str, detail: str) -> EncodeError:
-    """Build an encode error with the one message format both backends use."""
+def encode_error(cls: Type[_W], type_name: str, path: str, detail: str) -> _W:
+    """Build an encode error (an instance of ``cls``, an EncodeError subclass) with the
+    one message format both backends use."""
     return cls(f"cannot encode {_where(type_name, path)}: {detail}", type_name=type_name, path=path)
 
 
@@ -164,10 +170,12 @@ class FilterError(_KindedError):
 
     @classmethod
     def trap(cls, reason: str) -> "FilterError":
+        """A guest trap: ``reason`` is ``"phase: detail"``."""
         return cls("trap", reason)
 
     @classmethod
     def runtime(cls, reason: str) -> "FilterError":
+        """Anything else the filter plugin did wrong."""
         return cls("runtime", reason)
 
 
@@ -178,6 +186,7 @@ class DialectError(_KindedError):
 
     @classmethod
     def unsupported_request(cls, reason: str) -> "DialectError":
+        """The shape plugin's answer cannot be used, for ``reason``."""
         return cls("unsupported_request", reason)
 
 
@@ -188,6 +197,7 @@ class ObservabilityError(_KindedError):
 
     @classmethod
     def dropped(cls, reason: str) -> "ObservabilityError":
+        """The observe hook failed, for ``reason``; the event is dropped."""
         return cls("dropped", reason)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 import ada_url
 
-from . import host_types  # circular on purpose: used at call time only
+from ._reasons import PerCandidateReason
 from ._validate import type_name
 from .errors import InvalidInput, InvalidInputType
 
@@ -63,6 +63,7 @@ DROPPED_SHAPE_HEADERS = frozenset(
         "x-api-key",
     }
 )
+#: Shape output headers with this (lowercase) prefix are dropped silently too.
 DROPPED_SHAPE_HEADER_PREFIX = "x-anthropic-"
 
 
@@ -356,9 +357,8 @@ def url_origin(url: str) -> Optional[str]:
 # --- converting answers ---------------------------------------------------------
 
 
-def label_reason(decision: str) -> "host_types.PerCandidateReason":
+def label_reason(decision: str) -> PerCandidateReason:
     """The per-candidate reason for a non-accept decision label."""
-    PerCandidateReason = host_types.PerCandidateReason
     label = decision.replace("-", "_").translate(_ASCII_LOWER)
     if "rate_limit" in label:
         return PerCandidateReason.RateLimited
@@ -419,6 +419,8 @@ def is_header_value(value: bytes) -> bool:
 
 
 def is_dropped_shape_header(lower_name: str) -> bool:
+    """Whether a shape output header (lowercase name) is dropped silently (hop-by-hop,
+    framing, signer-owned or ``x-anthropic-*``)."""
     return lower_name in DROPPED_SHAPE_HEADERS or lower_name.startswith(DROPPED_SHAPE_HEADER_PREFIX)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 from . import host_rules
+from ._reasons import PerCandidateReason  # shared with host_rules (label_reason): lives below both
 from ._validate import U64_MAX, check_int, check_str, type_name
 from .errors import InvalidInput, InvalidInputType
 
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 StrOrBytes = Union[str, bytes]
+#: What ``RequestContext.headers`` takes: a mapping or an iterable of (name, value) pairs.
 HeaderInput = Union[Mapping[Any, Any], Iterable[Tuple[StrOrBytes, StrOrBytes]]]
 
 
@@ -288,6 +290,8 @@ class AnthropicDirect:
 
 @dataclass(frozen=True, slots=True)
 class RequestStarted:
+    """A request arrived (``downstream_user_agent``: its User-Agent, if any)."""
+
     request_id: str
     downstream_user_agent: Optional[str] = None
 
@@ -310,6 +314,8 @@ class AuthnComplete:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamChosen:
+    """The upstream the request goes to (an AnthropicDirect)."""
+
     upstream: AnthropicDirect
 
     def __post_init__(self) -> None:
@@ -319,6 +325,8 @@ class UpstreamChosen:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
+    """A batch of a streamed response: its index, event count and size (u64s)."""
+
     batch_index: int
     event_count: int
     total_bytes: int
@@ -353,6 +361,8 @@ class RequestFinished:
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
+    """The request failed: an error code, message and source (the wire ``Error`` event)."""
+
     code: str
     message: str
     source: str
@@ -362,19 +372,11 @@ class ErrorEvent:
             check_str(getattr(self, name), f"ErrorEvent.{name}")
 
 
+#: Any of the host's observe events.
 ObserveEventInput = Union[RequestStarted, AuthnComplete, UpstreamChosen, Chunk, RequestFinished, ErrorEvent]
 
 
 # --- what plugins answer ------------------------------------------------------
-
-
-class PerCandidateReason(str, enum.Enum):
-    """Why a filter dropped a candidate, from the plugin's decision label."""
-
-    RateLimited = "rate_limited"
-    InsufficientQuota = "insufficient_quota"
-    Unhealthy = "unhealthy"
-    RejectedByPlugin = "rejected_by_plugin"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ fields, enums ``{"Variant": {fields}}``. A bytes field also accepts the vectors'
 
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Tuple, Type, Union
 
 from . import schema
 from .errors import EncodeError, EncodeTypeError, encode_error
@@ -23,11 +23,11 @@ _MAX_REPEAT_LEN = 0x7FFF_FFFF
 
 
 class _JsonFault(Exception):
-    def __init__(self, error_class: type, detail: str):
+    def __init__(self, error_class: Type[EncodeError], detail: str):
         super().__init__(detail)
         self.error_class = error_class
         self.detail = detail
-        self.path: list = []
+        self.path: List[str] = []
 
 
 def _kind(obj: Any) -> str:
@@ -87,7 +87,7 @@ def _from_json(wire_type: Any, obj: Any) -> Any:
         raise _JsonFault(EncodeTypeError, f"expected an object with one key naming a {wire_type.name} variant ({names})")
     ((name, fields_obj),) = obj.items()
     base = class_for(wire_type)
-    for variant_class in base.VARIANTS:  # type: ignore[attr-defined]
+    for variant_class in base.VARIANTS:
         if variant_class.WIRE_VARIANT.name == name:
             try:
                 return variant_class(*_fields_from_json(variant_class.WIRE_VARIANT.fields, fields_obj))
@@ -97,7 +97,7 @@ def _from_json(wire_type: Any, obj: Any) -> Any:
     raise _JsonFault(EncodeError, f"unknown {wire_type.name} variant {name!r}")
 
 
-def _fields_from_json(fields: tuple, obj: Any) -> list:
+def _fields_from_json(fields: Tuple[schema.Field, ...], obj: Any) -> List[Any]:
     if not isinstance(obj, dict):
         raise _JsonFault(EncodeTypeError, f"expected an object, got {_kind(obj)}")
     expected = [f.name for f in fields]
@@ -146,7 +146,7 @@ def _to_json(wire_type: Any, value: Any) -> Any:
     return {variant.name: _fields_to_json(variant.fields, value)}
 
 
-def _fields_to_json(fields: tuple, value: Any) -> Dict[str, Any]:
+def _fields_to_json(fields: Tuple[schema.Field, ...], value: Any) -> Dict[str, Any]:
     return {f.name: _to_json(f.type, item) for f, item in zip(fields, value)}
 
 

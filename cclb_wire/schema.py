@@ -54,6 +54,7 @@ __all__ = [
     "FINGERPRINTS",
 ]
 
+#: The wire format version these types describe.
 WIRE_VERSION = 1
 
 
@@ -73,14 +74,17 @@ class Primitive:
 
     @property
     def align(self) -> int:
+        """Natural alignment: the size."""
         return self.size
 
     @property
     def rust(self) -> str:
+        """The Rust spelling (``u32``)."""
         return self.name
 
     @property
     def max_value(self) -> int:
+        """The largest value the type holds."""
         return (1 << (8 * self.size)) - 1
 
 
@@ -105,14 +109,17 @@ class SliceOf:
 
     @property
     def name(self) -> str:
+        """``[T]``."""
         return f"[{self.elem.name}]"
 
     @property
     def rust(self) -> str:
+        """The Rust spelling (``Box<[T]>``)."""
         return f"Box<[{self.elem.name}]>"
 
     @property
     def pointee_align(self) -> int:
+        """The alignment the elements' array must have: the element's."""
         # rkyv checks the element alignment even for an empty slice.
         return self.elem.align
 
@@ -134,15 +141,19 @@ class OptionOf:
 
     @property
     def name(self) -> str:
+        """``Option<T>`` (T in its Rust spelling)."""
         return f"Option<{self.inner.rust}>"
 
     @property
     def rust(self) -> str:
+        """The Rust spelling: the name."""
         return self.name
 
 
 @dataclass(frozen=True)
 class Field:
+    """A struct or variant field: its name, type and byte offset in the archived value."""
+
     name: str
     type: "WireType"
     offset: int
@@ -172,16 +183,20 @@ class StructType:
 
     @property
     def rust(self) -> str:
+        """The Rust spelling: the name."""
         return self.name
 
     @classmethod
     def declare(cls, name: str, *declared: Tuple[str, "WireType"]) -> "StructType":
+        """The struct of the ``(field name, type)`` pairs, in declaration order, laid out."""
         fields, end, align = _lay_out(0, declared)
         return cls(name, fields, _round_up(end, align), align)
 
 
 @dataclass(frozen=True)
 class Variant:
+    """An enum variant: its name, tag byte and fields (laid out after the tag)."""
+
     name: str
     tag: int
     fields: Tuple[Field, ...]
@@ -198,10 +213,12 @@ class EnumType:
 
     @property
     def rust(self) -> str:
+        """The Rust spelling: the name."""
         return self.name
 
     @classmethod
     def declare(cls, name: str, *declared: Tuple[str, Tuple[Tuple[str, "WireType"], ...]]) -> "EnumType":
+        """The enum of the ``(variant name, fields)`` pairs (tags in order), laid out."""
         variants = []
         size = 1
         align = 1
@@ -213,21 +230,31 @@ class EnumType:
         return cls(name, tuple(variants), _round_up(size, align), align)
 
 
+#: Any V1 wire type.
 WireType = Union[Primitive, Pointer, SliceOf, OptionOf, StructType, EnumType]
 
 # --- V1 declarations (declaration order = layout order) ----------------------
 
+#: ``u16``.
 U16 = Primitive("u16", 2)
+#: ``u32``.
 U32 = Primitive("u32", 4)
+#: ``u64``.
 U64 = Primitive("u64", 8)
+#: ``Box<str>``: UTF-8 text.
 STR = Pointer("str", "Box<str>")
+#: ``Box<[u8]>``: raw bytes.
 BYTES = Pointer("bytes", "Box<[u8]>")
 OPTION_STR = OptionOf(STR)
 OPTION_U64 = OptionOf(U64)
 
+#: A principal's claim: key and JSON value bytes.
 CLAIM = StructType.declare("Claim", ("key", STR), ("value", BYTES))
+#: An HTTP header: name and raw value.
 HEADER = StructType.declare("Header", ("name", STR), ("value", BYTES))
+#: Who is calling: id, kind and claims.
 PRINCIPAL = StructType.declare("Principal", ("id", STR), ("kind", STR), ("claims", SliceOf(CLAIM)))
+#: One upstream a filter may keep.
 UPSTREAM_CANDIDATE = StructType.declare(
     "UpstreamCandidate",
     ("upstream_id", STR),
@@ -245,18 +272,25 @@ _REQUEST_HEAD = (
     ("body", BYTES),
     ("principal", PRINCIPAL),
 )
+#: The filter hook's request (a root).
 FILTER_REQUEST = StructType.declare(
     "FilterRequest", *_REQUEST_HEAD, ("candidates", SliceOf(UPSTREAM_CANDIDATE))
 )
+#: A filter's decision on one candidate: upstream_id, decision label and reason.
 PER_CANDIDATE_REASON = StructType.declare(
     "PerCandidateReason", ("upstream_id", STR), ("decision", STR), ("reason", STR)
 )
+#: The filter hook's answer (a root).
 FILTER_RESPONSE = StructType.declare("FilterResponse", ("results", SliceOf(PER_CANDIDATE_REASON)))
+#: The selected upstream (enum; V1 has AnthropicDirect only).
 UPSTREAM = EnumType.declare("Upstream", ("AnthropicDirect", (("base_url", OPTION_STR),)))
+#: The shape hook's request (a root).
 SHAPE_REQUEST = StructType.declare("ShapeRequest", *_REQUEST_HEAD, ("upstream", UPSTREAM))
+#: The shape hook's answer: the upstream request to send (a root).
 SHAPE_RESPONSE = StructType.declare(
     "ShapeResponse", ("url", STR), ("method", STR), ("headers", SliceOf(HEADER)), ("body", BYTES)
 )
+#: The observe hook's request: one event of a request's life (enum, a root).
 OBSERVE_EVENT = EnumType.declare(
     "ObserveEvent",
     ("RequestStarted", (("request_id", STR), ("downstream_user_agent", OPTION_STR))),
@@ -300,11 +334,13 @@ ALL_TYPES: Mapping[str, Union[StructType, EnumType]] = {
     )
 }
 
+#: hook kind -> the root type of its request.
 HOOK_REQUEST_TYPES: Mapping[str, Union[StructType, EnumType]] = {
     "filter": FILTER_REQUEST,
     "shape": SHAPE_REQUEST,
     "observe": OBSERVE_EVENT,
 }
+#: hook kind -> the root type of its answer (observe answers nothing).
 HOOK_RESPONSE_TYPES: Mapping[str, StructType] = {"filter": FILTER_RESPONSE, "shape": SHAPE_RESPONSE}
 
 

@@ -9,7 +9,7 @@ Pure Python: no wasmtime needed to inspect a plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import PluginRejected
 from .jsontext import loads as load_json
@@ -29,9 +29,12 @@ __all__ = [
     "SUPPORTED_WIRE_VERSIONS",
 ]
 
+#: The custom section holding a plugin's metadata JSON.
 METADATA_SECTION = "cc_lb.plugin.v1"
 SCHEMA_SECTION_PREFIX = "cc_lb.schema."
+#: hook kind -> the function export that implements it.
 HOOK_EXPORTS = {"filter": "cc_lb_filter", "shape": "cc_lb_shape", "observe": "cc_lb_observe"}
+#: hook kind -> the wire versions this host accepts for it.
 SUPPORTED_WIRE_VERSIONS = {hook: (WIRE_VERSION,) for hook in HOOK_EXPORTS}
 HOOK_SIGNATURE = (("i32", "i32"), ("i64",))
 REQUIRED_FUNCTIONS = {"cc_lb_alloc": (("i32", "i32"), ("i32",)), "cc_lb_free": (("i32", "i32", "i32"), ())}
@@ -46,6 +49,8 @@ class WasmParseError(ValueError):
 
 @dataclass(frozen=True)
 class FuncType:
+    """A function type: parameter and result value types (``"i32"``, ``"i64"``, ...)."""
+
     params: Tuple[str, ...]
     results: Tuple[str, ...]
 
@@ -56,6 +61,8 @@ class FuncType:
 
 @dataclass(frozen=True)
 class Export:
+    """One export of a module: its name, kind and, for a function, its type."""
+
     name: str
     kind: str  # func, table, memory, global, tag
     signature: Optional[FuncType] = None  # for functions
@@ -63,12 +70,15 @@ class Export:
 
 @dataclass(frozen=True)
 class ModuleInfo:
+    """What admission reads from a module: imports, exports and custom sections."""
+
     imports: Tuple[Tuple[str, str], ...]
     import_count: int
     exports: Mapping[str, Export]
     custom_sections: Tuple[Tuple[str, bytes], ...]
 
     def custom(self, name: str) -> List[bytes]:
+        """The payloads of every custom section called ``name``, in module order."""
         return [payload for section_name, payload in self.custom_sections if section_name == name]
 
 
@@ -207,6 +217,8 @@ def parse_module(wasm: bytes) -> ModuleInfo:
 
 @dataclass(frozen=True)
 class HookInfo:
+    """One hook a plugin declares in its metadata, with what the module has for it."""
+
     kind: str
     wire_version: object
     description: str
@@ -217,6 +229,7 @@ class HookInfo:
 
     @property
     def fingerprint_ok(self) -> bool:
+        """Whether the plugin's schema fingerprint equals this host's for the hook."""
         return self.fingerprint is not None and self.fingerprint == FINGERPRINTS.get(self.kind)
 
 
@@ -225,11 +238,12 @@ class PluginInspection:
     """Everything admission looks at, and every rule the module breaks, in order."""
 
     module: Optional[ModuleInfo]
-    metadata: Optional[dict]
+    metadata: Optional[Dict[str, Any]]
     hooks: Tuple[HookInfo, ...]
     problems: Tuple[str, ...] = field(default=())
 
     def problems_for(self, slot_kind: Optional[str]) -> List[str]:
+        """Every rule the module breaks, in order, for a slot of ``slot_kind`` (None: any slot)."""
         found = list(self.problems)
         if slot_kind is not None and self.metadata is not None:
             if slot_kind not in (self.metadata.get("hooks") or {}):
@@ -243,7 +257,7 @@ class PluginInspection:
             raise PluginRejected(f"module rejected at load time: {problems[0]}", plugin=plugin, hook=slot_kind or "")
 
 
-def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[dict]:
+def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[Dict[str, Any]]:
     if not payloads:
         problems.append(f"missing required `{METADATA_SECTION}` custom section")
         return None

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = ["GROW_REFUSED_EXPORT", "START_EXPORT", "WasmRewriteError", "instrument_memory_grow"]
 
+#: The injected exported i32 global that a refused ``memory.grow`` sets to 1.
 GROW_REFUSED_EXPORT = "cclb_wire:memory_grow_refused"
 _GROW_REFUSED_NAME = GROW_REFUSED_EXPORT.encode("utf-8")
 #: The export that replaces the start section, when the module has one.

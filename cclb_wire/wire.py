@@ -68,9 +68,13 @@ class WireEnum(WireValue):
     TAG: int = -1
 
 
-def _value_class(name: str, qualname: str, fields, base: type, namespace: Dict[str, Any]) -> type:
+def _fields_text(fields: Any) -> str:
+    return f"a tuple of its fields ({', '.join(f.name for f in fields)})" if fields else "no fields"
+
+
+def _value_class(name: str, qualname: str, fields, base: type, namespace: Dict[str, Any], doc: str) -> type:
     plain = namedtuple(name, [f.name for f in fields])  # type: ignore[misc]
-    body = {"__slots__": (), "__qualname__": qualname, "__module__": __name__}
+    body = {"__slots__": (), "__qualname__": qualname, "__module__": __name__, "__doc__": doc}
     body.update(namespace)
     cls = type(name, (plain, base), body)
 
@@ -83,7 +87,13 @@ def _value_class(name: str, qualname: str, fields, base: type, namespace: Dict[s
 
 
 def _enum_classes(enum_type: schema.EnumType) -> type:
-    enum_base = type(enum_type.name, (WireEnum,), {"__slots__": (), "__module__": __name__, "WIRE_TYPE": enum_type})
+    doc = (
+        f"The V1 wire enum ``{enum_type.name}``: a value is an instance of one of its variant "
+        f"classes ({', '.join(v.name for v in enum_type.variants)})."
+    )
+    enum_base = type(
+        enum_type.name, (WireEnum,), {"__slots__": (), "__module__": __name__, "__doc__": doc, "WIRE_TYPE": enum_type}
+    )
     variants = []
     for variant in enum_type.variants:
         cls = _value_class(
@@ -92,6 +102,7 @@ def _enum_classes(enum_type: schema.EnumType) -> type:
             variant.fields,
             enum_base,
             {"WIRE_TYPE": enum_type, "WIRE_VARIANT": variant, "TAG": variant.tag},
+            f"The ``{enum_type.name}::{variant.name}`` variant (tag {variant.tag}): {_fields_text(variant.fields)}.",
         )
         setattr(enum_base, variant.name, cls)
         variants.append(cls)
@@ -103,7 +114,12 @@ _CLASSES: Dict[str, type] = {}
 for _wire_type in schema.ALL_TYPES.values():
     if isinstance(_wire_type, schema.StructType):
         _CLASSES[_wire_type.name] = _value_class(
-            _wire_type.name, _wire_type.name, _wire_type.fields, WireValue, {"WIRE_TYPE": _wire_type}
+            _wire_type.name,
+            _wire_type.name,
+            _wire_type.fields,
+            WireValue,
+            {"WIRE_TYPE": _wire_type},
+            f"The V1 wire struct ``{_wire_type.name}``: {_fields_text(_wire_type.fields)}.",
         )
     else:
         _CLASSES[_wire_type.name] = _enum_classes(_wire_type)
