@@ -7,7 +7,10 @@ Set ``CCLB_WIRE_PUREPYTHON=1`` to force the fallback, or
 """
 
 import os as _os
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING
+from typing import Literal as _Literal
+from typing import Tuple as _Tuple
 
 from . import schema, wire
 from .errors import (
@@ -55,19 +58,20 @@ from .host_types import (
     UpstreamKind,
     WireBounds,
 )
+from .host_stats import SlotStats
 from .jsonvalue import decode_json, encode_json
 from .schema import FINGERPRINTS, WIRE_VERSION
 
 __version__ = "0.1.0"
 
 
-def _load_backend():
+def _load_backend() -> _Tuple[_Literal["cython", "python"], _ModuleType]:
     if _os.environ.get("CCLB_WIRE_PUREPYTHON", "") not in ("", "0"):
         from . import _fallback
 
         return "python", _fallback
     try:
-        from . import _codec  # type: ignore[attr-defined]
+        from . import _codec
     except ImportError:
         if _os.environ.get("CCLB_WIRE_REQUIRE_EXTENSION", "") not in ("", "0"):
             raise
@@ -78,6 +82,7 @@ def _load_backend():
 
 
 BACKEND, _backend = _load_backend()
+"""Which codec loaded: ``"cython"`` (the extension) or ``"python"`` (the fallback)."""
 
 if TYPE_CHECKING:  # both backends have these very signatures
     from ._fallback import (
@@ -163,6 +168,7 @@ __all__ = [
     "PluginPoolSaturated",
     "PluginTrap",
     "PluginOutputError",
+    "SlotStats",
 ]
 
 # The plugin host (cclb_wire.runtime), loaded on first use.
@@ -177,11 +183,20 @@ _RUNTIME_NAMES = (
 )
 __all__ += _RUNTIME_NAMES
 
+if TYPE_CHECKING:  # type checkers see the real classes (and no catch-all __getattr__)
+    from .runtime import FailurePolicy as FailurePolicy
+    from .runtime import FilterPlugin as FilterPlugin
+    from .runtime import HostConfig as HostConfig
+    from .runtime import InstanceStrategy as InstanceStrategy
+    from .runtime import ObservabilityHook as ObservabilityHook
+    from .runtime import PluginHost as PluginHost
+    from .runtime import UpstreamDialect as UpstreamDialect
+else:
 
-def __getattr__(name: str):
-    # The plugin host is loaded on first use, so codec-only users never import it (or wasmtime).
-    if name in _RUNTIME_NAMES:
-        from . import runtime
+    def __getattr__(name: str):
+        # The plugin host is loaded on first use, so codec-only users never import it (or wasmtime).
+        if name in _RUNTIME_NAMES:
+            from . import runtime
 
-        return getattr(runtime, name)
-    raise AttributeError(f"module 'cclb_wire' has no attribute {name!r}")
+            return getattr(runtime, name)
+        raise AttributeError(f"module 'cclb_wire' has no attribute {name!r}")

@@ -1,9 +1,19 @@
 """Static types of the Cython extension cclb_wire._codec (same API as cclb_wire._fallback)."""
 
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Tuple
 
-Into = Callable[[int], Tuple[Any, int]]
-
+from . import schema
+# The codec functions: the very signatures of the fallback's (both backends have them).
+from ._fallback import decode as decode
+from ._fallback import decode_filter_output as decode_filter_output
+from ._fallback import decode_shaped_request as decode_shaped_request
+from ._fallback import encode as encode
+from ._fallback import encode_filter_request as encode_filter_request
+from ._fallback import encode_into as encode_into
+from ._fallback import encode_observe_event as encode_observe_event
+from ._fallback import encode_shape_request as encode_shape_request
+from ._fallback import encoded_size as encoded_size
+from .host_stats import SlotStats
 from .host_types import (
     AnthropicDirect,
     FilterOutput,
@@ -15,37 +25,7 @@ from .host_types import (
     UpstreamCandidate,
     WireBounds,
 )
-from .wire import WireValue
 
-def encode(value: WireValue) -> bytes: ...
-def encoded_size(value: WireValue) -> int: ...
-def encode_into(value: WireValue, buffer: Any, offset: int = 0) -> int: ...
-def decode(type_: Any, data: Any) -> Any: ...
-def encode_filter_request(
-    ctx: RequestContext,
-    principal: Principal,
-    candidates: Iterable[UpstreamCandidate],
-    *,
-    cookie_redaction: bool = False,
-    into: Optional[Into] = None,
-) -> Any: ...
-def encode_shape_request(
-    ctx: RequestContext,
-    principal: Principal,
-    upstream: AnthropicDirect,
-    *,
-    cookie_redaction: bool = False,
-    into: Optional[Into] = None,
-) -> Any: ...
-def encode_observe_event(event: ObserveEventInput, *, into: Optional[Into] = None) -> Any: ...
-def decode_filter_output(data: Any, bounds: Optional[WireBounds] = ...) -> FilterOutput: ...
-def decode_shaped_request(
-    data: Any,
-    upstream: AnthropicDirect,
-    *,
-    origin_policy: Union[ShapeOriginPolicy, str] = ...,
-    bounds: Optional[WireBounds] = ...,
-) -> ShapedRequest: ...
 def compiled_layouts() -> Dict[str, Tuple[int, int, Any]]: ...
 def _stack_address() -> int: ...
 
@@ -99,3 +79,21 @@ class NativePlugin:
     def filter(self, ctx: RequestContext, principal: Principal, candidates: Iterable[UpstreamCandidate]) -> FilterOutput: ...
     def shape(self, ctx: RequestContext, principal: Principal, upstream: AnthropicDirect) -> ShapedRequest: ...
     def observe(self, event: ObserveEventInput) -> None: ...
+
+# -- per-slot call statistics (cclb_wire.runtime records into these) -----------------------
+
+def monotonic_ns() -> int: ...
+
+class SlotCounters:
+    """The C twin of cclb_wire.host_stats.SlotCounters."""
+    def __init__(self, kind: str, slot_key: str) -> None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def slot_key(self) -> str: ...
+    def record(self, elapsed_ns: int) -> None: ...
+    def record_error(self, elapsed_ns: int, error: str) -> None: ...
+    def record_since(self, started_ns: int) -> None: ...
+    def record_error_since(self, started_ns: int, error: str) -> None: ...
+    def record_pass_through(self) -> None: ...
+    def snapshot(self) -> SlotStats: ...

@@ -229,6 +229,7 @@ cdef inline object _refuse():
 include "_encoder.pxi"
 include "_decoder.pxi"
 include "_hostcall.pxi"
+include "_stats.pxi"
 
 
 def _check_fast_constructors():

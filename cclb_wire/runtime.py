@@ -30,12 +30,13 @@ import re
 import tempfile
 import threading
 import time
+from time import perf_counter_ns
 import uuid
 import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import blake3
 
@@ -71,6 +72,8 @@ from .host_types import (
 )
 from ._ctypes_calls import CallGate, Instance, Wasmtime, call_filter, call_observe, call_shape
 from ._ctypes_calls import trap_text as _trap_text
+from .host_stats import SlotCounters as _PySlotCounters
+from .host_stats import SlotStats
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
 
@@ -82,10 +85,26 @@ __all__ = [
     "FilterPlugin",
     "UpstreamDialect",
     "ObservabilityHook",
+    "SlotStats",
     "PROBE_SAMPLES",
 ]
 
 _log = logging.getLogger("cclb_wire.runtime")
+
+
+def _slot_counters_class() -> Tuple[Any, Callable[[], int]]:
+    """The counters and the clock they measure against: the extension's, in C, when it
+    loaded (a call's recording then costs ~100 ns), else Python's."""
+    from . import BACKEND
+
+    if BACKEND == "cython":
+        from . import _codec
+
+        return _codec.SlotCounters, _codec.monotonic_ns
+    return _PySlotCounters, perf_counter_ns
+
+
+_SlotCounters, _clock_ns = _slot_counters_class()
 
 WASM_PAGE = 65536
 #: wasm32 addresses at most 65536 pages.
@@ -425,7 +444,7 @@ def _stack_pointer_reader() -> Optional[Callable[[], int]]:
 
     if BACKEND != "cython":
         return None
-    from . import _codec  # type: ignore[attr-defined]
+    from . import _codec
 
     return getattr(_codec, "_stack_address", None)
 
@@ -787,7 +806,7 @@ def _bind_native(wt: Wasmtime) -> None:
     if os.environ.get(NATIVE_CALLS_ENV, "") == "0":
         _NATIVE_REASON = f"{NATIVE_CALLS_ENV}=0"
         return
-    from . import _codec  # type: ignore[attr-defined]
+    from . import _codec
 
     def layout(struct: Any) -> Tuple[int, Dict[str, int]]:
         return ctypes.sizeof(struct), {name: getattr(struct, name).offset for name, *_ in struct._fields_}
@@ -818,6 +837,9 @@ def _new_gate() -> Any:
 # ==============================================================================
 # The host
 # ==============================================================================
+
+
+_AdapterT = TypeVar("_AdapterT", bound="_Adapter")
 
 
 class PluginHost:
@@ -853,6 +875,10 @@ class PluginHost:
         self._slots: Dict[Tuple[str, str], _Loaded] = {}
         #: The ticket of the last registration or unregistration applied to each slot.
         self._slot_tickets: Dict[Tuple[str, str], int] = {}
+        #: Each slot's failure policy, as its last applied registration gave it (None: the config's).
+        self._slot_policies: Dict[Tuple[str, str], Optional[FailurePolicy]] = {}
+        #: Each slot's call counters, from its first registration on (they outlive swaps).
+        self._counters: Dict[Tuple[str, str], Any] = {}
         self._tickets = itertools.count(1)
         self._lock = threading.Lock()  # the slots and their tickets
         #: Calls and registrations in flight; close() shuts it and waits for them.
@@ -880,6 +906,7 @@ class PluginHost:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
         return bool(self._gate.closed)
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -1121,12 +1148,16 @@ class PluginHost:
             return bytes(wasm)
         raise InvalidInputType(f"{method}.wasm", f"expected the module's bytes or a path, got {type_name(wasm)}")
 
-    def _register(self, kind: str, slot_key: Any, name: Any, wasm: Any, adapter: type) -> Any:
+    def _register(
+        self, kind: str, slot_key: Any, name: Any, wasm: Any, adapter: "type[_AdapterT]", failure_policy: Any
+    ) -> "_AdapterT":
         method = f"register_{kind}"
         if not isinstance(slot_key, str):
             raise InvalidInputType(f"{method}.slot_key", f"expected a str, got {type_name(slot_key)}")
         if not isinstance(name, str):
             raise InvalidInputType(f"{method}.name", f"expected a str, got {type_name(name)}")
+        if failure_policy is not None:
+            failure_policy = coerce_enum(FailurePolicy, failure_policy, f"{method}.failure_policy")
         data = self._read_module(method, wasm)
         content_hash = self._content_hash(data)
         key = (kind, slot_key)
@@ -1137,6 +1168,7 @@ class PluginHost:
                 current = self._slots.get(key)
                 if current is not None and current.content_hash == content_hash and current.name == name:
                     self._slot_tickets[key] = ticket  # the same content: nothing changes but the order
+                    self._slot_policies[key] = failure_policy  # ... and the policy it states
                     return adapter(self, kind, slot_key)
             loaded = self._admit(kind, name, data, content_hash)
             with self._lock:
@@ -1149,22 +1181,49 @@ class PluginHost:
                     previous = self._slots.get(key)
                     self._slots[key] = loaded  # one assignment: the swap is atomic
                     self._slot_tickets[key] = ticket
+                    self._slot_policies[key] = failure_policy
                     self._retire(previous)
         finally:
             self._leave()
         return adapter(self, kind, slot_key)
 
-    def register_filter(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "FilterPlugin":
-        """Admit a filter plugin (bytes or a path) into a slot; returns its adapter."""
-        return self._register("filter", slot_key, name, wasm, FilterPlugin)
+    def register_filter(
+        self,
+        slot_key: str,
+        name: str,
+        wasm: Union[bytes, str, "os.PathLike[str]"],
+        *,
+        failure_policy: Union[FailurePolicy, str, None] = None,
+    ) -> "FilterPlugin":
+        """Admit a filter plugin (bytes or a path) into a slot; returns its adapter.
 
-    def register_shape(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "UpstreamDialect":
-        """Admit a shape plugin into a slot; returns its UpstreamDialect adapter."""
-        return self._register("shape", slot_key, name, wasm, UpstreamDialect)
+        ``failure_policy`` is the slot's (``*_with_policy`` obey it); None: the host
+        config's. Each registration states it again, so a swap may change it."""
+        return self._register("filter", slot_key, name, wasm, FilterPlugin, failure_policy)
 
-    def register_observe(self, slot_key: str, name: str, wasm: Union[bytes, str, "os.PathLike[str]"]) -> "ObservabilityHook":
-        """Admit an observe plugin into a slot; returns its ObservabilityHook adapter."""
-        return self._register("observe", slot_key, name, wasm, ObservabilityHook)
+    def register_shape(
+        self,
+        slot_key: str,
+        name: str,
+        wasm: Union[bytes, str, "os.PathLike[str]"],
+        *,
+        failure_policy: Union[FailurePolicy, str, None] = None,
+    ) -> "UpstreamDialect":
+        """Admit a shape plugin into a slot; returns its UpstreamDialect adapter.
+        ``failure_policy``: as for ``register_filter``."""
+        return self._register("shape", slot_key, name, wasm, UpstreamDialect, failure_policy)
+
+    def register_observe(
+        self,
+        slot_key: str,
+        name: str,
+        wasm: Union[bytes, str, "os.PathLike[str]"],
+        *,
+        failure_policy: Union[FailurePolicy, str, None] = None,
+    ) -> "ObservabilityHook":
+        """Admit an observe plugin into a slot; returns its ObservabilityHook adapter.
+        ``failure_policy``: as for ``register_filter``."""
+        return self._register("observe", slot_key, name, wasm, ObservabilityHook, failure_policy)
 
     def _check_slot(self, method: str, kind: Any, slot_key: Any) -> Tuple[str, str]:
         if not isinstance(kind, str):
@@ -1191,6 +1250,26 @@ class PluginHost:
     def _retire_slot(self, key: Tuple[str, str]) -> None:
         self._retire(self._slots.pop(key, None))
 
+    def _slot_counters(self, key: Tuple[str, str]) -> Any:
+        counters = self._counters.get(key)
+        if counters is None:
+            with self._lock:
+                counters = self._counters.setdefault(key, _SlotCounters(*key))
+        return counters
+
+    def _slot_policy(self, key: Tuple[str, str]) -> FailurePolicy:
+        policy = self._slot_policies.get(key)
+        return self.config.failure_policy if policy is None else policy
+
+    def stats(self) -> Dict[Tuple[str, str], SlotStats]:
+        """Each slot's call statistics since its first registration, keyed by
+        ``(kind, slot_key)``: calls, errors by class, policy pass-throughs and a latency
+        histogram (see ``SlotStats``). Slots keep their counters across swaps and
+        unregistration; the snapshot is taken slot by slot."""
+        with self._lock:
+            counters = list(self._counters.items())
+        return {key: slot.snapshot() for key, slot in counters}
+
     # -- calls ------------------------------------------------------------------------
 
 class _Adapter:
@@ -1202,11 +1281,17 @@ class _Adapter:
         self._host = host
         self._kind = kind
         self._slot = (kind, slot_key)
+        self._counters = host._slot_counters(self._slot)
 
     @property
     def slot_key(self) -> str:
         """The slot this adapter calls."""
         return self._slot[1]
+
+    @property
+    def failure_policy(self) -> FailurePolicy:
+        """The slot's failure policy: its registration's, else the host config's."""
+        return self._host._slot_policy(self._slot)
 
     def _loaded(self) -> _Loaded:
         loaded = self._host._slots.get(self._slot)
@@ -1225,6 +1310,10 @@ class _Adapter:
         """The name the plugin was registered under."""
         return self._loaded().name
 
+    def stats(self) -> SlotStats:
+        """This slot's call statistics (``PluginHost.stats`` for every slot)."""
+        return self._counters.snapshot()  # type: ignore[no-any-return]
+
     def close(self) -> None:
         """Empty the slot (``PluginHost.unregister``); calls in flight finish with the plugin
         they started with."""
@@ -1240,20 +1329,29 @@ class FilterPlugin(_Adapter):
         (PluginTimeout, PluginTrap, ...) is its __cause__. Bad arguments raise the codec's
         own errors (``EncodeError``, ``InvalidInput``): they are the caller's, not the plugin's."""
         host = self._host
+        started = _clock_ns()
         try:
             loaded = self._loaded()
             if loaded.native is not None:
-                return loaded.native.filter(ctx, principal, candidates)  # type: ignore[no-any-return]
-            return call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)  # type: ignore[no-any-return]
+                output = loaded.native.filter(ctx, principal, candidates)
+            else:
+                output = call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)
         except PluginTrap as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
             raise FilterError.trap(exc.detail) from exc
         except PluginError as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
             raise FilterError.runtime(str(exc)) from exc
+        except BaseException as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
+            raise
+        self._counters.record_since(started)
+        return output  # type: ignore[no-any-return]
 
     def filter_with_policy(
         self, ctx: RequestContext, principal: Principal, candidates: Iterable[UpstreamCandidate]
     ) -> FilterOutput:
-        """``filter`` under the host's failure policy: PASS_THROUGH answers a no-op (every
+        """``filter`` under the slot's failure policy: PASS_THROUGH answers a no-op (every
         candidate kept, in order, the failure in ``reason``); FAIL_CLOSED raises the
         FilterError. ``candidates`` may be any iterable: it is read once."""
         try:
@@ -1273,8 +1371,9 @@ class FilterPlugin(_Adapter):
         try:
             return self.filter(ctx, principal, candidates)
         except FilterError as exc:
-            if self._host.config.failure_policy is FailurePolicy.FAIL_CLOSED:
+            if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
+            self._counters.record_pass_through()
             _log.warning("filter plugin failed, passing through: %s", exc)
             kept = tuple(c.upstream_id for c in candidates)
             return FilterOutput(kept, f"plugin failed; passed through: {exc}", ())
@@ -1287,26 +1386,36 @@ class UpstreamDialect(_Adapter):
         """Raises DialectError (unsupported request) for anything the plugin did wrong, an
         empty slot or a closed host; the typed error is its __cause__."""
         host = self._host
+        started = _clock_ns()
         try:
             loaded = self._loaded()
             if loaded.native is not None:
-                return loaded.native.shape(ctx, principal, upstream)  # type: ignore[no-any-return]
-            return call_shape(host._engine, host._gate, loaded, ctx, principal, upstream)  # type: ignore[no-any-return]
+                output = loaded.native.shape(ctx, principal, upstream)
+            else:
+                output = call_shape(host._engine, host._gate, loaded, ctx, principal, upstream)
         except PluginTrap as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
             raise DialectError.unsupported_request(exc.detail) from exc
         except PluginError as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
             raise DialectError.unsupported_request(str(exc)) from exc
+        except BaseException as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
+            raise
+        self._counters.record_since(started)
+        return output  # type: ignore[no-any-return]
 
     def shape_with_policy(
         self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal
     ) -> Optional[ShapedRequest]:
-        """``shape`` under the failure policy: PASS_THROUGH answers None ("send the request to
-        the upstream unchanged"); FAIL_CLOSED raises the DialectError."""
+        """``shape`` under the slot's failure policy: PASS_THROUGH answers None ("send the
+        request to the upstream unchanged"); FAIL_CLOSED raises the DialectError."""
         try:
             return self.shape(ctx, upstream, principal)
         except DialectError as exc:
-            if self._host.config.failure_policy is FailurePolicy.FAIL_CLOSED:
+            if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
+            self._counters.record_pass_through()
             _log.warning("shape plugin failed, passing through: %s", exc)
             return None
 
@@ -1318,6 +1427,7 @@ class ObservabilityHook(_Adapter):
         """Raises ObservabilityError (dropped) for anything the plugin did wrong, an empty
         slot or a closed host; the typed error is its __cause__."""
         host = self._host
+        started = _clock_ns()
         try:
             loaded = self._loaded()
             if loaded.native is not None:
@@ -1325,4 +1435,23 @@ class ObservabilityHook(_Adapter):
             else:
                 call_observe(host._engine, host._gate, loaded, event)
         except PluginError as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
             raise ObservabilityError.dropped(str(exc)) from exc
+        except BaseException as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
+            raise
+        self._counters.record_since(started)
+
+    def observe_with_policy(self, event: ObserveEventInput) -> bool:
+        """``observe`` under the slot's failure policy: PASS_THROUGH logs and counts a
+        failure and answers False (the event is dropped); FAIL_CLOSED raises the
+        ObservabilityError. True when the plugin took the event."""
+        try:
+            self.observe(event)
+        except ObservabilityError as exc:
+            if self.failure_policy is FailurePolicy.FAIL_CLOSED:
+                raise
+            self._counters.record_pass_through()
+            _log.warning("observe plugin failed, event dropped: %s", exc)
+            return False
+        return True

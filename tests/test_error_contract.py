@@ -608,6 +608,7 @@ EXCLUDED = {
     "FilterPlugin": "an adapter made by PluginHost.register_filter",
     "UpstreamDialect": "an adapter made by PluginHost.register_shape",
     "ObservabilityHook": "an adapter made by PluginHost.register_observe",
+    "SlotStats": "an output of PluginHost.stats",
     # the exception classes themselves
     **{
         name: "an exception class"
@@ -645,7 +646,7 @@ def test_the_table_covers_the_public_api():
             assert any(bad.kind == "type" for bad in bads), f"cclb_wire.{name}: no wrong-type case"
 
 
-ADAPTERS_AND_OUTPUTS = ("FilterOutput", "ShapedRequest", "FilterPlugin", "UpstreamDialect", "ObservabilityHook")
+ADAPTERS_AND_OUTPUTS = ("FilterOutput", "ShapedRequest", "SlotStats", "FilterPlugin", "UpstreamDialect", "ObservabilityHook")
 
 
 def test_every_exclusion_is_an_exception_enum_output_or_not_callable():
@@ -807,11 +808,16 @@ def _plugin_bytes(name: str) -> bytes:
 METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]]] = {
     **{
         f"register_{hook}": (
-            lambda hook=hook, plugin=plugin: {"slot_key": "s", "name": "n", "wasm": _plugin_bytes(plugin)},
+            lambda hook=hook, plugin=plugin: {"slot_key": "s", "name": "n", "wasm": _plugin_bytes(plugin), "failure_policy": None},
             {
                 "slot_key": _str_field(f"register_{hook}.slot_key"),
                 "name": _str_field(f"register_{hook}.name"),
                 "wasm": _wasm_arg(f"register_{hook}.wasm"),
+                "failure_policy": _wrong_types(
+                    f"register_{hook}.failure_policy",
+                    V("unknown", lambda: "sometimes", f"register_{hook}.failure_policy"),
+                    T("int", lambda: 1, f"register_{hook}.failure_policy"),
+                ),
             },
         )
         for hook, plugin in (("filter", "cache_aware_filter"), ("shape", "shape_passthrough"), ("observe", "observe_counter"))
@@ -860,6 +866,10 @@ METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]
         {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False),
                    T("deep-dict", deep_dict, "event", False)]},
     ),
+    "observe_with_policy": (
+        lambda: {"event": cw.Chunk(1, 2, 3)},
+        {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False)]},
+    ),
 }
 
 METHOD_CASES = [
@@ -882,8 +892,8 @@ def _method(plugin_host: Any, method: str) -> Callable[..., Any]:
         return getattr(plugin_host.register_filter("f", "cache-aware", _plugin_bytes("cache_aware_filter")), method)
     if method in ("shape", "shape_with_policy"):
         return getattr(plugin_host.register_shape("s", "passthrough", _plugin_bytes("shape_passthrough")), method)
-    if method == "observe":
-        return plugin_host.register_observe("o", "counter", _plugin_bytes("observe_counter")).observe
+    if method in ("observe", "observe_with_policy"):
+        return getattr(plugin_host.register_observe("o", "counter", _plugin_bytes("observe_counter")), method)
     if method == "close":
         return cw.PluginHost().close  # a host of its own: the shared one stays open
     return getattr(plugin_host, method)
