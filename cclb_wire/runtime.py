@@ -132,13 +132,15 @@ POOL_KEEP_RESIDENT = 256 * 1024
 
 
 class FailurePolicy(enum.Enum):
-    """What the ``*_with_policy`` calls do when a filter or shape plugin fails.
+    """What the ``*_with_policy`` calls do when a plugin fails.
 
     PASS_THROUGH (the reference's default): the failure is a no-op. The filter keeps
-    every candidate, and shape answers ``None``, meaning "send the request to the
-    upstream unchanged". FAIL_CLOSED: the error is raised, and the proxy answers
-    503 (upstream unavailable). Pick it when the plugin enforces authz or tenant
-    policy. ``HostConfig`` also takes the values as strings, in any case.
+    every candidate, shape answers ``None``, meaning "send the request to the
+    upstream unchanged", and observe drops the event. FAIL_CLOSED: the error is
+    raised (the example proxy answers 502). Pick it when the plugin enforces authz or
+    tenant policy. Set for the host (``HostConfig.failure_policy``) or per slot
+    (``register_*(failure_policy=...)``); both also take the values as strings, in
+    any case.
     """
 
     PASS_THROUGH = "pass_through"

@@ -1,0 +1,423 @@
+"""A small reverse proxy for the Anthropic Messages API that runs cc-lb plugins.
+
+Per request: authenticate the proxy's own key, build the RequestContext, filter the
+upstreams, shape the request, forward it with httpx, stream the answer back, and
+report every step to the observe hook. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, MutableMapping, Optional, Tuple, TypeVar
+
+import anyio
+import httpx
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import cclb_wire as cw
+
+from . import config as cfg
+from .metrics import ProxyMetrics
+
+log = logging.getLogger("cclb_proxy")
+T = TypeVar("T")
+
+#: Never handed to a plugin nor to an upstream: the downstream's credentials (the proxy's
+#: own key included), and headers that belong to one connection, not to the request.
+STRIPPED_REQUEST_HEADERS = frozenset(
+    b"authorization x-api-key proxy-authorization cookie host content-length connection "
+    b"keep-alive te trailer transfer-encoding upgrade".split()
+)
+#: Hop-by-hop headers of the upstream's answer: uvicorn frames the answer itself.
+STRIPPED_RESPONSE_HEADERS = frozenset(
+    b"connection keep-alive proxy-authenticate proxy-connection te trailer transfer-encoding upgrade".split()
+)
+HOOK_SAMPLES = 100_000
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def api_error(status: int, kind: str, message: str) -> JSONResponse:
+    """Anthropic's error shape, so clients handle our errors like the API's."""
+    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
+
+
+class _Request:
+    """One request's bookkeeping."""
+
+    __slots__ = ("id", "started", "hook_s")
+
+    def __init__(self) -> None:
+        self.id = f"req_{uuid.uuid4().hex}"
+        self.started = time.perf_counter()
+        self.hook_s = 0.0
+
+
+class UsageScanner:
+    """Token counts from the answer, when they are cheap to get: the JSON body of a
+    non-streaming answer (up to 1 MiB), or the ``usage`` objects of an SSE stream's
+    ``message_start`` / ``message_delta`` events. Anything else leaves them None."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, content_type: str, encoded: bool) -> None:
+        self.sse = content_type.startswith("text/event-stream")
+        self.enabled = not encoded and (self.sse or content_type.startswith("application/json"))
+        self.usage: Dict[str, int] = {}
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.enabled:
+            return
+        self._buffer += chunk
+        if not self.sse:
+            self.enabled = len(self._buffer) <= self.LIMIT
+            return
+        # Only complete lines are read; the tail waits for the next chunk.
+        end = self._buffer.rfind(b"\n") + 1
+        if end:
+            for line in bytes(self._buffer[:end]).split(b"\n"):
+                if line.startswith(b"data:") and b'"usage"' in line:
+                    with contextlib.suppress(ValueError, RecursionError):  # not ours to judge: the bytes pass on as they are
+                        self._take(json.loads(line[5:]))
+            del self._buffer[:end]
+
+    def _take(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            return
+        message = event.get("message")
+        usage = (message if isinstance(message, dict) else event).get("usage")
+        if isinstance(usage, dict):
+            self.usage.update((k, v) for k, v in usage.items() if k in TOKEN_FIELDS and isinstance(v, int) and v >= 0)
+
+    def tokens(self) -> Tuple[Optional[int], ...]:
+        if self.enabled and not self.sse and self._buffer:
+            with contextlib.suppress(ValueError, RecursionError):
+                self._take(json.loads(self._buffer))
+        return tuple(self.usage.get(k) for k in TOKEN_FIELDS)
+
+
+class Proxy:
+    """The proxy: its plugin host, upstreams, keys, metrics and the Starlette app."""
+
+    def __init__(self, config: cfg.ProxyConfig) -> None:
+        self.config = config
+        self.host = cw.PluginHost(config.host)
+        self.metrics = ProxyMetrics(self.host)
+        self.keys = {key.digest: key.principal for key in config.keys}
+        self.upstreams = {upstream.id: upstream for upstream in config.upstreams}
+        self.candidates = tuple(upstream.candidate for upstream in config.upstreams)
+        self.adapters: Dict[str, Any] = {}
+        #: Observe calls made (tests compare it with the host's stats).
+        self.events_reported = 0
+        #: Hook seconds per finished request, for GET /debug/hook-times.
+        self.hook_samples: Deque[float] = collections.deque(maxlen=HOOK_SAMPLES)
+        self._stamps: Dict[str, Tuple[int, int, int]] = {}
+        self._reload_lock: Optional[asyncio.Lock] = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.client: Optional[httpx.AsyncClient] = None
+        # The first registration happens before serving: a bad plugin stops the start.
+        for slot in config.slots.values():
+            self._stamps[slot.hook] = _stamp(slot.path)
+            self.adapters[slot.hook] = self._register(slot)
+        routes = [
+            Route("/healthz", self.health),
+            Route("/metrics", self.metrics_endpoint),
+            Route("/v1/{rest:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ]
+        if config.debug_endpoints:
+            routes.append(Route("/debug/hook-times", self.hook_times))
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+
+    # --- plugins and reloads -----------------------------------------------------------
+
+    def _register(self, slot: cfg.PluginSlot) -> Any:
+        register = getattr(self.host, f"register_{slot.hook}")
+        return register(slot.hook, slot.name, slot.path, failure_policy=slot.failure_policy)
+
+    async def reload(self, hooks: Optional[Iterable[str]] = None, why: str = "SIGHUP") -> None:
+        """Register the slots' files again. The host swaps a slot atomically (calls in
+        flight keep the old plugin) and ignores identical bytes; a module it rejects
+        leaves the slot as it was. Compiling takes up to 100s of ms: it runs in a thread."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:  # one reload at a time, in the order asked
+            for hook in list(hooks or self.config.slots):
+                slot = self.config.slots[hook]
+                self._stamps[hook] = _stamp(slot.path)  # before reading: a later write is seen next poll
+                before = self.adapters[hook].plugin_id
+                try:
+                    adapter = await asyncio.to_thread(self._register, slot)
+                except Exception as exc:  # the slot keeps its plugin; the next change is tried again
+                    log.error("%s: reloading the %s plugin failed, keeping the old one: %s", why, hook, exc,
+                              exc_info=not isinstance(exc, cw.CclbWireError))  # a traceback only for surprises
+                    self.metrics.reloads.labels(hook, "failed").inc()
+                    continue
+                self.adapters[hook] = adapter
+                result = "unchanged" if adapter.plugin_id == before else "swapped"
+                log.info("%s: %s plugin %s (%s)", why, hook, result, adapter.plugin_id)
+                self.metrics.reloads.labels(hook, result).inc()
+
+    def request_reload(self, why: str = "SIGHUP") -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(why=why))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll_files(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_poll_s)
+            changed = [hook for hook, slot in self.config.slots.items() if _stamp(slot.path) != self._stamps[hook]]
+            if changed:
+                await self.reload(changed, why="file change")
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._reload_lock = asyncio.Lock()
+        limits = httpx.Limits(max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections)
+        self.client = httpx.AsyncClient(limits=limits, timeout=self.config.upstream_timeout_s, follow_redirects=False)
+        for name in list(self.client.headers):  # httpx's defaults (user-agent, accept-encoding, ...): the
+            del self.client.headers[name]  # upstream gets the shaped headers and our credentials, nothing else
+        loop = asyncio.get_running_loop()
+        # Signal handlers can only be set from the main thread (and Windows has no SIGHUP).
+        on_main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP")
+        if on_main:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        poller = loop.create_task(self._poll_files()) if self.config.reload_poll_s > 0 and self.config.slots else None
+        try:
+            yield
+        finally:
+            if on_main:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in [poller, *self._tasks]:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await self.client.aclose()
+            self.host.close()
+
+    # --- hook calls -----------------------------------------------------------------------
+
+    async def _call(self, request: _Request, hook: str, fn: Callable[..., T], *args: Any) -> T:
+        """Inline by default: a hook call takes microseconds, less than a thread hop, and
+        the host's deadline bounds the worst case. ``offload_to_thread`` is for slow
+        plugins (guest code runs without the GIL, so the loop keeps serving)."""
+        started = time.perf_counter()
+        try:
+            if self.config.slots[hook].offload_to_thread:
+                return await asyncio.to_thread(fn, *args)
+            return fn(*args)
+        finally:
+            request.hook_s += time.perf_counter() - started
+
+    async def observe(self, request: _Request, event: Any) -> None:
+        """PASS_THROUGH: a failure is logged and counted by the host. FAIL_CLOSED raises
+        ObservabilityError: a request that cannot be observed is not served."""
+        adapter = self.adapters.get("observe")
+        if adapter is not None:
+            self.events_reported += 1
+            await self._call(request, "observe", adapter.observe_with_policy, event)
+
+    # --- requests -------------------------------------------------------------------------
+
+    def authenticate(self, headers: List[Tuple[bytes, bytes]]) -> Optional[cw.Principal]:
+        """``x-api-key`` first, else ``authorization: Bearer``. Keys are looked up by
+        digest: they are not kept in clear, and a dict lookup on a hash leaks nothing
+        useful about a key through timing."""
+        bearer = None
+        for name, value in headers:
+            if name == b"x-api-key":
+                return self.keys.get(cfg.key_digest(value))
+            if name == b"authorization" and bearer is None and value[:7].lower() == b"bearer ":
+                bearer = value[7:].strip()
+        return None if bearer is None else self.keys.get(cfg.key_digest(bearer))
+
+    def build_context(self, scope: MutableMapping[str, Any], request_id: str, body: bytes) -> cw.RequestContext:
+        """From the ASGI scope: the headers list as it is, minus the stripped ones; the body
+        object as read (RequestContext keeps it, the host copies it once into the guest)."""
+        headers = [h for h in scope["headers"] if h[0] not in STRIPPED_REQUEST_HEADERS]
+        path = scope.get("raw_path") or scope["path"].encode("utf-8")  # raw: keeps %-escapes as sent
+        return cw.RequestContext(request_id, scope["method"], path.decode("latin-1"), scope["query_string"], headers, body)
+
+    async def forward(self, http: Request) -> Response:
+        request = _Request()
+        principal = self.authenticate(http.scope["headers"])
+        if principal is None:  # before anything else: an unknown caller reaches no plugin
+            return self._done(request, api_error(401, "authentication_error", "invalid x-api-key"), record=False)
+        body = await http.body()  # one bytes object: the chunks joined once
+        try:
+            ctx = self.build_context(http.scope, request.id, body)
+        except cw.InvalidInput as exc:
+            return self._done(request, api_error(400, "invalid_request_error", str(exc)), record=False)
+        try:
+            return await self._forward(request, ctx, principal, http.headers.get("user-agent"))
+        except cw.ObservabilityError as exc:
+            return self._done(request, api_error(502, "api_error", f"observe plugin {self._name('observe')!r} failed: {exc}"))
+
+    async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str]) -> Response:
+        await self.observe(request, cw.RequestStarted(request.id, agent))
+        await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
+
+        kept: Iterable[uuid.UUID] = self.upstreams
+        if "filter" in self.adapters:
+            try:
+                output = await self._call(request, "filter", self.adapters["filter"].filter_with_policy, ctx, principal, self.candidates)
+            except cw.FilterError as exc:  # FAIL_CLOSED
+                return await self._failed(request, 502, "filter", exc)
+            kept = output.kept_upstream_ids
+        upstream = next((self.upstreams[i] for i in kept if i in self.upstreams), None)
+        if upstream is None:
+            await self.observe(request, cw.ErrorEvent("no_upstream", "the filter kept no upstream", "proxy"))
+            return self._done(request, api_error(503, "api_error", "no upstream available for this request"))
+        await self.observe(request, cw.UpstreamChosen(upstream.target))
+
+        shaped = None
+        if "shape" in self.adapters:
+            try:
+                shaped = await self._call(request, "shape", self.adapters["shape"].shape_with_policy, ctx, upstream.target, principal)
+            except cw.DialectError as exc:  # FAIL_CLOSED
+                return await self._failed(request, 502, "shape", exc)
+        if shaped is None:  # no shape plugin, or it failed under PASS_THROUGH: send it unchanged
+            query = "" if ctx.query is None else f"?{ctx.query}"
+            method, url, headers, content = ctx.method, f"{upstream.base_url}{ctx.path}{query}", list(ctx.headers), ctx.body
+        else:
+            method, url, headers, content = shaped.method, shaped.url, list(shaped.headers), shaped.body
+        headers.append((b"x-api-key", upstream.api_key.encode("latin-1")))  # the only credential sent
+
+        assert self.client is not None
+        try:
+            answer = await self.client.send(self.client.build_request(method, url, headers=headers, content=content), stream=True)
+        except httpx.HTTPError as exc:
+            await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
+            return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
+        response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS]
+        response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
+        response.raw_headers = response_headers  # as a list: repeated headers survive
+        return response
+
+    async def _relay(self, request: _Request, answer: httpx.Response) -> AsyncIterator[bytes]:
+        """The upstream's bytes as they come (raw: a compressed answer stays compressed,
+        with its content-encoding), each chunk reported before it is passed on."""
+        scanner = UsageScanner(answer.headers.get("content-type", ""), "content-encoding" in answer.headers)
+        index, finished = 0, False
+        try:
+            async for chunk in answer.aiter_raw():
+                events = chunk.count(b"\n\n") if scanner.sse else 1
+                await self.observe(request, cw.Chunk(index, events, len(chunk)))
+                scanner.feed(chunk)
+                self.metrics.chunks.inc()
+                index += 1
+                yield chunk
+            finished = True
+            tokens = scanner.tokens()
+            duration_ms = int((time.perf_counter() - request.started) * 1000)
+            await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
+        finally:
+            with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
+                await answer.aclose()
+                if not finished:
+                    with contextlib.suppress(cw.ObservabilityError):
+                        await self.observe(request, cw.ErrorEvent("stream_aborted", "the answer ended early", "proxy"))
+            self._finish(request, answer.status_code)
+
+    async def _failed(self, request: _Request, status: int, hook: str, exc: Exception) -> Response:
+        message = f"{hook} plugin {self._name(hook)!r} failed: {exc}"
+        await self.observe(request, cw.ErrorEvent(f"{hook}_failed", message, hook))
+        return self._done(request, api_error(status, "api_error", message))
+
+    def _name(self, hook: str) -> str:
+        return self.config.slots[hook].name
+
+    def _done(self, request: _Request, response: Response, *, record: bool = True) -> Response:
+        self._finish(request, response.status_code, record=record)
+        return response
+
+    def _finish(self, request: _Request, status: int, *, record: bool = True) -> None:
+        self.metrics.requests.labels(str(status)).inc()
+        self.metrics.duration.observe(time.perf_counter() - request.started)
+        if record:  # requests that ran hooks
+            self.metrics.hook_time.observe(request.hook_s)
+            self.hook_samples.append(request.hook_s)
+
+    # --- other endpoints ------------------------------------------------------------------
+
+    async def health(self, http: Request) -> Response:
+        plugins = {hook: {"name": a.plugin_name, "plugin_id": str(a.plugin_id)} for hook, a in self.adapters.items()}
+        return JSONResponse({"status": "ok", "plugins": plugins})
+
+    async def metrics_endpoint(self, http: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def hook_times(self, http: Request) -> Response:
+        """Raw per-request hook seconds (the load test's p50/p99); ``?reset=1`` empties them."""
+        samples = list(self.hook_samples)
+        if http.query_params.get("reset"):
+            self.hook_samples.clear()
+        return JSONResponse({"hook_seconds": samples})
+
+
+def _stamp(path: os.PathLike[str]) -> Tuple[int, int, int]:
+    """What tells a changed file: os.replace gives a new inode, an in-place write a new mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for uvicorn. Its protocol is given (IPPROTO_TCP), not left 0:
+    asyncio turns Nagle's algorithm off only on connections of such a socket, and with
+    it on, an answer written in two pieces waits ~40 ms for the client's delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # uvicorn's default backlog
+    return sock
+
+
+def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0) -> uvicorn.Config:
+    """No server/date headers of uvicorn's own: the upstream's pass through instead of
+    being doubled. Idle connections are kept longer than clients keep them (httpx: 5 s),
+    so a client never sends a request on a connection the server is closing."""
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
+                          date_header=False, timeout_keep_alive=int(keep_alive_s))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="cclb-proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the TOML (or .json) configuration file")
+    parser.add_argument("--host", help="listen address (overrides [server].host)")
+    parser.add_argument("--port", type=int, help="listen port, 0 for any free one (overrides [server].port)")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
+    try:
+        config = cfg.load(args.config)
+        proxy = Proxy(config)
+    except (cfg.ConfigError, cw.CclbWireError) as exc:
+        print(f"cclb-proxy: {exc}", file=sys.stderr)
+        return 2
+    sock = bind(args.host or config.listen_host, config.listen_port if args.port is None else args.port)
+    host, port = sock.getsockname()[:2]
+    print(f"cclb-proxy listening on http://{host}:{port} (pid {os.getpid()}, backend {cw.BACKEND})", flush=True)
+    server = uvicorn.Server(uvicorn_config(proxy.app, args.log_level, config.keep_alive_s))
+    server.run(sockets=[sock])
+    return 0

@@ -1,0 +1,233 @@
+"""The proxy's configuration file (TOML, or JSON by extension), parsed and checked once.
+
+Every mistake is reported with the key that holds it (``upstreams[1].base_url: ...``)
+when the proxy starts, never on a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import cclb_wire as cw
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+HOOKS = ("filter", "shape", "observe")
+#: ``wasm = "cclb_wire:cache_aware_filter.wasm"`` names a plugin shipped in the package.
+PACKAGE_PREFIX = "cclb_wire:"
+
+
+class ConfigError(ValueError):
+    """A bad configuration file; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    digest: bytes  # sha256 of the key: the proxy never keeps downstream keys in clear
+    principal: cw.Principal
+
+
+@dataclass(frozen=True)
+class Upstream:
+    id: uuid.UUID
+    name: str
+    kind: str
+    base_url: str  # as written, without a trailing "/"
+    api_key: str
+    predicted_cache_read_tokens: int
+    candidate: cw.UpstreamCandidate
+    target: cw.AnthropicDirect
+
+
+@dataclass(frozen=True)
+class PluginSlot:
+    hook: str  # "filter" | "shape" | "observe"
+    name: str
+    path: Path
+    failure_policy: Optional[cw.FailurePolicy]  # None: [host].failure_policy
+    offload_to_thread: bool
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    source: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    #: Seconds between checks of the plugin files' mtimes; 0 turns the poll off (SIGHUP still reloads).
+    reload_poll_s: float = 1.0
+    upstream_timeout_s: float = 600.0
+    #: How long an idle downstream connection is kept: longer than clients keep theirs.
+    keep_alive_s: float = 75.0
+    max_connections: int = 256
+    #: GET /debug/hook-times: raw per-request hook times, for the load test.
+    debug_endpoints: bool = False
+    host: cw.HostConfig = field(default_factory=cw.HostConfig)
+    keys: Tuple[ApiKey, ...] = ()
+    upstreams: Tuple[Upstream, ...] = ()
+    slots: Mapping[str, PluginSlot] = field(default_factory=dict)
+
+
+def key_digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def _table(parent: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
+    value = parent.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{name}: expected a table")
+    return value
+
+
+def _get(table: Mapping[str, Any], name: str, kind: Any, where: str, default: Any = ...) -> Any:
+    if name not in table:
+        if default is ...:
+            raise ConfigError(f"{where}{name}: required")
+        return default
+    value = table[name]
+    # bool is an int in Python, but `port = true` is a mistake.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}{name}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _check_table(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where[:-1]}: expected a table")
+
+
+def _secret(table: Mapping[str, Any], where: str, name: str) -> str:
+    """``name`` in clear, or ``name_env``: the environment variable that holds it."""
+    if name in table:
+        return str(_get(table, name, str, where))
+    env = _get(table, f"{name}_env", str, where, None)
+    if env is None:
+        raise ConfigError(f"{where}{name}: required (or {name}_env)")
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"{where}{name}_env: environment variable {env} is not set")
+    return value
+
+
+def _wasm_path(text: str, base: Path, where: str) -> Path:
+    if text.startswith(PACKAGE_PREFIX):
+        path = Path(str(importlib.resources.files("cclb_wire.plugins") / text[len(PACKAGE_PREFIX):]))
+    else:
+        path = (base / text).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}wasm: {path} is not a file")
+    return path
+
+
+def load(path: os.PathLike[str] | str) -> ProxyConfig:
+    source = Path(path).resolve()
+    try:
+        raw = source.read_bytes()
+        data = json.loads(raw) if source.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    base = source.parent
+
+    server = _table(data, "server", "")
+    host_table = dict(_table(data, "host", ""))
+    bounds = host_table.pop("bounds", None)
+    try:
+        if bounds is not None:
+            host_table["bounds"] = cw.WireBounds(**bounds)
+        # The shape plugin chooses the URL the upstream's credentials are sent to: keep it
+        # on that upstream's origin unless the config says otherwise.
+        host_table.setdefault("origin_policy", "selected_upstream_origin")
+        host_config = cw.HostConfig(**host_table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"host: {exc}") from exc
+
+    keys = []
+    for i, entry in enumerate(_get(data, "keys", list, "")):
+        where = f"keys[{i}]."
+        _check_table(entry, where)
+        try:
+            principal = cw.Principal(
+                _get(entry, "principal", str, where),
+                _get(entry, "kind", str, where, "api_key"),
+                _get(entry, "claims", dict, where, {}),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{where[:-1]}: {exc}") from exc
+        keys.append(ApiKey(key_digest(_secret(entry, where, "key").encode("utf-8")), principal))
+
+    upstreams = []
+    loaded_at = int(time.time())  # the candidates' scores are static: observed when the config was read
+    for i, entry in enumerate(_get(data, "upstreams", list, "")):
+        where = f"upstreams[{i}]."
+        _check_table(entry, where)
+        try:
+            upstream_id = uuid.UUID(_get(entry, "id", str, where))
+            name, kind = _get(entry, "name", str, where), _get(entry, "kind", str, where, "anthropic_api_key")
+            base_url = _get(entry, "base_url", str, where).rstrip("/")
+            tokens = _get(entry, "predicted_cache_read_tokens", int, where, 0)
+            # The candidate is built once: its fields are fixed, and building checks them.
+            candidate = cw.UpstreamCandidate(upstream_id, name, kind, loaded_at, cw.CacheScore(tokens))
+            target = cw.AnthropicDirect(base_url)
+        except ValueError as exc:
+            raise ConfigError(f"{where[:-1]}: {exc}") from exc
+        upstreams.append(
+            Upstream(upstream_id, name, kind, base_url, _secret(entry, where, "api_key"), tokens, candidate, target)
+        )
+    if not upstreams:
+        raise ConfigError("upstreams: at least one upstream is required")
+
+    slots: Dict[str, PluginSlot] = {}
+    plugins = _table(data, "plugins", "")
+    for hook in plugins:
+        if hook not in HOOKS:
+            raise ConfigError(f"plugins.{hook}: unknown hook (expected one of {', '.join(HOOKS)})")
+    for hook in HOOKS:
+        if hook not in plugins:
+            continue
+        entry = _table(plugins, hook, "plugins.")
+        where = f"plugins.{hook}."
+        policy = _get(entry, "failure_policy", str, where, None)
+        try:
+            failure_policy = None if policy is None else cw.FailurePolicy(policy.lower())
+        except ValueError:
+            raise ConfigError(f"{where}failure_policy: {policy!r} is not pass_through or fail_closed") from None
+        slots[hook] = PluginSlot(
+            hook,
+            _get(entry, "name", str, where, hook),
+            _wasm_path(_get(entry, "wasm", str, where), base, where),
+            failure_policy,
+            _get(entry, "offload_to_thread", bool, where, False),
+        )
+
+    config = ProxyConfig(
+        source=source,
+        listen_host=_get(server, "host", str, "server.", "127.0.0.1"),
+        listen_port=_get(server, "port", int, "server.", 8080),
+        reload_poll_s=float(_get(server, "reload_poll_s", (int, float), "server.", 1.0)),
+        upstream_timeout_s=float(_get(server, "upstream_timeout_s", (int, float), "server.", 600.0)),
+        keep_alive_s=float(_get(server, "keep_alive_s", (int, float), "server.", 75.0)),
+        max_connections=_get(server, "max_connections", int, "server.", 256),
+        debug_endpoints=_get(server, "debug_endpoints", bool, "server.", False),
+        host=host_config,
+        keys=tuple(keys),
+        upstreams=tuple(upstreams),
+        slots=slots,
+    )
+    return config
+
+
+def replace(config: ProxyConfig, **changes: Any) -> ProxyConfig:
+    """A copy with some fields changed (tests and tools)."""
+    return dataclasses.replace(config, **changes)

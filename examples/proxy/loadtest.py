@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Load test of the proxy: requests at a fixed concurrency while the filter is swapped.
+
+Starts the fake upstream and the proxy as subprocesses on loopback (the proxy's RSS is
+read from /proc/<pid>/status, so Linux only), sends --requests requests at
+--concurrency (half of them streaming), and swaps the filter slot --swaps times
+mid-load: the filter file alternates between cache_aware_filter.wasm and the same
+bytes plus a custom section (another content hash, the same behaviour), written
+atomically, then SIGHUP. Each swap is confirmed on /metrics before the next.
+
+Every answer is checked: streams event by event against the fake upstream's numbered
+events (a lost or reordered event fails the stream), JSON answers in full. Exit status
+1 if any request failed, any stream was wrong or a swap did not happen.
+
+The proxy's hook time per request (every hook call it made for the request, the
+observe calls for each streamed chunk included) comes from its GET /debug/hook-times:
+raw samples, so p50/p99 are exact, not bucketed; a response header could only carry
+the hook time spent before the answer starts.
+
+    python examples/proxy/loadtest.py            # 2,000 requests, concurrency 64, 20 swaps
+    python examples/proxy/loadtest.py --quick    # 300 requests, concurrency 32, 5 swaps (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.resources
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import httpx
+
+try:
+    from . import fake_upstream
+except ImportError:  # run as a script: this directory is sys.path[0]
+    import fake_upstream  # type: ignore[no-redef]
+
+HERE = Path(__file__).resolve().parent
+PROXY_KEY = "sk-proxy-loadtest"
+
+
+def with_custom_section(wasm: bytes, tag: bytes) -> bytes:
+    """The same module plus a custom section (id 0): a new content hash, the same code."""
+    name = b"cclb-proxy-loadtest"
+    payload = bytes([len(name)]) + name + tag
+    return wasm + b"\x00" + bytes([len(payload)]) + payload
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # the proxy reads the old file or the new one, never half of one
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(args: List[str], what: str) -> Tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on http://" not in line:
+        process.kill()
+        raise SystemExit(f"{what} did not start: {line!r}")
+    return process, line.split("listening on ")[1].split()[0]
+
+
+def write_config(directory: Path, upstream_url: str, filter_path: Path) -> Path:
+    plugins = importlib.resources.files("cclb_wire.plugins")
+    config = {
+        "server": {"reload_poll_s": 0, "debug_endpoints": True, "max_connections": 256, "upstream_timeout_s": 60},
+        "host": {"deadline_s": 0.25, "memory_limit_bytes": 16 << 20, "pool_size": 8},
+        "keys": [{"key": PROXY_KEY, "principal": "loadtest", "claims": {"keep_k": 1}}],
+        "upstreams": [
+            {"id": "6f1c2d3e-0000-4000-8000-000000000001", "name": "primary", "base_url": upstream_url,
+             "api_key": "sk-ant-fake-1", "predicted_cache_read_tokens": 4096},
+            {"id": "6f1c2d3e-0000-4000-8000-000000000002", "name": "secondary", "base_url": upstream_url,
+             "api_key": "sk-ant-fake-2"},
+        ],
+        "plugins": {
+            "filter": {"name": "cache-aware", "wasm": str(filter_path), "failure_policy": "pass_through"},
+            "shape": {"name": "passthrough", "wasm": str(plugins / "shape_passthrough.wasm"), "failure_policy": "fail_closed"},
+            "observe": {"name": "counter", "wasm": str(plugins / "observe_counter.wasm"), "failure_policy": "pass_through"},
+        },
+    }
+    path = directory / "loadtest.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def pct(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Load:
+    def __init__(self, client: httpx.AsyncClient, deltas: int, delay_ms: int) -> None:
+        self.client = client
+        self.deltas = deltas
+        self.headers = {"x-api-key": PROXY_KEY, "content-type": "application/json", "anthropic-version": "2023-06-01",
+                        "x-fake-deltas": str(deltas), "x-fake-delay-ms": str(delay_ms)}
+        self.expected_json = fake_upstream.message(deltas)
+        self.ok = 0
+        self.failed: List[str] = []
+        self.bad_streams = 0
+        self.events_checked = 0
+        self.latencies: List[float] = []
+        self.done = 0
+
+    async def one(self, index: int) -> None:
+        stream = index % 2 == 0
+        body = json.dumps({"model": "claude-fake", "max_tokens": 64, "stream": stream,
+                           "messages": [{"role": "user", "content": f"request {index}"}]}).encode()
+        started = time.perf_counter()
+        try:
+            async with self.client.stream("POST", "/v1/messages", content=body, headers=self.headers) as answer:
+                data = b"".join([chunk async for chunk in answer.aiter_bytes()])
+            elapsed = time.perf_counter() - started
+            if answer.status_code != 200:
+                self.failed.append(f"#{index}: HTTP {answer.status_code} {data[:200]!r}")
+            elif stream:
+                problem = fake_upstream.check_stream(data, self.deltas)
+                if problem:
+                    self.bad_streams += 1
+                    self.failed.append(f"#{index}: {problem}")
+                else:
+                    self.events_checked += len(fake_upstream.sse_events(self.deltas))
+                    self.ok += 1
+                    self.latencies.append(elapsed)
+            elif json.loads(data) != self.expected_json:
+                self.failed.append(f"#{index}: JSON answer differs")
+            else:
+                self.ok += 1
+                self.latencies.append(elapsed)
+        except (httpx.HTTPError, ValueError) as exc:
+            self.failed.append(f"#{index}: {type(exc).__name__}: {exc}")
+        finally:
+            self.done += 1
+
+
+async def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="cclb-proxy-load-") as tmp:
+        directory = Path(tmp)
+        original = (importlib.resources.files("cclb_wire.plugins") / "cache_aware_filter.wasm").read_bytes()
+        variants = [original, with_custom_section(original, b"B")]
+        filter_path = directory / "filter.wasm"
+        replace_atomically(filter_path, original)
+
+        upstream, upstream_url = start([str(HERE / "fake_upstream.py"), "--port", "0"], "fake upstream")
+        proxy: Optional[subprocess.Popen[str]] = None
+        try:
+            config = write_config(directory, upstream_url, filter_path)
+            proxy, proxy_url = start([str(HERE), "--config", str(config), "--port", "0", "--log-level", "warning"], "proxy")
+            print(f"proxy {proxy_url} (pid {proxy.pid}), fake upstream {upstream_url}; "
+                  f"{args.requests} requests at concurrency {args.concurrency}, {args.swaps} swaps, "
+                  f"{args.deltas} content deltas per answer")
+            limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+            async with httpx.AsyncClient(base_url=proxy_url, limits=limits, timeout=60) as client:
+                warm = Load(client, args.deltas, args.delay_ms)
+                await asyncio.gather(*(warm.one(i) for i in range(20)))
+                if warm.failed:
+                    print("warm-up failed:", *warm.failed[:5], sep="\n  ")
+                    return 1
+                await client.get("/debug/hook-times", params={"reset": "1"})
+                rss_before = rss_kib(proxy.pid)
+                swaps_before = metric((await client.get("/metrics")).text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped")
+
+                load = Load(client, args.deltas, args.delay_ms)
+                swap_times: List[float] = []
+
+                async def swapper() -> None:
+                    assert proxy is not None
+                    for n in range(args.swaps):
+                        # Spread the swaps over the load: swap n happens once that share is done.
+                        while load.done < (n + 1) * args.requests / (args.swaps + 1):
+                            await asyncio.sleep(0.005)
+                        replace_atomically(filter_path, variants[(n + 1) % 2])
+                        asked = time.perf_counter()
+                        os.kill(proxy.pid, signal.SIGHUP)
+                        deadline = asked + 30
+                        while True:
+                            text = (await client.get("/metrics")).text
+                            if metric(text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped") >= swaps_before + n + 1:
+                                break
+                            if time.perf_counter() > deadline:
+                                return
+                            await asyncio.sleep(0.01)
+                        swap_times.append(time.perf_counter() - asked)
+
+                queue = iter(range(args.requests))
+
+                async def worker() -> None:
+                    for index in queue:
+                        await load.one(index)
+
+                cpu_before = {"proxy": cpu_s(proxy.pid), "upstream": cpu_s(upstream.pid), "client": time.process_time()}
+                started = time.perf_counter()
+                swapping = asyncio.create_task(swapper())
+                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                wall = time.perf_counter() - started
+                await swapping
+                cpu = {"proxy": cpu_s(proxy.pid), "upstream": cpu_s(upstream.pid), "client": time.process_time()}
+                cpu = {name: cpu[name] - cpu_before[name] for name in cpu}
+                rss_after = rss_kib(proxy.pid)
+                hook_s = (await client.get("/debug/hook-times")).json()["hook_seconds"]
+                text = (await client.get("/metrics")).text
+        finally:
+            for process in (proxy, upstream):
+                if process is not None:
+                    process.terminate()
+                    process.wait(30)
+
+    swapped = metric(text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped") - swaps_before
+    reload_failed = metric(text, "cclb_proxy_plugin_reloads_total", hook="filter", result="failed")
+    plugin_errors = metric(text, "cclb_plugin_errors_total")
+    observe_calls = metric(text, "cclb_plugin_calls_total", kind="observe")
+    us = [s * 1e6 for s in hook_s]
+    ms = [s * 1e3 for s in load.latencies]
+    print(f"requests: {load.ok} ok, {len(load.failed)} failed (of {args.requests}; {args.requests // 2 + args.requests % 2} streaming)")
+    print(f"streams: {load.bad_streams} with lost or reordered events; {load.events_checked} SSE events checked in order")
+    print(f"filter swaps: {int(swapped)} confirmed of {args.swaps} (SIGHUP to swapped on /metrics: "
+          f"median {statistics.median(swap_times) * 1e3 if swap_times else float('nan'):.1f} ms); reloads failed: {int(reload_failed)}")
+    print(f"plugin errors: {int(plugin_errors)}; observe calls: {int(observe_calls)}")
+    print(f"hook time per request (proxy, all hook calls, {len(us)} samples): p50 {pct(us, 0.5):.1f} us, p99 {pct(us, 0.99):.1f} us")
+    print(f"end-to-end latency (client, to last byte): p50 {pct(ms, 0.5):.2f} ms, p99 {pct(ms, 0.99):.2f} ms")
+    print(f"throughput: {args.requests / wall:.0f} requests/s ({wall:.2f} s)")
+    print("CPU per request: " + ", ".join(f"{name} {seconds / args.requests * 1e3:.2f} ms" for name, seconds in cpu.items())
+          + f" (2-core box: the three processes share {os.cpu_count()} CPUs)")
+    print(f"proxy RSS: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after ({(rss_after - rss_before) / 1024:+.1f} MiB)")
+    for line in load.failed[:10]:
+        print("  failed", line)
+    ok = not load.failed and load.bad_streams == 0 and swapped >= args.swaps and reload_failed == 0 and plugin_errors == 0
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--deltas", type=int, default=8, help="content_block_delta events per answer")
+    parser.add_argument("--delay-ms", type=int, default=1, help="the fake upstream's pause between SSE events")
+    parser.add_argument("--quick", action="store_true", help="300 requests, concurrency 32, 5 swaps (CI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.concurrency, args.swaps = 300, 32, 5
+    if not sys.platform.startswith("linux"):
+        raise SystemExit("the load test reads /proc/<pid>/status: Linux only")
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
