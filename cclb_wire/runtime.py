@@ -1338,14 +1338,12 @@ class FilterPlugin(_Adapter):
                 output = loaded.native.filter(ctx, principal, candidates)
             else:
                 output = call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)
-        except PluginTrap as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            raise FilterError.trap(exc.detail) from exc
-        except PluginError as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            raise FilterError.runtime(str(exc)) from exc
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            if isinstance(exc, PluginTrap):
+                raise FilterError.trap(exc.detail) from exc
+            if isinstance(exc, PluginError):
+                raise FilterError.runtime(str(exc)) from exc
             raise
         self._counters.record_since(started)
         return output  # type: ignore[no-any-return]
@@ -1395,14 +1393,12 @@ class UpstreamDialect(_Adapter):
                 output = loaded.native.shape(ctx, principal, upstream)
             else:
                 output = call_shape(host._engine, host._gate, loaded, ctx, principal, upstream)
-        except PluginTrap as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            raise DialectError.unsupported_request(exc.detail) from exc
-        except PluginError as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            raise DialectError.unsupported_request(str(exc)) from exc
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            if isinstance(exc, PluginTrap):
+                raise DialectError.unsupported_request(exc.detail) from exc
+            if isinstance(exc, PluginError):
+                raise DialectError.unsupported_request(str(exc)) from exc
             raise
         self._counters.record_since(started)
         return output  # type: ignore[no-any-return]
@@ -1436,11 +1432,10 @@ class ObservabilityHook(_Adapter):
                 loaded.native.observe(event)
             else:
                 call_observe(host._engine, host._gate, loaded, event)
-        except PluginError as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            raise ObservabilityError.dropped(str(exc)) from exc
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            if isinstance(exc, PluginError):
+                raise ObservabilityError.dropped(str(exc)) from exc
             raise
         self._counters.record_since(started)
 

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import cclb_wire as cw
+from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADERS
 
 from . import config as cfg
 from .metrics import ProxyMetrics
@@ -39,11 +40,11 @@ from .metrics import ProxyMetrics
 log = logging.getLogger("cclb_proxy")
 T = TypeVar("T")
 
-#: Never handed to a plugin nor to an upstream: the downstream's credentials (the proxy's
-#: own key included), and headers that belong to one connection, not to the request.
-STRIPPED_REQUEST_HEADERS = frozenset(
-    b"authorization x-api-key proxy-authorization cookie host content-length connection "
-    b"keep-alive te trailer transfer-encoding upgrade".split()
+#: Never handed to a plugin nor to an upstream: what the host strips anyway (the
+#: downstream's credentials, the proxy's own key among them, and ``host``), the cookies,
+#: and headers that belong to one connection, not to the request.
+STRIPPED_REQUEST_HEADERS = HOST_STRIPPED_HEADERS | frozenset(
+    b"cookie content-length connection keep-alive te trailer transfer-encoding upgrade".split()
 )
 #: Hop-by-hop headers of the upstream's answer: uvicorn frames the answer itself.
 STRIPPED_RESPONSE_HEADERS = frozenset(
