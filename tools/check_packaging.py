@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib.metadata
+import io
 import os
 import re
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -102,43 +102,26 @@ def run(cmd, *, env=None, cwd=None, capture=False, check=True):
     return result
 
 
-# ---- ELF: section names and DT_NEEDED, without binutils ----
+# ---- ELF: section names and DT_NEEDED (pyelftools: no binutils needed) ----
 
 def elf_info(data: bytes):
     """(section names, DT_NEEDED entries) of an ELF shared object."""
-    if data[:4] != b"\x7fELF":
-        fail("the extension is not an ELF file")
-    is64 = data[4] == 2
-    end = "<" if data[5] == 1 else ">"
-    if is64:
-        shoff, = struct.unpack_from(end + "Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x3A)
-        sh_fmt = end + "IIQQQQIIQQ"
-    else:
-        shoff, = struct.unpack_from(end + "I", data, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x2E)
-        sh_fmt = end + "IIIIIIIIII"
-    sections = [struct.unpack_from(sh_fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
 
-    def cstr(offset):
-        return data[offset:data.index(b"\0", offset)].decode()
-
-    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
-    strtab_off = sections[shstrndx][4]
-    names = [cstr(strtab_off + s[0]) for s in sections]
-    needed = []
-    for s in sections:
-        if s[1] != 6:  # SHT_DYNAMIC
-            continue
-        dynstr_off = sections[s[6]][4]
-        ent_fmt = end + ("qQ" if is64 else "iI")
-        for pos in range(s[4], s[4] + s[5], struct.calcsize(ent_fmt)):
-            tag, val = struct.unpack_from(ent_fmt, data, pos)
-            if tag == 0:
-                break
-            if tag == 1:  # DT_NEEDED
-                needed.append(cstr(dynstr_off + val))
-    return names, needed
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        sections = list(elf.iter_sections())
+    except ELFError as exc:
+        fail(f"the extension is not a readable ELF file: {exc}")
+    needed = [
+        tag.needed
+        for section in sections
+        if isinstance(section, DynamicSection)
+        for tag in section.iter_tags("DT_NEEDED")
+    ]
+    return [section.name for section in sections], needed
 
 
 # ---- the steps ----
