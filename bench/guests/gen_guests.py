@@ -17,13 +17,14 @@ the answer, the spin-count pattern) and refuses to run on stale .wat files.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "tools"))
+from watlib import bump_allocator, plugin_metadata, wat_string  # noqa: E402
 
 #: The benchmark request's 8 candidates (bench_host.py builds them with these ids).
 CANDIDATE_IDS = tuple(uuid.UUID(int=0x5EED0100 + i) for i in range(8))
@@ -61,44 +62,19 @@ def with_spin_iterations(wat: str, iterations: int) -> str:
     return text
 
 
-def wat_string(data: bytes) -> str:
-    return '"' + "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:02x}" for b in data) + '"'
-
-
 def metadata(name: str, description: str) -> bytes:
-    meta = {
-        "name": name,
-        "version": "0.0.1",
-        "description": description,
-        "usage": "Benchmark guest (bench/bench_host.py); never deploy.",
-        "hooks": {"filter": {"wire_version": 1, "description": description, "usage": "No configuration."}},
-    }
-    return json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    return plugin_metadata(
+        name,
+        description,
+        "Benchmark guest (bench/bench_host.py); never deploy.",
+        {"filter": {"wire_version": 1, "description": description, "usage": "No configuration."}},
+    )
 
 
 # The cc-lb allocator exports. The host's order is alloc(request) -> hook frees the
 # request -> host frees the output, so a bump allocator that takes back its most recent
 # block keeps a reused instance's memory flat (a 1 MiB request every call included).
-ALLOCATOR = f"""\
-  ;; bump allocator: 16-aligned blocks from {HEAP_BASE} up, memory grown on demand, 0 on failure
-  (global $top (mut i32) (i32.const {HEAP_BASE}))
-  (func $alloc (export "cc_lb_alloc") (param $size i32) (param $align i32) (result i32)
-    (local $p i32) (local $end i32)
-    (local.set $p (i32.and (i32.add (global.get $top) (i32.const 15)) (i32.const -16)))
-    (local.set $end (i32.add (local.get $p) (local.get $size)))
-    (if (i32.or (i32.lt_u (local.get $end) (local.get $p))
-                (i32.gt_u (local.get $end) (i32.const 0xfff00000)))
-      (then (return (i32.const 0))))
-    (if (i32.gt_u (i32.shr_u (i32.add (local.get $end) (i32.const 65535)) (i32.const 16))
-                  (memory.size))
-      (then
-        (if (i32.eq (memory.grow (i32.sub (i32.shr_u (i32.add (local.get $end) (i32.const 65535))
-                                                     (i32.const 16))
-                                          (memory.size)))
-                    (i32.const -1))
-          (then (return (i32.const 0))))))
-    (global.set $top (local.get $end))
-    (local.get $p))
+ALLOCATOR = bump_allocator(HEAP_BASE) + f"""\
   ;; gives back the most recent block only; static data (below {HEAP_BASE}) is never freed
   (func $free (export "cc_lb_free") (param $ptr i32) (param $size i32) (param $align i32)
     (if (i32.and (i32.ge_u (local.get $ptr) (i32.const {HEAP_BASE}))
