@@ -141,7 +141,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .wasm_module import inspect_plugin
+    from .runtime.wasm_module import inspect_plugin
 
     try:
         data = _read_file(args.plugin, "plugin")

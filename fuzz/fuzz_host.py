@@ -766,13 +766,11 @@ def replay(args: argparse.Namespace, hosts: Hosts) -> int:
 
 def call_path() -> str:
     """Which call machinery the hosts use (informational: reads the runtime's internals)."""
-    from cclb_wire import runtime
+    from cclb_wire.runtime import binding
 
-    if not hasattr(runtime, "_NATIVE"):
-        return "ctypes"
-    if runtime._NATIVE is not None:
+    if binding.NATIVE is not None:
         return "native (the extension)"
-    return f"ctypes ({getattr(runtime, '_NATIVE_REASON', '?')})"
+    return f"ctypes ({binding.NATIVE_REASON})"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -46,7 +46,7 @@ INSTALL_DIR = REPO / "cclb_wire" / "plugins"
 # The checkout's cclb_wire: the schema's fingerprints and the host's own admission rules.
 sys.path.insert(0, str(REPO))
 from cclb_wire.schema import FINGERPRINTS  # noqa: E402
-from cclb_wire.wasm_module import HOOK_EXPORTS as HOOK_EXPORT, inspect_plugin  # noqa: E402
+from cclb_wire.runtime.wasm_module import HOOK_EXPORTS as HOOK_EXPORT, inspect_plugin  # noqa: E402
 
 # plugin source name -> the hooks it declares (its metadata must say exactly these)
 PLUGINS = {

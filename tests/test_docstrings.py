@@ -93,10 +93,14 @@ def data_documented(module_name: str, name: str, seen: Tuple[str, ...] = ()) -> 
                 and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)
             )
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+        if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
             if any((alias.asname or alias.name) == name for alias in node.names):
                 source_name = next(a.name for a in node.names if (a.asname or a.name) == name)
-                return data_documented(f"{PACKAGE}.{node.module}", source_name, seen + (module_name,))
+                # relative to the module's package (a package's __init__ is its own package)
+                is_package = Path(importlib.import_module(module_name).__file__).stem == "__init__"
+                package = module_name if is_package else module_name.rsplit(".", 1)[0]
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                return data_documented(f"{base}.{node.module}", source_name, seen + (module_name,))
     return False
 
 

@@ -954,7 +954,7 @@ DEEP_METADATA = b"[" * 50_000 + b"]" * 50_000
 
 
 def test_deep_metadata_is_an_admission_rejection_not_a_recursion_error():
-    from cclb_wire.wasm_module import inspect_plugin
+    from cclb_wire.runtime.wasm_module import inspect_plugin
 
     inspection = inspect_plugin(module_with_metadata(DEEP_METADATA))
     assert inspection.metadata is None

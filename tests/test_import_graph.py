@@ -1,6 +1,7 @@
 """The modules of cclb_wire import each other without cycles.
 
-The graph is read from the source (``ast`` over ``cclb_wire/*.py``; for the Cython
+The graph is read from the source (``ast`` over every ``.py`` of the package and its
+subpackages, such as ``cclb_wire/runtime/``; for the Cython
 extension, the top-level ``from . import`` lines of ``_codec.pyx`` and its ``.pxi``
 files). Imports under ``if TYPE_CHECKING:`` never run and are left out.
 
@@ -31,18 +32,38 @@ INIT = PACKAGE  # the node of the package's __init__.py
 Graph = Dict[str, Dict[str, str]]
 
 
+def _node(path: Path) -> str:
+    """The module a source file defines (a package's ``__init__.py``: the package)."""
+    parts = list(path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([PACKAGE, *parts])
+
+
+def _python_files() -> List[Path]:
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
 def module_names() -> Set[str]:
-    names = {f"{PACKAGE}.{p.stem}" for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"}
-    names |= {f"{PACKAGE}.{p.stem}" for p in PACKAGE_DIR.glob("*.pyx")}
-    return names | {INIT}
+    names = {_node(p) for p in _python_files()}
+    return names | {f"{PACKAGE}.{p.stem}" for p in PACKAGE_DIR.glob("*.pyx")}
 
 
-def _target(module: Optional[str], name: Optional[str], modules: Set[str]) -> str:
-    """The node ``from .{module} import {name}`` (or ``import``) depends on."""
-    base = f"{PACKAGE}.{module.split('.')[0]}" if module else INIT
-    if base == INIT and name is not None and f"{PACKAGE}.{name}" in modules:
-        return f"{PACKAGE}.{name}"  # ``from . import submodule``
+def _target(package: str, module: Optional[str], name: Optional[str], modules: Set[str]) -> str:
+    """The node ``from {package}.{module} import {name}`` (or ``import``) depends on: the
+    submodule it names when there is one, else the module (or package) itself."""
+    base = package
+    for part in (module or "").split(".") if module else []:
+        if f"{base}.{part}" not in modules:
+            break
+        base = f"{base}.{part}"
+    if name is not None and f"{base}.{name}" in modules:
+        return f"{base}.{name}"  # ``from . import submodule``
     return base
+
+
+def _package_of(node: str, is_package: bool) -> str:
+    return node if is_package else node.rsplit(".", 1)[0]
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -51,8 +72,9 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imports(tree: ast.AST, modules: Set[str]) -> Iterator[Tuple[str, int, bool]]:
-    """(imported node, line, deferred) of each import of the package's own modules."""
+def _imports(tree: ast.AST, modules: Set[str], package: str) -> Iterator[Tuple[str, int, bool]]:
+    """(imported node, line, deferred) of each import of the package's own modules, for a
+    module of ``package`` (relative imports count from there)."""
 
     def walk(node: ast.AST, deferred: bool) -> Iterator[Tuple[str, int, bool]]:
         for child in ast.iter_child_nodes(node):
@@ -64,17 +86,18 @@ def _imports(tree: ast.AST, modules: Set[str]) -> Iterator[Tuple[str, int, bool]
 
     def walk_stmt(node: ast.AST, deferred: bool) -> Iterator[Tuple[str, int, bool]]:
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
+            if node.level >= 1:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 for alias in node.names:
-                    yield _target(node.module, alias.name, modules), node.lineno, deferred
+                    yield _target(base, node.module, alias.name, modules), node.lineno, deferred
             elif node.level == 0 and node.module and (node.module == PACKAGE or node.module.startswith(PACKAGE + ".")):
                 relative = node.module[len(PACKAGE) + 1 :] or None
                 for alias in node.names:
-                    yield _target(relative, alias.name, modules), node.lineno, deferred
+                    yield _target(PACKAGE, relative, alias.name, modules), node.lineno, deferred
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
-                    yield _target(alias.name[len(PACKAGE) + 1 :] or None, None, modules), node.lineno, deferred
+                    yield _target(PACKAGE, alias.name[len(PACKAGE) + 1 :] or None, None, modules), node.lineno, deferred
         inner = deferred or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         yield from walk(node, inner)
 
@@ -91,16 +114,17 @@ def _cython_imports(path: Path, modules: Set[str]) -> Iterator[Tuple[str, int, b
         line = text.count("\n", 0, match.start()) + 1
         names = [n.strip() for n in match.group(2).strip("()").split(",") if n.strip()]
         for name in names:
-            yield _target(match.group(1) or None, name.split(" as ")[0], modules), line, False
+            yield _target(PACKAGE, match.group(1) or None, name.split(" as ")[0], modules), line, False
 
 
 def import_graph(include_deferred: bool) -> Graph:
     modules = module_names()
     graph: Graph = {m: {} for m in modules}
     sources: List[Tuple[str, Path, Iterator[Tuple[str, int, bool]]]] = []
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        node = INIT if path.stem == "__init__" else f"{PACKAGE}.{path.stem}"
-        sources.append((node, path, _imports(ast.parse(path.read_text(encoding="utf-8"), str(path)), modules)))
+    for path in _python_files():
+        node = _node(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        sources.append((node, path, _imports(tree, modules, _package_of(node, path.stem == "__init__"))))
     for pyx in sorted(PACKAGE_DIR.glob("*.pyx")):
         node = f"{PACKAGE}.{pyx.stem}"
         for path in [pyx, *sorted(PACKAGE_DIR.glob("*.pxi"))]:
@@ -109,7 +133,7 @@ def import_graph(include_deferred: bool) -> Graph:
         for target, line, deferred in found:
             if target == node or (deferred and not include_deferred):
                 continue
-            graph[node].setdefault(target, f"{path.name}:{line}")
+            graph[node].setdefault(target, f"{path.relative_to(PACKAGE_DIR)}:{line}")
     return graph
 
 
@@ -194,6 +218,11 @@ def test_the_graph_sees_the_imports():
     assert "cclb_wire.runtime" not in eager[INIT]  # loaded on first use...
     assert "cclb_wire.runtime" in every[INIT]  # ...by a deferred import
     assert "cclb_wire.errors" in eager[INIT]
+    # the runtime package: relative imports of both levels resolve to submodules
+    assert "cclb_wire.runtime.host" in eager["cclb_wire.runtime"]
+    assert "cclb_wire.runtime.binding" in eager["cclb_wire.runtime.host"]  # ``from . import binding``
+    assert "cclb_wire.errors" in eager["cclb_wire.runtime.faults"]  # ``from ..errors import``
+    assert "cclb_wire.runtime.adapters" in every["cclb_wire.runtime.host"]  # deferred
 
 
 def test_a_cycle_is_named():

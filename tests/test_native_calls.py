@@ -45,9 +45,9 @@ def test_the_extension_takes_the_calls_when_it_is_loaded():
         host.register_filter("s", "v", variant(0))
         native = host.slot("filter", "s").native
     if cw.BACKEND == "cython" and os.environ.get(runtime.NATIVE_CALLS_ENV) != "0":
-        assert native is not None and runtime._NATIVE_REASON == ""
+        assert native is not None and runtime.binding.NATIVE_REASON == ""
     else:
-        assert native is None and runtime._NATIVE_REASON
+        assert native is None and runtime.binding.NATIVE_REASON
 
 
 @pytest.mark.parametrize("strategy", [InstanceStrategy.FRESH, InstanceStrategy.REUSE_PER_THREAD])
@@ -301,8 +301,8 @@ def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it():
             host = PluginHost()
         adapter = host.register_filter("s", "v", variant(0))
         print(len(adapter.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids))
-        print(runtime._NATIVE is None)
-        print(runtime._NATIVE_REASON)
+        print(runtime.binding.NATIVE is None)
+        print(runtime.binding.NATIVE_REASON)
         print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])
         """
     )
@@ -319,7 +319,7 @@ def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it():
 def test_the_binding_refuses_a_missing_symbol_or_another_layout():
     from cclb_wire import _codec
 
-    wt = runtime._wt()
+    wt = runtime.binding.load_wasmtime()
     layouts = {name: (0, {}) for name in _codec._WASMTIME_LAYOUTS}
     with pytest.raises(RuntimeError, match="wasmtime_func_t is laid out as"):
         _codec.bind_wasmtime(wt.version, {}, layouts)

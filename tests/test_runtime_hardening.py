@@ -546,11 +546,12 @@ def test_close_during_a_registration_stops_it_before_the_probe():
     out = run_isolated(
         """
         host = PluginHost(HostConfig(deadline_s=0.2))
-        module = host._module
+        modules = host._admission.modules
+        compile_module = modules.compile
         def slow_module(*args):
             time.sleep(0.5)
-            return module(*args)
-        host._module = slow_module
+            return compile_module(*args)
+        modules.compile = slow_module
         outcome = []
         def register():
             try:
@@ -753,7 +754,7 @@ def test_three_hundred_reloads_keep_fds_threads_and_rss_flat(strategy):
         for index in range(20, 300):
             host.register_filter("s", "v", modules[index])
             adapter.filter(CTX, PRINCIPAL, [])
-        assert len(host._spare_modules) <= 4
+        assert len(host._modules.spares) <= 4
         assert _open_fds() - fds <= 4, (fds, _open_fds())
         assert threading.active_count() == threads
         assert _rss_kib() - rss < 32 * 1024, (rss, _rss_kib())

@@ -18,7 +18,7 @@ import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cclb_wire.wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
+from cclb_wire.runtime.wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, WasmRewriteError, instrument_memory_grow
 
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
 PLUGIN_DIR = resources.files("cclb_wire") / "plugins"

@@ -14,8 +14,8 @@ import ctypes
 import threading
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
-from . import decode_filter_output, decode_shaped_request, encode_filter_request, encode_observe_event, encode_shape_request
-from .errors import PluginError
+from .. import decode_filter_output, decode_shaped_request, encode_filter_request, encode_observe_event, encode_shape_request
+from ..errors import PluginError
 from .wasm_module import HOOK_EXPORTS
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import PluginRejected
-from .jsontext import loads as load_json
-from .schema import FINGERPRINTS, WIRE_VERSION
+from ..errors import PluginRejected
+from ..jsontext import loads as load_json
+from ..schema import FINGERPRINTS, WIRE_VERSION
 
 __all__ = [
     "WasmParseError",
