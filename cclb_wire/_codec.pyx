@@ -230,6 +230,7 @@ include "_encoder.pxi"
 include "_decoder.pxi"
 include "_hostcall.pxi"
 include "_stats.pxi"
+include "_ticker.pxi"
 
 
 def _check_fast_constructors():

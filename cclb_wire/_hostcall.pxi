@@ -68,7 +68,7 @@ _WASMTIME_SYMBOLS = (
     "wasmtime_store_new", "wasmtime_store_context", "wasmtime_store_limiter", "wasmtime_store_delete",
     "wasmtime_context_set_epoch_deadline", "wasmtime_context_set_fuel", "wasmtime_instance_pre_instantiate",
     "wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_memory_data",
-    "wasmtime_memory_data_size", "wasmtime_global_get", "wasmtime_global_set",
+    "wasmtime_memory_data_size", "wasmtime_global_get", "wasmtime_global_set", "wasmtime_engine_increment_epoch",
 )
 
 
@@ -108,6 +108,7 @@ def bind_wasmtime(version, addresses, layouts):
     api.memory_data_size = <wt_memory_data_size_f><size_t>at("wasmtime_memory_data_size")
     api.global_get = <wt_global_get_f><size_t>at("wasmtime_global_get")
     api.global_set = <wt_global_set_f><size_t>at("wasmtime_global_set")
+    api.engine_increment_epoch = <wt_engine_increment_epoch_f><size_t>at("wasmtime_engine_increment_epoch")
     _WT = api
     _WT_BOUND = True
 

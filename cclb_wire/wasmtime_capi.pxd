@@ -77,6 +77,7 @@ ctypedef uint8_t* (*wt_memory_data_f)(const void* context, const wt_memory* memo
 ctypedef size_t (*wt_memory_data_size_f)(const void* context, const wt_memory* memory) noexcept nogil
 ctypedef void (*wt_global_get_f)(void* context, const wt_global* global_, wt_val* out) noexcept nogil
 ctypedef void* (*wt_global_set_f)(void* context, const wt_global* global_, const wt_val* value) noexcept nogil
+ctypedef void (*wt_engine_increment_epoch_f)(void* engine) noexcept nogil
 
 
 cdef struct WasmtimeApi:
@@ -93,3 +94,4 @@ cdef struct WasmtimeApi:
     wt_memory_data_size_f memory_data_size
     wt_global_get_f global_get
     wt_global_set_f global_set
+    wt_engine_increment_epoch_f engine_increment_epoch  # the native ticker's (_ticker.pxi)
