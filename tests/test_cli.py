@@ -70,6 +70,32 @@ from pathlib import Path  # noqa: E402
 PLUGINS = resources.files("cclb_wire") / "plugins"
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
 
+#: A request file with every part, for every hook.
+REQUEST = {
+    "request": {"request_id": "r", "method": "POST", "path": "/v1/messages", "headers": [["content-type", "application/json"]], "body": "{}"},
+    "principal": {"id": "t", "kind": "api_key", "claims": {}},
+    "candidates": [
+        {"upstream_id": "00000000-0000-0000-0000-000000000001", "name": "a", "predicted_cache_read_tokens": 5},
+        {"upstream_id": "00000000-0000-0000-0000-000000000002", "name": "b", "predicted_cache_read_tokens": 9},
+    ],
+    "upstream": {"base_url": "https://upstream.example/"},
+    "event": {"Chunk": {"batch_index": 1, "event_count": 2, "total_bytes": 3}},
+}
+
+
+def write_request(tmp_path, request):
+    path = tmp_path / "request.json"
+    path.write_text(request if isinstance(request, str) else json.dumps(request))
+    return path
+
+
+def one_line_failure(result):
+    """The single stderr line of a failed command."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cclb-wire: "), lines
+    return lines[0]
+
 
 def test_demo_runs_every_bundled_plugin():
     result = run_cli("demo", "--json")
@@ -110,18 +136,7 @@ def test_inspect_reports_a_rejected_module(tmp_path):
     ],
 )
 def test_call_prints_the_host_output(tmp_path, hook, plugin, check):
-    request = {
-        "request": {"request_id": "r", "method": "POST", "path": "/v1/messages", "headers": [["content-type", "application/json"]], "body": "{}"},
-        "principal": {"id": "t", "kind": "api_key", "claims": {}},
-        "candidates": [
-            {"upstream_id": "00000000-0000-0000-0000-000000000001", "name": "a", "predicted_cache_read_tokens": 5},
-            {"upstream_id": "00000000-0000-0000-0000-000000000002", "name": "b", "predicted_cache_read_tokens": 9},
-        ],
-        "upstream": {"base_url": "https://upstream.example/"},
-        "event": {"Chunk": {"batch_index": 1, "event_count": 2, "total_bytes": 3}},
-    }
-    path = tmp_path / "request.json"
-    path.write_text(json.dumps(request))
+    path = write_request(tmp_path, REQUEST)
     result = run_cli("call", str(PLUGINS / f"{plugin}.wasm"), "--hook", hook, "--request", str(path))
     assert result.returncode == 0, result.stderr
     assert check(json.loads(result.stdout))
@@ -132,9 +147,262 @@ def test_call_failure_is_one_line_and_exit_1(tmp_path):
 
     plugin = tmp_path / "loop.wasm"
     plugin.write_bytes(wasmtime.wat2wasm((HOSTILE / "infinite_loop.wat").read_text()))
-    request = tmp_path / "request.json"
-    request.write_text("{}")
+    request = write_request(tmp_path, REQUEST)
     result = run_cli("call", str(plugin), "--hook", "filter", "--request", str(request), "--deadline", "0.2")
     assert result.returncode == 1
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "runtime probe failed for hook filter" in lines[0] and "deadline" in lines[0]
+
+
+# --- request files: JSON paths, unknown keys, missing parts, wire samples ---------------
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import re  # noqa: E402
+
+import cclb_wire  # noqa: E402
+from cclb_wire import cli  # noqa: E402
+from cclb_wire.errors import CclbWireError, InvalidInput, InvalidInputType  # noqa: E402
+from cclb_wire.plugin_paths import resolve_plugin_path  # noqa: E402
+
+PLUGIN_FOR_HOOK = {"filter": "cache_aware_filter", "shape": "shape_passthrough", "observe": "observe_counter"}
+
+
+def request_with(keys, value):
+    """REQUEST with the value at ``keys`` (dict keys and list indexes) replaced, or deleted
+    when ``value`` is DELETE."""
+    request = copy.deepcopy(REQUEST)
+    parent = request
+    for key in keys[:-1]:
+        parent = parent[key]
+    if value is DELETE:
+        del parent[keys[-1]]
+    else:
+        parent[keys[-1]] = value
+    return request
+
+
+DELETE = object()
+
+
+def call(tmp_path, hook, request, plugin=None):
+    path = write_request(tmp_path, request)
+    return run_cli("call", plugin or str(PLUGINS / f"{PLUGIN_FOR_HOOK[hook]}.wasm"), "--hook", hook, "--request", str(path))
+
+
+def reported_path(line):
+    """The JSON path a ``cclb-wire: ErrorClass: $.path: detail`` line names."""
+    match = re.match(r"cclb-wire: \w+: (\$\S*): ", line)
+    assert match, line
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "hook, keys, value, path",
+    [
+        ("filter", ("principal", "claims"), [], "$.principal.claims"),
+        ("filter", ("principal", "claims"), "keep_k=2", "$.principal.claims"),
+        ("filter", ("principal", "id"), 5, "$.principal.id"),
+        ("filter", ("principal", "kind"), [], "$.principal.kind"),
+        ("filter", ("principal",), [], "$.principal"),
+        ("filter", ("request", "method"), 5, "$.request.method"),
+        ("filter", ("request", "headers", 0), [5, "x"], "$.request.headers[0][0]"),
+        ("filter", ("request", "headers", 0, 1), {"hex": "zz"}, "$.request.headers[0][1].hex"),
+        ("filter", ("request", "body"), 5, "$.request.body"),
+        ("filter", ("candidates", 1, "upstream_id"), "x", "$.candidates[1].upstream_id"),
+        ("filter", ("candidates", 1, "name"), 5, "$.candidates[1].name"),
+        ("filter", ("candidates", 0, "predicted_cache_read_tokens"), -1, "$.candidates[0].predicted_cache_read_tokens"),
+        ("filter", ("candidates", 0, "observed_at_unix_secs"), "now", "$.candidates[0].observed_at_unix_secs"),
+        ("shape", ("upstream", "base_url"), 5, "$.upstream.base_url"),
+        ("shape", ("upstream",), [], "$.upstream"),
+        ("observe", ("event", "Chunk", "batch_index"), "x", "$.event.Chunk.batch_index"),
+        ("observe", ("event",), {"UpstreamChosen": {"upstream": {"base_url": 5}}}, "$.event.UpstreamChosen.upstream.base_url"),
+    ],
+)
+def test_call_names_the_json_path_of_a_nested_mistake(tmp_path, hook, keys, value, path):
+    line = one_line_failure(call(tmp_path, hook, request_with(keys, value)))
+    assert reported_path(line) == path
+
+
+@pytest.mark.parametrize(
+    "keys, key, path",
+    [
+        ((), "candidatez", "$"),
+        (("request",), "header", "$.request"),
+        (("principal",), "claim", "$.principal"),
+        (("candidates", 1), "predicted_cache_tokens", "$.candidates[1]"),
+        (("upstream",), "baseurl", "$.upstream"),
+    ],
+)
+def test_call_refuses_an_unknown_key_naming_it_and_its_path(tmp_path, keys, key, path):
+    request = copy.deepcopy(REQUEST)
+    target = request
+    for part in keys:
+        target = target[part]
+    target[key] = 1
+    line = one_line_failure(call(tmp_path, "filter", request))
+    assert reported_path(line) == path and repr(key) in line
+
+
+@pytest.mark.parametrize("hook", ["filter", "shape", "observe"])
+def test_unknown_keys_are_all_named_whatever_the_hook(tmp_path, hook):
+    request = dict(REQUEST, candidatez=[], extra=1)
+    line = one_line_failure(call(tmp_path, hook, request))
+    assert reported_path(line) == "$" and "'candidatez'" in line and "'extra'" in line
+
+
+# The parts each hook's wire request is built from (FilterRequest: the request, the
+# principal and the candidates; ShapeRequest: the request, the principal and the upstream;
+# ObserveEvent: the event).
+@pytest.mark.parametrize(
+    "hook, part",
+    [
+        ("filter", "request"),
+        ("filter", "principal"),
+        ("filter", "candidates"),
+        ("shape", "request"),
+        ("shape", "principal"),
+        ("shape", "upstream"),
+        ("observe", "event"),
+    ],
+)
+def test_call_refuses_a_request_file_without_a_part_the_hook_needs(tmp_path, hook, part):
+    line = one_line_failure(call(tmp_path, hook, request_with((part,), DELETE)))
+    assert part in line.split(": ", 2)[2]
+
+
+@pytest.mark.parametrize("hook", ["filter", "shape", "observe"])
+def test_call_refuses_an_empty_request_file(tmp_path, hook):
+    result = call(tmp_path, hook, {})
+    one_line_failure(result)
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("hook, plugin", [("filter", "cache_aware_filter"), ("shape", "shape_passthrough")])
+def test_parts_another_hook_needs_may_be_left_out(tmp_path, hook, plugin):
+    request = {key: value for key, value in REQUEST.items() if key != ("upstream" if hook == "filter" else "candidates")}
+    request.pop("event")
+    result = call(tmp_path, hook, request)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "hook, sample",
+    [("filter", "FilterRequest"), ("shape", "ShapeRequest"), ("observe", "ObserveEvent"), ("filter", "FilterResponse"), ("shape", "ShapeResponse")],
+)
+def test_call_says_a_wire_sample_is_an_archive_for_encode(tmp_path, hook, sample):
+    printed = run_cli("sample", sample)
+    assert printed.returncode == 0
+    line = one_line_failure(call(tmp_path, hook, printed.stdout.decode()))
+    assert "wire archive" in line and f"cclb-wire encode --type {sample}" in line and "not a host-level request" in line
+
+
+# --- plugin paths ---------------------------------------------------------------------
+
+SHIPPED = sorted(entry.name for entry in PLUGINS.iterdir() if entry.name.endswith(".wasm"))
+
+
+def test_inspect_takes_a_shipped_plugin_by_name():
+    result = run_cli("inspect", "cclb_wire:cache_aware_filter.wasm")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "hook filter: wire v1, export cc_lb_filter (i32, i32) -> i64, fingerprint ok" in text and "admission:   ok" in text
+    assert f"{(PLUGINS / 'cache_aware_filter.wasm').stat().st_size} bytes" in text
+
+
+def test_call_takes_a_shipped_plugin_by_name(tmp_path):
+    result = call(tmp_path, "filter", REQUEST, plugin="cclb_wire:cache_aware_filter.wasm")
+    assert result.returncode == 0, result.stderr
+    # keep_k defaults to 1: the candidate with the most predicted cache reads
+    assert json.loads(result.stdout)["kept_upstream_ids"] == ["00000000-0000-0000-0000-000000000002"]
+
+
+@pytest.mark.parametrize("name", ["cclb_wire:nope.wasm", "cclb_wire:cache_aware_filter", "cclb_wire:../samples/FilterRequest.json"])
+@pytest.mark.parametrize("command", ["inspect", "call"])
+def test_an_unknown_shipped_name_lists_the_shipped_plugins(tmp_path, command, name):
+    argv = [command, name] + (["--hook", "filter", "--request", str(write_request(tmp_path, REQUEST))] if command == "call" else [])
+    line = one_line_failure(run_cli(*argv))
+    assert repr(name) in line
+    assert SHIPPED and all(f"cclb_wire:{plugin}" in line for plugin in SHIPPED)
+
+
+def test_resolve_plugin_path():
+    assert resolve_plugin_path("cclb_wire:observe_counter.wasm").read_bytes() == (PLUGINS / "observe_counter.wasm").read_bytes()
+    assert resolve_plugin_path("cclb_wire:observe_counter.wasm").is_absolute()
+    assert resolve_plugin_path("plugins/my.wasm") == Path("plugins/my.wasm")
+    assert resolve_plugin_path("/abs/cclb_wire:x.wasm") == Path("/abs/cclb_wire:x.wasm")  # only a leading prefix names a shipped one
+    with pytest.raises(InvalidInput, match=r"^register_filter\.wasm: 'cclb_wire:x\.wasm' names no plugin shipped") as caught:
+        resolve_plugin_path("cclb_wire:x.wasm", "register_filter.wasm")
+    assert isinstance(caught.value, CclbWireError) and caught.value.field == "register_filter.wasm"
+    with pytest.raises(InvalidInputType, match="^plugin: "):
+        resolve_plugin_path(b"cclb_wire:observe_counter.wasm")
+
+
+def _load_proxy_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cclb_proxy_config_under_test", Path(__file__).resolve().parents[1] / "examples" / "proxy" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_proxy_config_resolves_shipped_plugins_through_plugin_paths(tmp_path):
+    proxy_config = _load_proxy_config()
+    (tmp_path / "mine.wasm").write_bytes((PLUGINS / "shape_passthrough.wasm").read_bytes())
+    config = tmp_path / "proxy.toml"
+    base = 'keys = []\n[[upstreams]]\nid = "00000000-0000-0000-0000-000000000001"\nname = "x"\nbase_url = "http://127.0.0.1:1"\napi_key = "k"\n'
+    config.write_text(base + '[plugins.filter]\nwasm = "cclb_wire:cache_aware_filter.wasm"\n[plugins.shape]\nwasm = "mine.wasm"\n')
+    slots = proxy_config.load(config).slots
+    assert slots["filter"].path == (Path(cclb_wire.__file__).resolve().parent / "plugins" / "cache_aware_filter.wasm")
+    assert slots["shape"].path == tmp_path / "mine.wasm"  # relative to the config file
+    config.write_text(base + '[plugins.filter]\nwasm = "cclb_wire:cache_aware.wasm"\n')
+    with pytest.raises(proxy_config.ConfigError, match=r"^plugins\.filter\.wasm: 'cclb_wire:cache_aware\.wasm' names no plugin shipped") as caught:
+        proxy_config.load(config)
+    assert all(f"cclb_wire:{plugin}" in str(caught.value) for plugin in SHIPPED)
+
+
+# --- what the user reads ------------------------------------------------------------------
+
+
+def _subcommands():
+    (commands,) = [action for action in cli.build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return commands.choices
+
+
+def test_help_texts_show_no_markup():
+    for argv in [["--help"]] + [[name, "--help"] for name in _subcommands()]:
+        result = run_cli(*argv)
+        assert result.returncode == 0, result.stderr
+        assert b"``" not in result.stdout, (argv, result.stdout.decode())
+
+
+def test_every_argument_has_a_help_text():
+    for name, parser in _subcommands().items():
+        for action in parser._actions:
+            assert action.help, f"cclb-wire {name} {action.dest}"
+    for command in ("inspect", "call"):
+        assert b"cclb_wire:cache_aware_filter.wasm" in run_cli(command, "--help").stdout
+
+
+@pytest.mark.parametrize("stdin", [b"{nope", b"", b"[" * 50_000 + b"]" * 50_000])
+def test_bad_json_on_stdin_is_named_stdin(stdin):
+    line = one_line_failure(run_cli("encode", "--type", "FilterResponse", stdin=stdin))
+    assert line.startswith("cclb-wire: stdin: ") and "encode_json" not in line
+
+
+def test_demo_names_each_rejected_upstream_and_why():
+    demo = json.loads(cli.sample_text("demo_request"))
+    keep_k = demo["principal"]["claims"]["keep_k"]
+    ranked = sorted(demo["candidates"], key=lambda c: -c["predicted_cache_read_tokens"])
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    # The bundled filter's reasons (guests/plugins/cache_aware_filter.c): "outside top-K (N
+    # predicted cache read tokens)" for a rejected candidate.
+    for candidate in ranked[keep_k:]:
+        expected = f"{candidate['name']} ({candidate['upstream_id']}): rejected_by_plugin: outside top-{keep_k} ({candidate['predicted_cache_read_tokens']} predicted cache read tokens)"
+        assert [line for line in lines if expected in line and "rejected" in line.split(candidate["name"])[0]], (expected, lines)
+    for candidate in ranked[:keep_k]:
+        assert not [line for line in lines if candidate["upstream_id"] in line and "rejected" in line]

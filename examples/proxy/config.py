@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import cclb_wire as cw
+from cclb_wire.plugin_paths import resolve_plugin_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,8 +26,6 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 HOOKS = ("filter", "shape", "observe")
-#: ``wasm = "cclb_wire:cache_aware_filter.wasm"`` names a plugin shipped in the package.
-PACKAGE_PREFIX = "cclb_wire:"
 
 
 class ConfigError(ValueError):
@@ -122,10 +120,12 @@ def _secret(table: Mapping[str, Any], where: str, name: str) -> str:
 
 
 def _wasm_path(text: str, base: Path, where: str) -> Path:
-    if text.startswith(PACKAGE_PREFIX):
-        path = Path(str(importlib.resources.files("cclb_wire.plugins") / text[len(PACKAGE_PREFIX):]))
-    else:
-        path = (base / text).resolve()
+    """``wasm = "..."``: a path relative to the config file, or ``cclb_wire:NAME.wasm``, a
+    plugin shipped in the package (cclb_wire.plugin_paths)."""
+    try:
+        path = (base / resolve_plugin_path(text, f"{where}wasm")).resolve()
+    except cw.InvalidInput as exc:
+        raise ConfigError(str(exc)) from None
     if not path.is_file():
         raise ConfigError(f"{where}wasm: {path} is not a file")
     return path
