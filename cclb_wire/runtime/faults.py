@@ -19,6 +19,7 @@ from ..errors import (
     PluginTrap,
 )
 from .ctypes_calls import trap_text
+from .pool import pool_limits
 from .stack import STACK_HEADROOM
 from .wasm_module import HOOK_EXPORTS
 
@@ -34,11 +35,9 @@ def _instantiate_failure(engine: Engine, exc: BaseException, plugin: str, hook: 
         return _trap_failure(engine, exc, "instantiate", where, grow_refused=False)
     message = trap_text(str(exc))
     lowered = message.lower()
-    if "maximum concurrent limit" in lowered:
-        return PluginPoolSaturated(
-            f"instantiate: every slot of the instance pool is in use (HostConfig.pool_size = {engine.config.pool_size})",
-            **where,
-        )
+    exhausted = _POOL_EXHAUSTED.search(message)
+    if exhausted is not None:
+        return _pool_exhausted(engine.config, int(exhausted.group(1)), exhausted.group(2), message, where)
     if "memory minimum size" in lowered:
         return PluginMemoryLimit(
             f"instantiate: {message} (HostConfig.memory_limit_bytes = {engine.config.memory_limit_bytes})", **where
@@ -54,6 +53,44 @@ def _instantiate_failure(engine: Engine, exc: BaseException, plugin: str, hook: 
     return PluginError(f"instantiate: {message}", **where)
 
 
+#: wasmtime's pool is out of one resource: "maximum concurrent limit of 32 for core
+#: instances reached" (pooling.rs); the kinds are "core instances", "memory stripe 0",
+#: "tables", "GC heaps" and "component instances".
+_POOL_EXHAUSTED = re.compile(r"maximum concurrent limit of (\d+) for (.+?) reached")
+
+
+def _pool_resource(kind: str) -> str:
+    """The resource behind a kind of wasmtime's concurrency error, as pool.pool_limits names
+    it without "total_": a memory stripe is every memory (no protection keys, one stripe)."""
+    return "memories" if kind.startswith("memory stripe") else kind
+
+
+def _pool_exhausted(config: HostConfig, limit: int, kind: str, message: str, where: Dict[str, str]) -> PluginError:
+    """Saturated only when the pool is full: the resource is one the pool holds, and all of
+    it is in use. A resource the pool holds none of is a limit the module never fits."""
+    resource = _pool_resource(kind)
+    held = pool_limits(config).get("total_" + resource.lower().replace(" ", "_"), 0)
+    if held and limit == held:
+        return PluginPoolSaturated(
+            f"instantiate: every slot of the instance pool is in use: all {held} {resource} "
+            f"(HostConfig.pool_size = {config.pool_size})",
+            **where,
+        )
+    if kind == "GC heaps":
+        return PluginResourceLimit(
+            "instantiate: the module uses externref (a table or global of it), which needs a GC heap, and the "
+            "instance pool has none: each GC heap would take a memory slot of its own, doubling the pool's "
+            "address space. Register it on a host with HostConfig.pool_size=0 (no pool) or "
+            "instance_strategy=REUSE_PER_THREAD",
+            **where,
+        )
+    return PluginResourceLimit(
+        f"instantiate: {message}: the instance pool holds {held} {resource}, which this module never fits in "
+        f"(HostConfig.pool_size = {config.pool_size}; pool_size=0 for no pool)",
+        **where,
+    )
+
+
 def pool_limit_failure(engine: Engine, message: str, plugin: str, hook: str) -> Optional[PluginError]:
     """The typed limit behind a module the instance pool cannot hold (wasmtime checks the
     pool's limits when it compiles), or None for any other compile failure."""
@@ -64,6 +101,16 @@ def pool_limit_failure(engine: Engine, message: str, plugin: str, hook: str) -> 
     config = engine.config
     if message.startswith("module memory"):
         return PluginMemoryLimit(f"compile: {detail} (HostConfig.memory_limit_bytes = {config.memory_limit_bytes})", **where)
+    if message.startswith("module instance size"):
+        # "instance allocation for this module requires N bytes which exceeds the configured
+        # maximum of M bytes; breakdown ...", then one line per large part.
+        required = re.search(r"instance allocation for this module requires .*? of \d+ bytes", message)
+        return PluginResourceLimit(
+            f"compile: {required.group(0) if required else message.splitlines()[0]} (most of it: "
+            f"{detail.lstrip('* ')}): wasmtime's pool bounds the state of each instance (what it defines "
+            "and imports), and no HostConfig field raises that bound; set HostConfig.pool_size=0 for no pool",
+            **where,
+        )
     if "count of" in detail:
         return PluginResourceLimit(f"compile: {detail} (HostConfig.max_tables = {config.max_tables})", **where)
     return PluginResourceLimit(f"compile: {detail} (HostConfig.table_elements_limit = {config.table_elements_limit})", **where)

@@ -1,11 +1,33 @@
 """wasmtime's pooling allocator for FRESH instances: its settings, and a check that its
-address space can be reserved before wasmtime tries (its C API aborts when it cannot)."""
+address space can be reserved before wasmtime tries (its C API aborts when it cannot).
+
+What the pool maps when the engine is created (wasmtime 50's pooling allocator, in
+crates/wasmtime/src/runtime/vm/instance/allocator/pooling/), measured from VmSize:
+
+- memories (memory_pool.rs): one slab of ``total_memories`` slots, each the memory
+  reservation (here the memory limit) plus the guard region, rounded up to host pages,
+  after a guard region as large at the front of the slab (``guard_before_linear_memory``,
+  on by default; the C API cannot turn it off). No protection keys, so no stripes and no
+  guard region at the end.
+- tables (table_pool.rs): ``total_tables`` slots, each ``table_elements`` x 8 bytes (the
+  largest element a pooled table holds, a funcref pointer) rounded up to host pages: a
+  table of one element still takes a whole page.
+- nothing for instances (their VMContext is allocated when one is made), GC heaps (a slot
+  is a lazily made heap whose storage is a memory slot taken from the memory pool,
+  gc_heap_pool.rs) or stacks (``total_stacks`` is 0; each would be its size plus a guard
+  page, unix_stack_pool.rs).
+- wasmtime's heap bookkeeping of every slot (index allocators, image slots): measured
+  56 bytes per table slot and 112 to 124 bytes per memory slot; mapped as well, so it
+  counts toward ``ulimit -v`` too (14 MiB for 262,144 tables).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
-from typing import Any, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Tuple
 
 from ..errors import PluginResourceLimit
 from .config import HostConfig, InstanceStrategy
@@ -18,9 +40,13 @@ POOL_MEMORY_GUARD = 64 * 1024
 #: fault on the next call costs more than zeroing the stack and small heap a plugin uses
 #: (256 KiB measured best for both bench guests; 64 KiB cost cache_aware_filter 1.5x).
 POOL_KEEP_RESIDENT = 256 * 1024
-#: Address space wasmtime maps for a pool beyond its memories and tables (instances,
-#: guard regions), allowed for when checking that the pool fits.
-POOL_OVERHEAD_BYTES = 64 * 1024 * 1024
+#: Bytes a pooled table slot holds per element: wasmtime sizes every slot for the largest
+#: element a pooled table stores (a funcref pointer; an externref takes 4).
+POOL_TABLE_ELEMENT_BYTES = 8
+#: wasmtime's heap bookkeeping per pool slot, rounded up from what was measured (112 to 124
+#: bytes per memory slot, 56 per table slot).
+POOL_BOOKKEEPING_PER_MEMORY = 128
+POOL_BOOKKEEPING_PER_TABLE = 64
 
 
 def pooled(config: HostConfig) -> bool:
@@ -33,32 +59,76 @@ def pool_tables(config: HostConfig) -> int:
     return max(config.max_tables, 1)
 
 
-def pool_reservation(config: HostConfig) -> Tuple[int, int]:
-    """Bytes of address space the instance pool reserves: (memories, tables)."""
-    memories = config.pool_size * (config.memory_limit_bytes + POOL_MEMORY_GUARD)
-    tables = config.pool_size * pool_tables(config) * config.table_elements_limit * 8
-    return memories, tables
+def pool_limits(config: HostConfig) -> Dict[str, int]:
+    """How many of each resource the pool holds, by the name of wasmtime's setting. No GC
+    heaps: each would take a memory slot of its own (see the module's docstring), so
+    giving every slot one would double the memories and their address space."""
+    size = config.pool_size
+    return {
+        "total_core_instances": size,
+        "total_memories": size,
+        "total_tables": size * pool_tables(config),
+        "total_gc_heaps": 0,
+        "total_stacks": 0,
+        "total_component_instances": 0,
+    }
+
+
+@dataclass(frozen=True)
+class PoolReservation:
+    """Bytes of address space wasmtime maps for an instance pool when the engine is made."""
+
+    #: The memory slab: a slot per memory (limit + guard region) and the front guard region.
+    memories: int
+    #: A slot per table, each rounded up to whole host pages.
+    tables: int
+    #: wasmtime's bookkeeping of those slots, on its heap.
+    bookkeeping: int
+
+    @property
+    def total(self) -> int:
+        return self.memories + self.tables + self.bookkeeping
+
+    def regions(self) -> Iterator[int]:
+        return (size for size in (self.memories, self.tables, self.bookkeeping) if size)
+
+
+def _page_up(size: int) -> int:
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def pool_reservation(config: HostConfig) -> PoolReservation:
+    """What wasmtime reserves for this host's pool (see the module's docstring)."""
+    limits = pool_limits(config)
+    guard = _page_up(POOL_MEMORY_GUARD)
+    memory_slot = _page_up(config.memory_limit_bytes) + guard  # the reservation is the limit
+    table_slot = _page_up(config.table_elements_limit * POOL_TABLE_ELEMENT_BYTES)
+    memories, tables = limits["total_memories"], limits["total_tables"]
+    return PoolReservation(
+        memories=guard + memories * memory_slot,
+        tables=tables * table_slot,
+        bookkeeping=memories * POOL_BOOKKEEPING_PER_MEMORY + tables * POOL_BOOKKEEPING_PER_TABLE,
+    )
 
 
 def check_pool_fits(config: HostConfig) -> None:
     """Reserve (and release) the pool's address space before wasmtime does: wasmtime's C API
     aborts the process when its reservation fails (``ulimit -v``, or a pool larger than the
     address space), where this raises PluginResourceLimit."""
-    import mmap
-
-    memories, tables = pool_reservation(config)
+    reservation = pool_reservation(config)
     if os.name == "nt":  # pragma: no cover - Windows reserves lazily; no ulimit -v there
         return
     reserved = []
     try:
-        for size in (memories, tables, POOL_OVERHEAD_BYTES):
-            if size:
-                reserved.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0))
+        for size in reservation.regions():
+            reserved.append(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0))
     except (OSError, OverflowError, ValueError) as exc:
         raise PluginResourceLimit(
-            f"cannot reserve address space for the instance pool: {memories} bytes for its memories and "
-            f"{tables} for its tables ({exc}); lower HostConfig.pool_size, memory_limit_bytes or "
-            "table_elements_limit, or set pool_size=0 for no pool"
+            f"cannot reserve address space for the instance pool: {reservation.total} bytes, "
+            f"{reservation.memories} for its memories and guard regions, {reservation.tables} for its tables "
+            f"(whole pages each) and {reservation.bookkeeping} for wasmtime's bookkeeping ({exc}); lower "
+            "HostConfig.pool_size, memory_limit_bytes, max_tables or table_elements_limit, or set pool_size=0 "
+            "for no pool"
         ) from None
     finally:
         for region in reserved:
@@ -78,18 +148,13 @@ def use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> N
     dll = wt.dll
     c_u32, c_u64, c_size, c_void_p = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p
     pool = c_function(dll, "wasmtime_pooling_allocation_config_new", c_void_p)()
-    settings = (
-        ("total_core_instances", c_u32, config.pool_size),
-        ("total_memories", c_u32, config.pool_size),
-        ("total_tables", c_u32, config.pool_size * pool_tables(config)),
+    settings: Tuple[Tuple[str, Any, int], ...] = (
+        *((name, c_u32, count) for name, count in pool_limits(config).items()),
         ("max_memories_per_module", c_u32, 1),
         ("max_tables_per_module", c_u32, pool_tables(config)),
         ("table_elements", c_size, config.table_elements_limit),
         ("max_memory_size", c_size, config.memory_limit_bytes),
         ("linear_memory_keep_resident", c_size, POOL_KEEP_RESIDENT),
-        ("total_stacks", c_u32, 0),
-        ("total_gc_heaps", c_u32, 0),
-        ("total_component_instances", c_u32, 0),
     )
     try:
         for name, kind, value in settings:
