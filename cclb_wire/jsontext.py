@@ -5,8 +5,10 @@ few thousand levels deep (``[[[[...``) ends in a ``RecursionError``. :func:`load
 first scans the text once for its bracket depth outside strings and refuses
 anything deeper than the limit (64 by default, far more than any request file,
 wire value or plugin metadata needs), so ``json.loads`` never recurses deep.
-Every failure is an :class:`~cclb_wire.errors.InvalidInput` naming what was
-being parsed.
+The scan is one pass in linear time whatever the text (it visits each character
+once), and ``json.loads`` itself is linear, so parsing costs time in proportion
+to the text's length. Every failure is an :class:`~cclb_wire.errors.InvalidInput`
+naming what was being parsed.
 """
 
 from __future__ import annotations
@@ -23,20 +25,34 @@ __all__ = ["DEFAULT_MAX_DEPTH", "nesting_depth", "check_depth", "loads"]
 #: The deepest nesting of arrays and objects accepted by default.
 DEFAULT_MAX_DEPTH = 64
 
-# A JSON string (with its escapes), or one bracket. Text inside strings is skipped
-# whole, so the loop below runs once per string or bracket, not once per character.
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# One token: a JSON string (with its escapes), or one bracket. The depth scan calls
+# ``search`` where the previous token ended, so text inside strings is skipped whole
+# and every character is examined by one call only: one pass, in linear time. The
+# string alternative cannot fail once it has its opening quote: plain characters,
+# then escapes (a backslash with the character after it, if any), then the closing
+# quote if there is one, all greedy and nothing after them to backtrack for; an
+# unterminated string runs to the end of the text. (A pattern that must find the
+# closing quote fails after reading to the end of an unterminated string, and the
+# search then starts again at every later quote: quadratic time on ``"\"\"\"...``.)
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.?[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 
 
 def nesting_depth(text: str, stop_above: int = -1) -> int:
     """The deepest nesting of ``[``/``{`` in ``text``, outside JSON strings.
 
     Unbalanced closers never take the count below zero, so the result is never
-    less than the depth ``json.loads`` could reach. With ``stop_above >= 0`` the
-    scan stops as soon as the depth passes it (the result is then ``stop_above + 1``).
+    less than the depth ``json.loads`` could reach. An unterminated string runs to
+    the end of the text (``json.loads`` fails at it, so what follows never counts).
+    With ``stop_above >= 0`` the scan stops as soon as the depth passes it (the
+    result is then ``stop_above + 1``). One pass, in time linear in ``len(text)``.
     """
-    depth = deepest = 0
-    for match in _TOKENS.finditer(text):
+    depth = deepest = pos = 0
+    search = _TOKEN.search
+    while True:
+        match = search(text, pos)
+        if match is None:
+            return deepest
+        pos = match.end()
         token = match.group()
         if token == "[" or token == "{":
             depth += 1
@@ -44,10 +60,8 @@ def nesting_depth(text: str, stop_above: int = -1) -> int:
                 deepest = depth
                 if 0 <= stop_above < deepest:
                     return deepest
-        elif token == "]" or token == "}":
-            if depth:
-                depth -= 1
-    return deepest
+        elif (token == "]" or token == "}") and depth:
+            depth -= 1
 
 
 def check_depth(text: str, field: str, max_depth: int = DEFAULT_MAX_DEPTH) -> None:

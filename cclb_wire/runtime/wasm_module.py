@@ -25,12 +25,19 @@ __all__ = [
     "parse_module",
     "inspect_plugin",
     "METADATA_SECTION",
+    "MAX_METADATA_BYTES",
     "HOOK_EXPORTS",
     "SUPPORTED_WIRE_VERSIONS",
 ]
 
 #: The custom section holding a plugin's metadata JSON.
 METADATA_SECTION = "cc_lb.plugin.v1"
+#: The largest metadata section admitted, in bytes; a larger one is refused before it
+#: is decoded or parsed. Real metadata is a few hundred bytes (429 to 588 in the
+#: shipped plugins, about 200 in cc-lb's own admission tests): a name, a version and
+#: a few one-line descriptions. 64 KiB leaves room for 100 times that, or for
+#: paragraphs of usage text on every hook, and keeps admission's work on metadata small.
+MAX_METADATA_BYTES = 64 * 1024
 SCHEMA_SECTION_PREFIX = "cc_lb.schema."
 #: hook kind -> the function export that implements it.
 HOOK_EXPORTS = {"filter": "cc_lb_filter", "shape": "cc_lb_shape", "observe": "cc_lb_observe"}
@@ -263,6 +270,12 @@ def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[Dict[str, 
         return None
     if len(payloads) > 1:
         problems.append(f"duplicate `{METADATA_SECTION}` custom section")
+        return None
+    if len(payloads[0]) > MAX_METADATA_BYTES:
+        problems.append(
+            f"invalid `{METADATA_SECTION}` metadata JSON: the section is {len(payloads[0])} bytes,"
+            f" over the limit of {MAX_METADATA_BYTES} bytes"
+        )
         return None
     try:
         # Nesting is bounded: deep metadata is a rejection, not a RecursionError.
