@@ -816,7 +816,7 @@ cdef object _finish(Job* job, object into, str where):
         # The fallback names what is wrong with the target; anything else is a
         # request that changed during the callback (nothing was written past the size).
         _fallback.check_target(job.size, buffer, offset, _ROOT_NAMES[job.root], where + ".into")
-        raise RuntimeError("the request changed while it was being encoded") from None
+        raise _fallback.changed_error(_ROOT_NAMES[job.root]) from None
     return job.size
 
 

@@ -16,7 +16,7 @@ import struct
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar, Union, overload
 
 from . import host_rules, host_types, schema, wire
-from ._validate import check_bool, coerce_enum
+from ._validate import check_bool, coerce_enum, plain_bytes, plain_int, plain_str
 from .errors import (
     DecodeError,
     WireError,
@@ -124,22 +124,49 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+# The encoders read a str, bytes or int subclass through the base type (plain_str, ...),
+# as the extension does: what a subclass's methods say (__len__, encode, comparisons) is
+# never what gets measured or written.
+
+
+class _Changed(Exception):
+    """Internal: a bytearray (or list) in the value was resized between the size pass and
+    the write pass; the write pass never writes past the measured size."""
+
+
+def _write_within(buf: Any, cursor: int, data: Any, length: int) -> int:
+    end = cursor + length
+    if end > len(buf):
+        raise _Changed()
+    buf[cursor:end] = data
+    return end
+
+
+def changed_error(root_name: str) -> InvalidInput:
+    """The caller's error when a value changed while it was being encoded (both backends)."""
+    return InvalidInput(
+        root_name,
+        "changed while it was being encoded: a bytearray or list in it (a body, the candidates) was "
+        "resized meanwhile, by another thread or an into callback; pass a copy, or leave it unchanged "
+        "until the call returns",
+    )
+
+
 def _str_encoder(pointer: schema.Pointer) -> _Encoder:
     def size(cursor: int, value: Any) -> int:
         if not isinstance(value, str):
             raise _Fault(EncodeTypeError, f"expected str, got {_type_name(value)}")
-        if value.isascii():
-            return cursor + len(value)
+        text = plain_str(value)
+        if text.isascii():
+            return cursor + len(text)
         try:
-            return cursor + len(value.encode("utf-8"))
+            return cursor + len(text.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise _Fault(EncodeError, f"str is not encodable as UTF-8 ({exc.reason} at index {exc.start})") from None
 
     def deps(buf: Any, cursor: int, value: str) -> Tuple[int, Tuple[int, int]]:
-        data = value.encode("utf-8")
-        end = cursor + len(data)
-        buf[cursor:end] = data
-        return end, (cursor, len(data))
+        data = plain_str(value).encode("utf-8")
+        return _write_within(buf, cursor, data, len(data)), (cursor, len(data))
 
     return _Encoder(size, deps, _put_pointer)
 
@@ -147,7 +174,7 @@ def _str_encoder(pointer: schema.Pointer) -> _Encoder:
 def _bytes_encoder(pointer: schema.Pointer) -> _Encoder:
     def size(cursor: int, value: Any) -> int:
         if isinstance(value, (bytes, bytearray)):
-            return cursor + len(value)
+            return cursor + len(plain_bytes(value))
         if isinstance(value, memoryview):
             if not value.c_contiguous:
                 raise _Fault(EncodeTypeError, "expected bytes, got a non-contiguous memoryview")
@@ -155,10 +182,10 @@ def _bytes_encoder(pointer: schema.Pointer) -> _Encoder:
         raise _Fault(EncodeTypeError, f"expected bytes, got {_type_name(value)}")
 
     def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Tuple[int, int]]:
-        length = value.nbytes if isinstance(value, memoryview) else len(value)
-        end = cursor + length
-        buf[cursor:end] = value if not isinstance(value, memoryview) else value.cast("B")
-        return end, (cursor, length)
+        if isinstance(value, memoryview):
+            return _write_within(buf, cursor, value.cast("B"), value.nbytes), (cursor, value.nbytes)
+        data = plain_bytes(value)
+        return _write_within(buf, cursor, data, len(data)), (cursor, len(data))
 
     return _Encoder(size, deps, _put_pointer)
 
@@ -175,8 +202,9 @@ def _int_encoder(primitive: schema.Primitive) -> _Encoder:
     def size(cursor: int, value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _Fault(EncodeTypeError, f"expected int ({primitive.name}), got {_type_name(value)}")
-        if not 0 <= value <= limit:
-            raise _Fault(EncodeError, f"{value} is out of range for {primitive.name} (0..{limit})")
+        number = plain_int(value)
+        if not 0 <= number <= limit:
+            raise _Fault(EncodeError, f"{number} is out of range for {primitive.name} (0..{limit})")
         return cursor
 
     def deps(buf: Any, cursor: int, value: int) -> Tuple[int, None]:
@@ -208,6 +236,11 @@ def _option_encoder(option: schema.OptionOf) -> _Encoder:
     return _Encoder(size, deps, put)
 
 
+def _items(value: Any) -> Any:
+    """A tuple or list as it is; a subclass's items as a tuple (its own ``__len__`` is not asked)."""
+    return value if type(value) is tuple or type(value) is list else tuple(value)
+
+
 def _slice_encoder(slice_type: schema.SliceOf) -> _Encoder:
     elem = slice_type.elem
     elem_size, elem_align = elem.size, elem.align
@@ -217,6 +250,7 @@ def _slice_encoder(slice_type: schema.SliceOf) -> _Encoder:
     def size(cursor: int, value: Any) -> int:
         if not isinstance(value, (tuple, list)):
             raise _Fault(EncodeTypeError, f"expected a tuple or list of {elem.name}, got {_type_name(value)}")
+        value = _items(value)
         for index, item in enumerate(value):
             try:
                 cursor = e_size(cursor, item)
@@ -226,13 +260,14 @@ def _slice_encoder(slice_type: schema.SliceOf) -> _Encoder:
         return _round_up(cursor, elem_align) + elem_size * len(value)
 
     def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, Tuple[int, int]]:
+        value = _items(value)
         resolvers = []
         for item in value:
             cursor, resolver = e_deps(buf, cursor, item)
             resolvers.append(resolver)
         start = _round_up(cursor, elem_align)
-        end = start + elem_size * len(value)
-        buf[cursor:end] = bytes(end - cursor)
+        zeros = start + elem_size * len(value) - cursor
+        end = _write_within(buf, cursor, bytes(zeros), zeros)
         pos = start
         for item, resolver in zip(value, resolvers):
             e_put(buf, pos, item, resolver)
@@ -361,8 +396,13 @@ class _RootPlan:
         """Write the archive at ``buf[0:size]`` (a writable byte buffer starting 16-aligned)."""
         root = self.root
         encoder = _encoder(root)
-        cursor, resolver = encoder.deps(buf, 0, self.value)
+        try:
+            cursor, resolver = encoder.deps(buf, 0, self.value)
+        except _Changed:
+            raise changed_error(root.name) from None
         pos = self.root_pos
+        if _round_up(cursor, root.align) != pos:  # what the extension refuses too
+            raise changed_error(root.name)
         buf[cursor : pos + root.size] = bytes(pos + root.size - cursor)
         encoder.put(buf, pos, self.value, resolver)
 

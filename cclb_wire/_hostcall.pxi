@@ -360,7 +360,7 @@ cdef class NativePlugin:
             try:
                 _write(job, <char*>base + at)
             except _Refused:
-                raise RuntimeError("the request changed while it was being encoded") from None
+                raise _fallback.changed_error(_ROOT_NAMES[job.root]) from None  # the caller's error
         else:
             memcpy(base + at, PyBytes_AS_STRING(encoded), length)
         pointer[0] = at

@@ -13,7 +13,17 @@ from typing import Any, Optional, Type, TypeVar
 
 from .errors import InvalidInput, InvalidInputType
 
-__all__ = ["type_name", "coerce_enum", "check_int", "check_number", "check_bool", "check_str"]
+__all__ = [
+    "type_name",
+    "coerce_enum",
+    "check_int",
+    "check_number",
+    "check_bool",
+    "check_str",
+    "plain_int",
+    "plain_str",
+    "plain_bytes",
+]
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -40,13 +50,43 @@ def coerce_enum(enum_class: Type[E], value: Any, field: str) -> E:
     raise InvalidInputType(field, f"expected a {enum_class.__name__} or one of {accepted}, got {type_name(value)}")
 
 
+# A subclass of int, str or bytes can override what the checks ask of it (comparisons,
+# ``__len__``, ``encode``, ``__int__``, ``__bytes__``...) while the encoders and C code read
+# the value it really holds. The checks judge, and the constructors keep, that value as a
+# plain object, read through the base type's own methods (which no subclass overrides).
+
+
+def plain_int(value: int) -> int:
+    """The exact ``int`` an int (or int subclass) holds (``__index__``/``__int__`` overrides
+    and lying comparisons are not consulted)."""
+    return value if type(value) is int else int.__index__(value)
+
+
+def plain_str(value: str) -> str:
+    """The exact ``str`` a str (or str subclass) holds."""
+    return value if type(value) is str else str.__str__(value)
+
+
+def plain_bytes(value: Any) -> Any:
+    """bytes, a bytearray or a memoryview as it is; a subclass of bytes or bytearray as a
+    ``bytes`` copy of the bytes it holds (no ``__len__``, ``__bytes__`` or ``__buffer__``
+    override is consulted)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        return value
+    if isinstance(value, bytes):
+        return bytes.__getitem__(value, slice(None))
+    return bytes(bytearray.__getitem__(value, slice(None)))
+
+
 def check_int(value: Any, field: str, minimum: int = 0, maximum: int = U64_MAX) -> int:
-    """An int (not a bool) in ``[minimum, maximum]``."""
+    """An int (not a bool) in ``[minimum, maximum]``, returned as a plain ``int``."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInputType(field, f"expected an int, got {type_name(value)}")
-    if not minimum <= value <= maximum:
-        raise InvalidInput(field, f"{value} is out of range ({minimum}..{maximum})")
-    return int(value)
+    number = plain_int(value)
+    if not minimum <= number <= maximum:
+        raise InvalidInput(field, f"{number} is out of range ({minimum}..{maximum})")
+    return number
 
 
 def check_number(value: Any, field: str, minimum: float, maximum: float, *, open_minimum: bool = False) -> float:
@@ -54,6 +94,7 @@ def check_number(value: Any, field: str, minimum: float, maximum: float, *, open
     (``(minimum, maximum]`` with ``open_minimum``)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise InvalidInputType(field, f"expected a number, got {type_name(value)}")
+    value = plain_int(value) if isinstance(value, int) else float.__float__(value)
     try:
         number = float(value)
     except OverflowError:  # an int too large for a float
@@ -77,4 +118,4 @@ def check_str(value: Any, field: str, *, optional: bool = False) -> Optional[str
     if not isinstance(value, str):
         expected = "a str or None" if optional else "a str"
         raise InvalidInputType(field, f"expected {expected}, got {type_name(value)}")
-    return value
+    return plain_str(value)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import ada_url
 
 from ._reasons import PerCandidateReason
-from ._validate import type_name
+from ._validate import plain_bytes, plain_int, plain_str, type_name
 from .errors import InvalidInput, InvalidInputType
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DROPPED_SHAPE_HEADERS",
     "DROPPED_SHAPE_HEADER_PREFIX",
     "kind_text",
+    "plain_uuid",
     "claim_json",
     "wire_claims",
     "wire_headers",
@@ -86,9 +87,11 @@ def kind_text(kind: Any, field: str = "kind") -> str:
     if kind is None:
         return "unknown"
     if isinstance(kind, enum.Enum):
-        return kind.value if isinstance(kind.value, str) else _snake_case(kind.name)
-    if isinstance(kind, str):
+        return plain_str(kind.value) if isinstance(kind.value, str) else _snake_case(kind.name)
+    if type(kind) is str:
         return kind
+    if isinstance(kind, str):
+        return plain_str(kind)
     raise InvalidInputType(field, f"expected a str, an enum member or None, got {type_name(kind)}")
 
 
@@ -111,7 +114,33 @@ _JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\f": "\\f", "\n": "\\n"
 _JSON_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
 
 
+def plain_uuid(value: uuid.UUID) -> uuid.UUID:
+    """The exact ``uuid.UUID`` a UUID (or subclass) holds: its 128-bit slot, read past any
+    ``int`` or ``__str__`` override."""
+    if type(value) is uuid.UUID:
+        return value
+    raw: int = vars(uuid.UUID)["int"].__get__(value)  # the slot itself, not a subclass's property
+    return uuid.UUID(int=raw)
+
+
+def _plain_datetime(value: datetime.datetime) -> datetime.datetime:
+    """The exact ``datetime`` a datetime (or subclass) holds: its fields read by the C
+    type's own descriptors, past any property a subclass puts over them."""
+    if type(value) is datetime.datetime:
+        return value
+
+    def field(name: str) -> Any:
+        return getattr(datetime.datetime, name).__get__(value)
+
+    return datetime.datetime(
+        field("year"), field("month"), field("day"), field("hour"), field("minute"), field("second"),
+        field("microsecond"), tzinfo=field("tzinfo"), fold=field("fold"),
+    )
+
+
 def _json_string(text: str, path: str) -> str:
+    if type(text) is not str:
+        text = plain_str(text)
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -182,6 +211,23 @@ def _rfc3339(value: datetime.datetime, path: str) -> str:
     )
 
 
+_TWICE = "appears twice (a str subclass that hashes or compares unlike its text)"
+_STR_ONLY = frozenset({str})
+
+
+def _plain_keys(keys: List[str]) -> Tuple[List[str], List[Any], Optional[str]]:
+    """A mapping's str keys in the order of their plain texts alone (a str subclass's own
+    comparisons do not choose it): the texts, the keys in the same order, and a text two
+    keys share (a subclass's hash or equality let both in) or None."""
+    if _STR_ONLY.issuperset(map(type, keys)):  # distinct texts, ordered by str itself
+        ordered = sorted(keys)
+        return ordered, ordered, None
+    pairs = sorted(((plain_str(key), key) for key in keys), key=lambda pair: pair[0])
+    texts = [text for text, _ in pairs]
+    repeated = next((text for text, after in zip(texts, texts[1:]) if text == after), None)
+    return texts, [key for _, key in pairs], repeated
+
+
 def _json_parts(value: Any, out: List[str], path: str, depth: int) -> None:
     if value is None:
         out.append("null")
@@ -193,15 +239,16 @@ def _json_parts(value: Any, out: List[str], path: str, depth: int) -> None:
         out.append(_json_string(value, path))
     elif isinstance(value, int):
         # serde_json numbers are i64, u64 or f64.
-        if not -(1 << 63) <= value < (1 << 64):
-            raise _Unsendable(f"the int {value} is outside serde_json's i64/u64 range", path)
-        out.append(str(int(value)))
+        number = plain_int(value)
+        if not -(1 << 63) <= number < (1 << 64):
+            raise _Unsendable(f"the int {number} is outside serde_json's i64/u64 range", path)
+        out.append(str(number))
     elif isinstance(value, float):
-        out.append(_json_float(float(value)))
+        out.append(_json_float(float.__float__(value)))
     elif isinstance(value, uuid.UUID):
-        out.append(f'"{value}"')  # serde's Uuid form: hyphenated, lowercase
+        out.append(f'"{plain_uuid(value)}"')  # serde's Uuid form: hyphenated, lowercase
     elif isinstance(value, datetime.datetime):
-        out.append(f'"{_rfc3339(value, path)}"')
+        out.append(f'"{_rfc3339(_plain_datetime(value), path)}"')
     elif isinstance(value, Mapping):
         if depth >= MAX_CLAIM_DEPTH:
             raise _Unsendable(f"nested deeper than {MAX_CLAIM_DEPTH} arrays/objects", path)
@@ -209,12 +256,15 @@ def _json_parts(value: Any, out: List[str], path: str, depth: int) -> None:
         for key in keys:
             if not isinstance(key, str):
                 raise _Unsendable(f"object key {key!r} is a {type_name(key)}; JSON object keys are str", path, True)
+        texts, ordered, repeated = _plain_keys(keys)
+        if repeated is not None:
+            raise _Unsendable(f"the object key {repeated!r} {_TWICE}", path)
         out.append("{")
-        for index, key in enumerate(sorted(keys)):
+        for index, (text, key) in enumerate(zip(texts, ordered)):
             if index:
                 out.append(",")
-            inner = f"{path}[{key!r}]"
-            out.append(_json_string(key, inner))
+            inner = f"{path}[{text!r}]"
+            out.append(_json_string(text, inner))
             out.append(":")
             _json_parts(value[key], out, inner, depth + 1)
         out.append("}")
@@ -271,25 +321,29 @@ def wire_claims(claims: Mapping[str, Any], field: str = "Principal.claims") -> T
     for key in keys:
         if not isinstance(key, str):
             raise InvalidInputType(f"{field}[{key!r}]", f"claim keys must be str, got {type_name(key)}")
+    texts, ordered, repeated = _plain_keys(keys)
+    if repeated is not None:
+        raise InvalidInput(f"{field}[{repeated!r}]", f"the claim key {_TWICE}")
     pairs = []
-    for key in sorted(keys):
-        item = f"{field}[{key!r}]"
+    for text, key in zip(texts, ordered):
+        item = f"{field}[{text!r}]"
         try:
-            key.encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidInput(item, "the claim key has a lone surrogate; it has no UTF-8 form") from None
-        pairs.append((key, claim_json(claims[key], item)))
+        pairs.append((text, claim_json(claims[key], item)))
     return tuple(pairs)
 
 
 def header_name_bytes(name: Any, field: str) -> bytes:
     """A header name as ASCII bytes (a str or a bytes-like object)."""
     if isinstance(name, str):
-        if not name.isascii():
-            raise InvalidInput(field, f"header name {shown(name)} is not ASCII")
-        return name.encode("ascii")
+        text = plain_str(name)
+        if not text.isascii():
+            raise InvalidInput(field, f"header name {shown(text)} is not ASCII")
+        return text.encode("ascii")
     if isinstance(name, (bytes, bytearray, memoryview)):
-        raw = bytes(name)
+        raw = bytes(plain_bytes(name))
         if not raw.isascii():
             raise InvalidInput(field, f"header name {shown(raw)} is not ASCII")
         return raw
@@ -299,14 +353,15 @@ def header_name_bytes(name: Any, field: str) -> bytes:
 def header_value_bytes(value: Any, field: str) -> bytes:
     """A header value as bytes: bytes-like as it is, a str as Latin-1."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+        return bytes(plain_bytes(value))
     if isinstance(value, str):
+        text = plain_str(value)
         try:
-            return value.encode("latin-1")
+            return text.encode("latin-1")
         except UnicodeEncodeError as exc:
             raise InvalidInput(
                 field,
-                f"header value has a character outside Latin-1 ({value[exc.start]!r} at index {exc.start}); "
+                f"header value has a character outside Latin-1 ({text[exc.start]!r} at index {exc.start}); "
                 "pass bytes for other encodings",
             ) from None
     raise InvalidInputType(field, f"a header value must be str or bytes, got {type_name(value)}")
@@ -341,6 +396,7 @@ def serialize_url(url: Any, field: str = "url") -> str:
     Raises InvalidInput naming ``field`` for a URL that does not parse."""
     if not isinstance(url, str):
         raise InvalidInputType(field, f"expected a URL str, got {type_name(url)}")
+    url = plain_str(url)
     try:
         return ada_url.normalize_url(url)
     except ValueError:

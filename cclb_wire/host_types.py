@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 from . import host_rules
 from ._reasons import PerCandidateReason  # shared with host_rules (label_reason): lives below both
-from ._validate import U64_MAX, check_int, check_str, type_name
+from ._validate import U64_MAX, check_int, check_str, plain_bytes, plain_str, type_name
 from .errors import InvalidInput, InvalidInputType
 
 __all__ = [
@@ -79,17 +79,22 @@ def _header_pairs(headers: Any, field: str) -> Tuple[Tuple[StrOrBytes, StrOrByte
 
 
 def _checked_pair(pair: Any, where: str) -> Tuple[StrOrBytes, StrOrBytes]:
+    """A header pair as plain objects: a str name or value stays a (plain) str, anything
+    else is kept as the bytes that were checked (a bytearray can change size later)."""
     name, value = host_rules.header_pair(pair, where)
-    host_rules.header_name_bytes(name, where)
-    host_rules.header_value_bytes(value, where)
-    return (name, value)
+    name_bytes = host_rules.header_name_bytes(name, where)
+    value_bytes = host_rules.header_value_bytes(value, where)
+    return (
+        plain_str(name) if isinstance(name, str) else name_bytes,
+        plain_str(value) if isinstance(value, str) else value_bytes,
+    )
 
 
 def _query(query: Any, field: str) -> Optional[str]:
     if query is None or isinstance(query, str):
-        return query
+        return None if query is None else plain_str(query)
     if isinstance(query, _BYTES_LIKE):
-        raw = bytes(query)
+        raw = bytes(plain_bytes(query))
         if not raw:
             return None  # ASGI's query_string is b"" when the URL has no query
         try:
@@ -104,17 +109,24 @@ def _body(body: Any, field: str) -> Any:
         raise InvalidInputType(field, f"expected bytes, bytearray or memoryview, got {type_name(body)}")
     if isinstance(body, memoryview) and not body.c_contiguous:
         raise InvalidInputType(field, "expected a C-contiguous buffer, got a non-contiguous memoryview")
-    return body
+    return plain_bytes(body)
 
 
-def _optional_int(value: Any, field: str, maximum: int) -> None:
-    if value is not None:
-        check_int(value, field, 0, maximum)
+def _optional_int(value: Any, field: str, maximum: int) -> Optional[int]:
+    return None if value is None else check_int(value, field, 0, maximum)
+
+
+def _keep(instance: Any, name: str, checked: Any) -> None:
+    """Store the plain value a check returned in a frozen instance's field, unless it is the
+    given object already: what is encoded later is exactly what was checked."""
+    if checked is not getattr(instance, name):
+        object.__setattr__(instance, name, checked)
 
 
 def _unix_secs(value: Any, field: str) -> int:
     """An int in u64 range, or a finite non-negative float truncated toward zero."""
     if isinstance(value, float):
+        value = float.__float__(value)  # a subclass's comparisons could lie
         if not (math.isfinite(value) and 0 <= value < 2.0**64):
             raise InvalidInput(field, f"{value!r} is out of range (a finite number of seconds, 0..{U64_MAX})")
         return int(value)
@@ -139,7 +151,10 @@ class RequestContext:
     (``""`` stays ``""``). ``body`` is bytes, a bytearray or a contiguous memoryview.
 
     Every field is checked here: a bad one raises InvalidInput (InvalidInputType for
-    a wrong type) naming it, e.g. ``RequestContext.headers[2]``.
+    a wrong type) naming it, e.g. ``RequestContext.headers[2]``. What is checked is
+    what is kept: a subclass of str or bytes is stored as the plain str or bytes it
+    holds, and a header name or value given as a bytearray or memoryview as bytes (a
+    bytearray ``body`` is kept as it is: resizing it during a call is InvalidInput).
     """
 
     request_id: str
@@ -150,12 +165,13 @@ class RequestContext:
     body: Union[bytes, bytearray, memoryview] = b""
 
     def __post_init__(self) -> None:
-        check_str(self.request_id, "RequestContext.request_id")
-        check_str(self.method, "RequestContext.method")
-        check_str(self.path, "RequestContext.path")
+        if not (type(self.request_id) is str and type(self.method) is str and type(self.path) is str):
+            for name in ("request_id", "method", "path"):
+                _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
         object.__setattr__(self, "query", _query(self.query, "RequestContext.query"))
         object.__setattr__(self, "headers", _header_pairs(self.headers, "RequestContext.headers"))
-        _body(self.body, "RequestContext.body")
+        if type(self.body) is not bytes:
+            _keep(self, "body", _body(self.body, "RequestContext.body"))
 
 
 class PrincipalKind(str, enum.Enum):
@@ -197,7 +213,7 @@ class Principal:
     wire_fields: Tuple[str, str, Tuple[Tuple[str, bytes], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_str(self.id, "Principal.id")
+        _keep(self, "id", check_str(self.id, "Principal.id"))
         kind = host_rules.kind_text(self.kind, "Principal.kind")
         claims = {} if self.claims is None else self.claims
         if not isinstance(claims, Mapping):
@@ -214,7 +230,8 @@ class CacheScore:
     predicted_cache_read_tokens: int
 
     def __post_init__(self) -> None:
-        check_int(self.predicted_cache_read_tokens, "CacheScore.predicted_cache_read_tokens", 0, U32_MAX)
+        field = "predicted_cache_read_tokens"
+        _keep(self, field, check_int(self.predicted_cache_read_tokens, f"CacheScore.{field}", 0, U32_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,17 +255,20 @@ class UpstreamCandidate:
 
     def __post_init__(self) -> None:
         upstream_id: Any = self.upstream_id
-        if not isinstance(upstream_id, uuid.UUID):
+        if isinstance(upstream_id, uuid.UUID):
+            upstream_id = host_rules.plain_uuid(upstream_id)
+        else:
             if not isinstance(upstream_id, str):
                 raise InvalidInputType(
                     "UpstreamCandidate.upstream_id", f"expected a uuid.UUID or its str form, got {type_name(upstream_id)}"
                 )
+            text = plain_str(upstream_id)
             try:
-                upstream_id = uuid.UUID(upstream_id)
+                upstream_id = uuid.UUID(text)
             except ValueError:
-                raise InvalidInput("UpstreamCandidate.upstream_id", f"{host_rules.shown(upstream_id)} is not a UUID") from None
-            object.__setattr__(self, "upstream_id", upstream_id)
-        check_str(self.name, "UpstreamCandidate.name")
+                raise InvalidInput("UpstreamCandidate.upstream_id", f"{host_rules.shown(text)} is not a UUID") from None
+        _keep(self, "upstream_id", upstream_id)
+        _keep(self, "name", check_str(self.name, "UpstreamCandidate.name"))
         kind = host_rules.kind_text(self.kind, "UpstreamCandidate.kind")
         observed = _unix_secs(self.observed_at_unix_secs, "UpstreamCandidate.observed_at_unix_secs")
         object.__setattr__(self, "observed_at_unix_secs", observed)
@@ -257,6 +277,8 @@ class UpstreamCandidate:
             raise InvalidInputType("UpstreamCandidate.cache_score", f"expected a CacheScore or None, got {type_name(score)}")
         # Frozen, so the wire form is computed once, here, not on every request encoded.
         tokens = 0 if score is None else score.predicted_cache_read_tokens
+        if type(score) is not CacheScore and score is not None:  # a subclass may read another value
+            tokens = check_int(tokens, "UpstreamCandidate.cache_score.predicted_cache_read_tokens", 0, U32_MAX)
         wire_fields = (str(upstream_id), self.name, kind, observed, tokens)
         object.__setattr__(self, "wire_fields", wire_fields)
 
@@ -285,7 +307,9 @@ class AnthropicDirect:
 
 
 # Each event checks its fields when built (InvalidInput naming the field): str fields
-# are str, int fields are ints in their wire ranges (u64, ``status`` u16).
+# are str, int fields are ints in their wire ranges (u64, ``status`` u16). Like every
+# host type, an event keeps the plain int or str a subclass holds, the value checked
+# (an ``IntEnum`` such as ``http.HTTPStatus.OK`` is kept as ``200``).
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +320,9 @@ class RequestStarted:
     downstream_user_agent: Optional[str] = None
 
     def __post_init__(self) -> None:
-        check_str(self.request_id, "RequestStarted.request_id")
-        check_str(self.downstream_user_agent, "RequestStarted.downstream_user_agent", optional=True)
+        _keep(self, "request_id", check_str(self.request_id, "RequestStarted.request_id"))
+        agent = check_str(self.downstream_user_agent, "RequestStarted.downstream_user_agent", optional=True)
+        _keep(self, "downstream_user_agent", agent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +333,7 @@ class AuthnComplete:
     principal_kind: Any
 
     def __post_init__(self) -> None:
-        check_str(self.principal_id, "AuthnComplete.principal_id")
+        _keep(self, "principal_id", check_str(self.principal_id, "AuthnComplete.principal_id"))
         host_rules.kind_text(self.principal_kind, "AuthnComplete.principal_kind")
 
 
@@ -337,7 +362,7 @@ class Chunk:
         if type(batch) is int and type(count) is int and type(total) is int and 0 <= min(batch, count, total) and max(batch, count, total) <= U64_MAX:
             return
         for name in ("batch_index", "event_count", "total_bytes"):
-            check_int(getattr(self, name), f"Chunk.{name}", 0, U64_MAX)
+            _keep(self, name, check_int(getattr(self, name), f"Chunk.{name}", 0, U64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,10 +378,10 @@ class RequestFinished:
     duration_ms: int = 0
 
     def __post_init__(self) -> None:
-        check_int(self.status, "RequestFinished.status", 0, U16_MAX)
+        _keep(self, "status", check_int(self.status, "RequestFinished.status", 0, U16_MAX))
         for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            _optional_int(getattr(self, name), f"RequestFinished.{name}", U64_MAX)
-        check_int(self.duration_ms, "RequestFinished.duration_ms", 0, U64_MAX)
+            _keep(self, name, _optional_int(getattr(self, name), f"RequestFinished.{name}", U64_MAX))
+        _keep(self, "duration_ms", check_int(self.duration_ms, "RequestFinished.duration_ms", 0, U64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +394,7 @@ class ErrorEvent:
 
     def __post_init__(self) -> None:
         for name in ("code", "message", "source"):
-            check_str(getattr(self, name), f"ErrorEvent.{name}")
+            _keep(self, name, check_str(getattr(self, name), f"ErrorEvent.{name}"))
 
 
 #: Any of the host's observe events.
@@ -411,7 +436,7 @@ class WireBounds:
 
     def __post_init__(self) -> None:
         for name in ("output_body_bytes", "max_headers", "max_header_value_bytes", "reason_bytes"):
-            check_int(getattr(self, name), f"WireBounds.{name}", 0, U64_MAX)
+            _keep(self, name, check_int(getattr(self, name), f"WireBounds.{name}", 0, U64_MAX))
 
 
 class ShapeOriginPolicy(enum.Enum):
