@@ -4,12 +4,16 @@ The codec comes from the Cython extension when it is built, else from the
 pure-Python fallback; both behave identically. ``BACKEND`` says which loaded.
 Set ``CCLB_WIRE_PUREPYTHON=1`` to force the fallback, or
 ``CCLB_WIRE_REQUIRE_EXTENSION=1`` to make a missing extension an ImportError.
+Imported from a source checkout in which the extension is not built (Python started
+in the repository root finds the checkout before the installed package), it says so:
+a RuntimeWarning when it falls back, the ImportError's message when it may not.
 """
 
 import os as _os
 from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING
 from typing import Literal as _Literal
+from typing import Optional as _Optional
 from typing import Tuple as _Tuple
 
 from . import schema, wire
@@ -65,16 +69,88 @@ from .schema import FINGERPRINTS, WIRE_VERSION
 __version__ = "0.1.0"
 
 
+def _flag(name: str) -> bool:
+    return _os.environ.get(name, "") not in ("", "0")
+
+
+def _installed_elsewhere(root: str, package: str) -> _Optional[str]:
+    """The directory of another cclb_wire that imports would find if ``root`` were not on
+    sys.path (an installed one, editable installs included), or None."""
+    import sys
+    from importlib.machinery import PathFinder
+
+    here = _os.path.realpath(root)
+    others = [entry for entry in sys.path if _os.path.realpath(entry or _os.curdir) != here]
+    for finder in sys.meta_path:
+        try:
+            spec = finder.find_spec(__name__, others if finder is PathFinder else None)
+        except Exception:  # a third-party finder's failure: this only words a message
+            continue
+        if spec is not None and spec.origin:
+            found = _os.path.dirname(spec.origin)
+            if _os.path.realpath(found) != _os.path.realpath(package):
+                return found
+    return None
+
+
+def _missing_extension() -> _Optional[_Tuple[bool, str]]:
+    """When no extension is built for this interpreter beside this file: whether this
+    package is a source checkout (sdist or clone), and what happened and what to do.
+    None when the extension is there (then its own ImportError says why it failed)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    package = _os.path.dirname(_os.path.abspath(__file__))
+    if any(_os.path.exists(_os.path.join(package, "_codec" + suffix)) for suffix in EXTENSION_SUFFIXES):
+        return None
+    expected = _os.path.join(package, "_codec" + EXTENSION_SUFFIXES[0])
+    root = _os.path.dirname(package)
+    in_checkout = _os.path.exists(_os.path.join(package, "_codec.pyx")) and any(
+        _os.path.exists(_os.path.join(root, name)) for name in ("pyproject.toml", "setup.py")
+    )
+    if not in_checkout:
+        return False, (
+            f"cclb_wire in {package} has no extension built for this Python (no {expected}): it was "
+            "built pure (CCLB_WIRE_PUREPYTHON=1 at build time) or for another Python. Reinstall it "
+            "with this Python's pip, without CCLB_WIRE_PUREPYTHON set."
+        )
+    installed = _installed_elsewhere(root, package)
+    if installed is not None:
+        what = (
+            f"It shadows the installed cclb_wire in {installed}, because {root} is "
+            "on sys.path (the current directory, the script's directory, or PYTHONPATH). Run Python from "
+            "another directory to use the installed package, or build the extension here"
+        )
+    else:
+        what = "No installed cclb_wire is on sys.path. Build the extension here"
+    return True, (
+        f"cclb_wire was imported from its source tree {root}, where no extension is built for this "
+        f"Python (no {expected}). {what} (`pip install -e .` in {root})."
+    )
+
+
 def _load_backend() -> _Tuple[_Literal["cython", "python"], _ModuleType]:
-    if _os.environ.get("CCLB_WIRE_PUREPYTHON", "") not in ("", "0"):
+    if _flag("CCLB_WIRE_PUREPYTHON"):
         from . import _fallback
 
         return "python", _fallback
     try:
         from . import _codec
     except ImportError:
-        if _os.environ.get("CCLB_WIRE_REQUIRE_EXTENSION", "") not in ("", "0"):
-            raise
+        missing = _missing_extension()
+        if _flag("CCLB_WIRE_REQUIRE_EXTENSION"):
+            if missing is None:
+                raise
+            # from None: the chained "partially initialized module ... circular import" misleads
+            raise ImportError(f"{missing[1]} CCLB_WIRE_REQUIRE_EXTENSION is set: no fallback.") from None
+        if missing is not None and missing[0]:  # a pure build installed on purpose says nothing
+            import warnings
+
+            warnings.warn(
+                f"{missing[1]} Falling back to the pure-Python codec, about 30x slower "
+                "(CCLB_WIRE_PUREPYTHON=1 chooses it on purpose, without this warning).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         from . import _fallback
 
         return "python", _fallback

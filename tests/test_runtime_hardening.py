@@ -441,24 +441,42 @@ def test_a_thread_with_too_small_a_stack_is_refused_instead_of_crashing():
 
 @pytest.mark.skipif(cw.BACKEND != "cython", reason="the pure-Python host sees only the thread's whole stack size")
 def test_a_call_deep_in_recursion_is_refused_instead_of_crashing():
-    # 7,000 levels of C-level recursion leave less than 4 MiB of the main thread's 8 MiB.
+    # On a 3 MiB thread a call at the top has room for max_wasm_stack (1 MiB) and the
+    # headroom: the guest overflows the wasm stack, a typed trap. Deep in C-level recursion
+    # that has used 2 MiB of it, less than max_wasm_stack is left: refused, not a SIGSEGV.
+    # From CPython 3.12 on, C recursion is capped (about 750 levels of list(map(...)) in
+    # 3.12) whatever sys.setrecursionlimit says, so the recursion goes through sorted(key=...),
+    # whose merge state puts about 5 KiB on the C stack per level: about 400 levels here.
     out = run_isolated(
         """
+        from cclb_wire import _codec
         sys.setrecursionlimit(100_000)
-        host = PluginHost(HostConfig(probe=False, max_wasm_stack=4 * 1024 * 1024))
+        host = PluginHost(HostConfig(probe=False, max_wasm_stack=1024 * 1024))
         adapter = host.register_filter("s", "deep", fixture("stack_overflow"))
-        def recurse(n):
-            if n:
-                return list(map(recurse, [n - 1]))
+        def call():
             try:
                 adapter.filter(CTX, PRINCIPAL, [])
             except cw.FilterError as exc:
                 print(type(exc.__cause__).__name__)
-        recurse(7000)
-        recurse(10)
+        def deep(top):
+            def recurse(_):
+                if top - _codec._stack_address() < 2 * 1024 * 1024:
+                    sorted([0], key=recurse)
+                else:
+                    call()
+            recurse(0)
+        def run():
+            top = _codec._stack_address()
+            call()
+            deep(top)
+            call()
+        threading.stack_size(3 * 1024 * 1024)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
         """
     )
-    assert out.split() == ["PluginResourceLimit", "PluginTrap"]
+    assert out.split() == ["PluginTrap", "PluginResourceLimit", "PluginTrap"]
 
 
 # --- races ---------------------------------------------------------------------------------------
