@@ -4,7 +4,7 @@
 # (FRESH) or take the thread's instance (REUSE_PER_THREAD), arm the deadline and fuel,
 # cc_lb_alloc, encode straight into guest memory, call the hook with the GIL released,
 # check the answer, decode it in place into host types, cc_lb_free (reuse). Policy stays
-# in runtime.py: it builds every error through a ``faults`` object, so both call paths
+# in cclb_wire/runtime/: it builds every error through a ``faults`` object, so both call paths
 # word them the same way, and it decides when this path is used at all.
 
 from .wasmtime_capi cimport *

@@ -10,7 +10,6 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
 
 from .. import decode, encode, wire
@@ -74,17 +73,36 @@ class Loaded:
     faults: Any = None
 
 
-def read_module(method: str, wasm: Any) -> bytes:
-    """A module given as bytes or as a path, read; InvalidInput(Type) naming the argument."""
+def read_module(method: str, wasm: Any, limit: int, name: str, kind: str) -> bytes:
+    """A module given as bytes or as a path (``cclb_wire:NAME.wasm``: a shipped plugin), read; InvalidInput(Type) naming the argument,
+    PluginRejected when it is larger than ``limit`` bytes (a file: before it is read)."""
     if isinstance(wasm, (str, os.PathLike)):
-        path = path_text(wasm, f"{method}.wasm")
+        from ..plugin_paths import resolve_plugin_path
+
+        path = str(resolve_plugin_path(path_text(wasm, f"{method}.wasm"), f"{method}.wasm"))
         try:
-            return Path(path).read_bytes()
+            with open(path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size <= limit:
+                    return _within(file.read(limit + 1), limit, name, kind)
         except OSError as exc:
             raise InvalidInput(f"{method}.wasm", f"cannot read {path!r}: {exc.strerror or exc}") from exc
+        raise _too_large(size, limit, name, kind)
     if isinstance(wasm, (bytes, bytearray, memoryview)):
-        return bytes(wasm)
+        return _within(bytes(wasm), limit, name, kind)
     raise InvalidInputType(f"{method}.wasm", f"expected the module's bytes or a path, got {type_name(wasm)}")
+
+
+def _within(data: bytes, limit: int, name: str, kind: str) -> bytes:
+    if len(data) > limit:
+        raise _too_large(len(data), limit, name, kind)
+    return data
+
+
+def _too_large(size: int, limit: int, name: str, kind: str) -> PluginRejected:
+    return PluginRejected(
+        f"module of {size} bytes is larger than HostConfig.max_module_bytes ({limit})", plugin=name, hook=kind
+    )
 
 
 class Admission:

@@ -27,6 +27,10 @@ MAX_DEADLINE_S = 86400.0
 MAX_DEADLINE_TICKS = 100_000
 #: wasmtime keeps fuel in an i64.
 MAX_FUEL = (1 << 63) - 1
+#: Largest module a host admits at all (a compile costs time and memory in its size).
+MAX_MODULE_BYTES = 1 << 30
+#: Longest compile deadline we accept (an hour).
+MAX_COMPILE_TIMEOUT_S = 3600.0
 #: Largest instance pool: its address space is reserved up front.
 MAX_POOL_SIZE = 4096
 
@@ -101,6 +105,13 @@ class HostConfig:
     module_cache_dir: Optional[Union[str, Path]] = None
     #: Compiled modules that no slot uses, kept for quick swaps back (an LRU).
     module_cache_size: int = 4
+    #: Largest module admitted, in bytes (cc-lb's plugins are well under 1 MiB); a larger
+    #: one is PluginRejected before it is read or hashed.
+    max_module_bytes: int = 32 * 1024 * 1024
+    #: Longest a module may take to validate, rewrite and compile, in seconds (None: no
+    #: bound). Past it the registration is PluginRejected (its cause a PluginTimeout); the
+    #: compile itself cannot be stopped and finishes on its own thread, its result dropped.
+    compile_timeout_s: Optional[float] = 30.0
     #: Call every declared hook once with the canonical sample at admission (HOST.md).
     #: Turn it off only to study a misbehaving module in tests or tools.
     probe: bool = True
@@ -135,6 +146,11 @@ class HostConfig:
         if self.module_cache_dir is not None:
             put("module_cache_dir", Path(path_text(self.module_cache_dir, "HostConfig.module_cache_dir")))
         check_int(self.module_cache_size, "HostConfig.module_cache_size", 0, 1024)
+        check_int(self.max_module_bytes, "HostConfig.max_module_bytes", 8, MAX_MODULE_BYTES)
+        if self.compile_timeout_s is not None:
+            put("compile_timeout_s", check_number(
+                self.compile_timeout_s, "HostConfig.compile_timeout_s", 0.0, MAX_COMPILE_TIMEOUT_S, open_minimum=True
+            ))
         check_int(self.pool_size, "HostConfig.pool_size", 0, MAX_POOL_SIZE)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any, Callable, Tuple
 
@@ -11,7 +12,8 @@ from .ctypes_calls import Wasmtime, trap_text
 from .faults import stack_error
 from .pool import check_pool_fits, pooled, use_instance_pool
 from .stack import STACK_ADDRESS, STACK_HEADROOM, thread_stack
-from .ticker import no_ticker, tick_engine, untick_engine
+from .threads import ADMISSION_STACK_EXTRA
+from .ticker import native_ticker, no_ticker, release_native, tick_engine, untick_engine
 
 def engine_config(wt: Wasmtime, config: HostConfig) -> Any:
     """The wasmtime Config of a host: limits, pool, interruption, fuel and wasm features."""
@@ -72,6 +74,13 @@ class Engine:
         return self.config.max_wasm_stack + STACK_HEADROOM
 
 
+def admission_stack_size(config: HostConfig) -> int:
+    """Stack of a thread that compiles and probes: the wasm stack, the host's headroom and
+    the compiler's frames, in whole 64 KiB (platforms want page multiples)."""
+    size = config.max_wasm_stack + STACK_HEADROOM + ADMISSION_STACK_EXTRA
+    return -(-size // 65536) * 65536
+
+
 def start_engine(wt: Wasmtime, config: HostConfig, owner: object) -> Tuple[Engine, Any, Callable[[], Any]]:
     """A new engine (with its instance pool), its linker, and the release of its deadline
     ticker, which runs at the latest when ``owner`` is collected."""
@@ -85,6 +94,17 @@ def start_engine(wt: Wasmtime, config: HostConfig, owner: object) -> Tuple[Engin
         raise PluginError(f"cannot create the wasmtime engine: {trap_text(str(exc))}") from exc
     release: Callable[[], Any] = no_ticker
     if config.deadline_s is not None:
-        tick_engine(engine, config.epoch_tick_s)
-        release = weakref.finalize(owner, untick_engine, engine, config.epoch_tick_s)
+        native = native_ticker()
+        handle = None
+        if native is not None:
+            try:
+                address = ctypes.cast(engine.ptr(), ctypes.c_void_p).value
+                handle = native.native_ticker_add(address, max(1, round(config.epoch_tick_s * 1e9)))
+            except (OSError, RuntimeError):  # no thread to be had: the Python ticker serves
+                handle = None
+        if handle is not None:
+            release = weakref.finalize(owner, release_native, native, handle, engine)
+        else:
+            tick_engine(engine, config.epoch_tick_s)
+            release = weakref.finalize(owner, untick_engine, engine, config.epoch_tick_s)
     return Engine(wt, engine, config), wt.wasmtime.Linker(engine), release

@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, TypeVar, Union
@@ -20,9 +21,10 @@ from ..host_stats import SlotStats
 from . import binding
 from .admission import Admission, Loaded, read_module
 from .config import MAX_DEADLINE_S, WASM_PAGE, FailurePolicy, HostConfig
-from .engine import start_engine
+from .engine import admission_stack_size, start_engine
 from .faults import closed_error
 from .modules import ModuleCache
+from .threads import run_on_own_thread
 from .counters import new_slot_counters
 from .wasm_module import HOOK_EXPORTS
 
@@ -34,6 +36,9 @@ _log = logging.getLogger("cclb_wire.runtime")
 HOOK_KINDS = tuple(HOOK_EXPORTS)
 
 _AdapterT = TypeVar("_AdapterT", bound="_Adapter")
+
+#: How often close() pushes the epoch past every deadline again while calls are in flight.
+CLOSE_INTERRUPT_INTERVAL_S = 0.01
 
 #: Hosts alive in this process, for the fork handler.
 _HOSTS: "weakref.WeakSet[PluginHost]" = weakref.WeakSet()
@@ -103,17 +108,29 @@ class PluginHost:
         """
         if timeout is not None:
             check_number(timeout, "PluginHost.close.timeout", 0.0, MAX_DEADLINE_S)
-        already = self._gate.close()
-        if not already and self._engine.deadline_ticks:
-            # Past every armed deadline: calls running now stop at their next epoch check.
-            for _ in range(self._engine.deadline_ticks + 1):
-                self._engine.engine.increment_epoch()
-        if not self._gate.wait_idle(timeout):
+        self._gate.close()
+        if not self._wait_for_calls(timeout):
             raise PluginError(f"close(): {self._gate.active} call(s) or registration(s) still running after {timeout} s")
         with self._lock:
             self._slots.clear()
             self._modules.clear()
         self._release()
+
+    def _wait_for_calls(self, timeout: Optional[float]) -> bool:
+        """Wait for the calls in flight, interrupting them: the epoch is moved past every
+        armed deadline, and again every CLOSE_INTERRUPT_INTERVAL_S, since a call that was
+        instantiating at the first push arms its deadline only afterwards."""
+        if not self._engine.deadline_ticks:
+            return bool(self._gate.wait_idle(timeout))  # nothing can interrupt a guest
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for _ in range(self._engine.deadline_ticks + 1):
+                self._engine.engine.increment_epoch()
+            step = CLOSE_INTERRUPT_INTERVAL_S if end is None else min(CLOSE_INTERRUPT_INTERVAL_S, max(0.0, end - time.monotonic()))
+            if self._gate.wait_idle(step):
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
 
     def __enter__(self) -> "PluginHost":
         return self
@@ -139,11 +156,19 @@ class PluginHost:
 
     def _restart_engine(self) -> None:
         """A new engine and pool, with every slot's plugin moved onto it (its compiled code
-        is carried over, not recompiled); the old engine's spare modules are dropped."""
-        self._release()
-        self._start_engine()
-        for key, loaded in list(self._slots.items()):
-            self._slots[key] = self._admission.move(loaded)
+        is carried over, not recompiled); the old engine's spare modules are dropped. All or
+        nothing: if any step fails, the old engine stays, with its deadline ticker."""
+        old = (self._engine, self._linker, self._release, self._modules, self._admission)
+        try:
+            self._start_engine()
+            moved = {key: self._admission.move(loaded) for key, loaded in self._slots.items()}
+        except BaseException:
+            if self._engine is not old[0]:
+                self._release()
+            self._engine, self._linker, self._release, self._modules, self._admission = old
+            raise
+        old[2]()  # the old engine leaves its ticker only now
+        self._slots.update(moved)
 
     def _enter(self, plugin: str, hook: str) -> None:
         if not self._gate.enter():
@@ -159,7 +184,13 @@ class PluginHost:
         return blake3.blake3(b"\x01\x00\x00\x00" + pages.to_bytes(4, "little") + wasm).digest()
 
     def _admit(self, kind: str, name: str, data: bytes, content_hash: bytes) -> Loaded:
-        return self._admission.admit(kind, name, data, content_hash, self._lock)
+        """Admission runs on a thread of its own with a stack of known size: it compiles and
+        calls guest code, which the registering thread's stack may be too small for."""
+        admission = self._admission
+        return run_on_own_thread(
+            lambda: admission.admit(kind, name, data, content_hash, self._lock),
+            stack_size=admission_stack_size(self.config), name=f"cclb-wire-admit-{name}"[:60],
+        )
 
     def _retire(self, loaded: Optional[Loaded]) -> None:
         """A plugin left its slot: its module may become a spare (called with the lock held)."""
@@ -176,7 +207,7 @@ class PluginHost:
             raise InvalidInputType(f"{method}.name", f"expected a str, got {type_name(name)}")
         if failure_policy is not None:
             failure_policy = coerce_enum(FailurePolicy, failure_policy, f"{method}.failure_policy")
-        data = read_module(method, wasm)
+        data = read_module(method, wasm, self.config.max_module_bytes, name, kind)
         content_hash = self._content_hash(data)
         key = (kind, slot_key)
         self._enter(name, kind)

@@ -12,10 +12,11 @@ from typing import Any, Callable, Optional
 
 import blake3
 
-from ..errors import PluginRejected
-from .engine import Engine
+from ..errors import PluginRejected, PluginTimeout
+from .engine import Engine, admission_stack_size
 from .faults import pool_limit_failure
 from .pool import pooled
+from .threads import GaveUp, run_on_own_thread
 from .wasm_rewrite import WasmRewriteError, instrument_memory_grow
 
 _log = logging.getLogger("cclb_wire.runtime")
@@ -60,21 +61,43 @@ class ModuleCache:
             except (OSError, *wt.errors) as exc:
                 # stale, foreign or unreadable (a name too long, a directory): compile again
                 _log.warning("compiled-module cache %s not used: %s", cached, exc)
+        timeout = self._engine.config.compile_timeout_s
+        try:
+            module = run_on_own_thread(
+                lambda: self._compile(wasm, name, kind), stack_size=admission_stack_size(self._engine.config),
+                name=f"cclb-wire-compile-{name}"[:60], timeout=timeout,
+            )
+        except GaveUp:
+            where = {"plugin": name, "hook": kind}
+            late = PluginTimeout(f"compile: took longer than {timeout} s", phase="compile", **where)
+            raise PluginRejected(
+                f"compiling the module took longer than HostConfig.compile_timeout_s ({timeout} s)", **where
+            ) from late
+        if cached is not None:
+            self._store(cached, module)
+        return module
+
+    def _compile(self, wasm: bytes, name: str, kind: str) -> Any:
+        """Validate the module as written (the rewrite must not make an invalid module valid),
+        rewrite its memory.grow, compile."""
+        wt = self._engine.wt
+        engine = self._engine.engine
+        try:
+            wt.wasmtime.Module.validate(engine, wasm)
+        except wt.errors as exc:
+            raise PluginRejected(f"invalid wasm module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
         try:
             instrumented = instrument_memory_grow(wasm)
         except WasmRewriteError as exc:
             raise PluginRejected(f"module rejected at load time: {exc}", plugin=name, hook=kind) from exc
         try:
-            module = wt.wasmtime.Module(engine, instrumented)
+            return wt.wasmtime.Module(engine, instrumented)
         except wt.errors as exc:
             rejected = PluginRejected(f"failed to compile wasm module: {exc}".splitlines()[0], plugin=name, hook=kind)
             limit = pool_limit_failure(self._engine, str(exc), name, kind)
             if limit is not None:
                 raise rejected from limit
             raise rejected from exc
-        if cached is not None:
-            self._store(cached, module)
-        return module
 
     def _store(self, cached: Path, module: Any) -> None:
         """Write a compiled module to the disk cache through a unique temporary file; a cache

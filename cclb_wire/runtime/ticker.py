@@ -27,21 +27,24 @@ class _Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        # Ticks are scheduled on absolute times, so small delays in waking do not add up.
-        # After a stall (a loaded machine, a starved thread) the missed ticks are skipped,
-        # never made up in a burst: a burst would end the deadline of a call that started
-        # a moment before it. A deadline may run long under load, never short.
+        # Never early by construction: each tick is due a whole tick after the previous one
+        # ended, so a late wake never shortens the next interval and a stall's missed ticks
+        # are never made up in a burst. A deadline of ceil(d/tick)+1 ticks (the +1 for a
+        # tick that comes at once) may run long under load, never short.
         stop, engines = self._stop, self.engines
         next_tick = time.monotonic() + self.tick
         while True:
-            if stop.wait(max(0.0, next_tick - time.monotonic())):
+            while True:  # Event.wait may wake a little early: wait out the remainder
+                left = next_tick - time.monotonic()
+                if left <= 0:
+                    break
+                if stop.wait(left):
+                    return
+            if stop.is_set():
                 return
             for engine in tuple(engines):
                 engine.increment_epoch()
-            next_tick += self.tick
-            now = time.monotonic()
-            if next_tick < now:  # stalled for more than a tick: skip what was missed
-                next_tick = now + self.tick
+            next_tick = time.monotonic() + self.tick
 
     def stop(self) -> None:
         self._stop.set()
@@ -51,6 +54,22 @@ class _Ticker:
 
 _TICKERS: Dict[float, _Ticker] = {}
 _TICKERS_LOCK = threading.Lock()
+
+
+def native_ticker() -> Any:
+    """The extension's ticker (a C thread that needs no GIL, so deadlines hold while Python
+    code holds it), when it is bound and usable here; else None (the Python ticker)."""
+    from . import binding
+
+    native = binding.NATIVE
+    if native is None or not native.native_ticker_available():
+        return None
+    return native
+
+
+def release_native(native: Any, handle: int, engine: Any) -> None:
+    """Take an engine off the native ticker; ``engine`` is passed to outlive the registration."""
+    native.native_ticker_remove(handle)
 
 
 def tick_engine(engine: Any, tick: float) -> None:
