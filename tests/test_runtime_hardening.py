@@ -451,8 +451,9 @@ def test_a_call_deep_in_recursion_is_refused_instead_of_crashing():
         """
         from cclb_wire import _codec
         sys.setrecursionlimit(100_000)
-        host = PluginHost(HostConfig(probe=False, max_wasm_stack=1024 * 1024))
-        adapter = host.register_filter("s", "deep", fixture("stack_overflow"))
+        # The thread starts before any admission thread has ended: glibc would otherwise hand
+        # it the cached (larger) stack of one, and the recursion would not reach its bottom.
+        registered = threading.Event()
         def call():
             try:
                 adapter.filter(CTX, PRINCIPAL, [])
@@ -466,6 +467,7 @@ def test_a_call_deep_in_recursion_is_refused_instead_of_crashing():
                     call()
             recurse(0)
         def run():
+            registered.wait()
             top = _codec._stack_address()
             call()
             deep(top)
@@ -473,6 +475,10 @@ def test_a_call_deep_in_recursion_is_refused_instead_of_crashing():
         threading.stack_size(3 * 1024 * 1024)
         thread = threading.Thread(target=run)
         thread.start()
+        threading.stack_size(0)
+        host = PluginHost(HostConfig(probe=False, max_wasm_stack=1024 * 1024))
+        adapter = host.register_filter("s", "deep", fixture("stack_overflow"))
+        registered.set()
         thread.join()
         """
     )
@@ -681,9 +687,10 @@ def test_a_start_function_of_the_wrong_type_is_rejected_not_called():
         try:
             PluginHost().register_filter("s", "bad-start", wasm)
         except cw.PluginRejected as exc:
-            print("rejected", "[] -> []" in str(exc))
+            print("rejected", "invalid start function type" in str(exc))
         """
     )
+    # Validation of the module as written refuses it, before the rewrite exports the start.
     assert out.split() == ["rejected", "True"]
 
 
@@ -728,25 +735,41 @@ def test_dropped_hosts_release_their_shared_ticker_fds_and_memory():
             for host in hosts:
                 host.register_filter("s", "c", wasm).filter(CTX, PRINCIPAL, candidates(2))
             return hosts
+        from cclb_wire.runtime import binding, ticker
         baseline = threading.active_count()
+        def ticked():
+            # engines ticked, and Python threads beyond the baseline (the native ticker is one
+            # C thread per process, idle once no engine is left)
+            if binding.NATIVE is not None and binding.NATIVE.native_ticker_available():
+                engines = binding.NATIVE.native_ticker_stats()[1]
+            else:
+                engines = sum(len(t.engines) for t in ticker._TICKERS.values())
+            return f"{engines}/{threading.active_count() - baseline}"
         del_ = hundred_hosts()
-        print(threading.active_count() - baseline)  # one shared ticker
+        print(ticked())  # one shared ticker
         del del_
         time.sleep(0.1)
-        print(threading.active_count() - baseline)  # gone without close(), without gc.collect()
+        print(ticked())  # gone without close(), without gc.collect()
         fds, rss = len(os.listdir("/proc/self/fd")), rss_mib()
         for _ in range(2):
             hundred_hosts()
         time.sleep(0.1)
-        print(threading.active_count() - baseline, len(os.listdir("/proc/self/fd")) - fds, rss_mib() - rss < 32)
+        print(ticked(), len(os.listdir("/proc/self/fd")) - fds, rss_mib() - rss < 32)
         odd = PluginHost(HostConfig(epoch_tick_s=0.02))
-        print(threading.active_count() - baseline)
+        print(ticked())
         odd.close()
         time.sleep(0.05)
-        print(threading.active_count() - baseline)
+        print(ticked())
+        print(binding.NATIVE is not None)
         """
     )
-    assert out.split() == ["1", "0", "0", "0", "True", "1", "0"]
+    *counts, native = out.split()
+    # The native ticker is a C thread (no Python thread); the Python one is one thread per
+    # tick interval, gone with its last engine.
+    threads = ["0"] * 5 if native == "True" else ["1", "0", "0", "1", "0"]
+    engines = ["100", "0", "0", "1", "0"]
+    ticked = [f"{e}/{t}" for e, t in zip(engines, threads)]
+    assert counts == ticked[:3] + ["0", "True"] + ticked[3:]
 
 
 def _open_fds() -> int:
