@@ -13,6 +13,12 @@ Workloads (realistic Claude Code proxy traffic):
   decode_filter_output   a FilterResponse with 8 results
   decode_shaped_request  a ShapeResponse with 10 headers (also: wire-level decode)
   encode_1mib_body       a FilterRequest with a 1 MiB body, against one copy of the body
+  encode_filter_request_1_0      cc-lb 1.0's FilterRequest (the package's sample: headers, a JSON
+                                 body, candidates with the 1.0 fields), against the fallback and
+                                 against encoding the same request in the 0.2 layout
+  encode_transform_sse_request   a TransformSseEventRequest (one content_block_delta event)
+  decode_transform_sse_result    a TransformSseEventResult replacing one event by three
+  decode_transform_response_result  a TransformResponseResult replacing the JSON body
 Comparisons: the pure-Python fallback; msgpack (packb of an equivalent dict built
 beforehand, unpackb of the equivalent bytes); the floor of one copy of the bytes.
 """
@@ -33,7 +39,7 @@ import msgpack
 import numpy as np
 
 import cclb_wire
-from cclb_wire import _fallback, wire
+from cclb_wire import _fallback, jsonvalue, schema, wire
 from benchlib import HEADERS, calls_per_batch, seconds_per_call
 
 try:
@@ -154,6 +160,59 @@ def summarize(samples: Dict[str, List[float]], baseline: str) -> dict:
     return out
 
 
+def sample(name: str):
+    """A wire value from the package's samples (what `cclb-wire sample NAME` prints)."""
+    from importlib import resources
+
+    text = resources.files("cclb_wire").joinpath("samples", f"{name}.json").read_text(encoding="utf-8")
+    return jsonvalue.from_json_value(schema.ROOT_TYPES[name], json.loads(text))
+
+
+def as_0_2(request_1_0):
+    """The same filter request in the 0.2 layout (the fields 0.2 has)."""
+    candidates = tuple(wire.UpstreamCandidate(*c[:5]) for c in request_1_0.candidates)
+    r = request_1_0
+    return wire.FilterRequest(r.request_id, r.method, r.path, r.query, r.headers, r.body, r.principal, candidates)
+
+
+def contract_1_0_workloads():
+    request = sample("FilterRequest10")
+    request_0_2 = as_0_2(request)
+    sse_request = sample("TransformSseEventRequest")
+    sse_result_bytes = _codec.encode(sample("TransformSseEventResult"))
+    response_result_bytes = _codec.encode(sample("TransformResponseResult"))
+    assert _codec.encode(request) == _fallback.encode(request)
+    assert _codec.decode("TransformSseEventResult", sse_result_bytes) == _fallback.decode("TransformSseEventResult", sse_result_bytes)
+    return {
+        "encode_filter_request_1_0": (
+            "cython",
+            {
+                "cython": lambda: _codec.encode(request),
+                "python": lambda: _fallback.encode(request),
+                "cython, 0.2 layout": lambda: _codec.encode(request_0_2),
+            },
+        ),
+        "encode_transform_sse_request": (
+            "cython",
+            {"cython": lambda: _codec.encode(sse_request), "python": lambda: _fallback.encode(sse_request)},
+        ),
+        "decode_transform_sse_result": (
+            "cython",
+            {
+                "cython": lambda: _codec.decode("TransformSseEventResult", sse_result_bytes),
+                "python": lambda: _fallback.decode("TransformSseEventResult", sse_result_bytes),
+            },
+        ),
+        "decode_transform_response_result": (
+            "cython",
+            {
+                "cython": lambda: _codec.decode("TransformResponseResult", response_result_bytes),
+                "python": lambda: _fallback.decode("TransformResponseResult", response_result_bytes),
+            },
+        ),
+    }
+
+
 def build_workloads():
     ctx, principal, candidates = host_request(json_body(4096))
     as_dict = request_as_dict(ctx, principal, candidates)
@@ -210,6 +269,7 @@ def build_workloads():
                 "copy floor: bytearray(body)": lambda: bytearray(big_body),
             },
         ),
+        **contract_1_0_workloads(),
     }
 
 
@@ -220,6 +280,11 @@ TARGETS = [
     ("decode_filter_output", "python", ">=", 20.0, "fallback / cython >= 20x"),
     ("decode_filter_output", "msgpack.unpackb", ">=", 1.0, "no slower than msgpack.unpackb"),
     ("encode_1mib_body", "copy floor: bytearray(body)", "<=", 1.5, "cython <= 1.5x one copy of the body"),
+    ("encode_filter_request_1_0", "python", ">=", 20.0, "1.0 FilterRequest: fallback / cython >= 20x"),
+    ("encode_transform_sse_request", "python", ">=", 20.0, "TransformSseEventRequest: fallback / cython >= 20x"),
+    # Wire-level decodes of small answers: a call's fixed cost (~70 ns) dominates both sides.
+    ("decode_transform_sse_result", "python", ">=", 10.0, "TransformSseEventResult: fallback / cython >= 10x"),
+    ("decode_transform_response_result", "python", ">=", 10.0, "TransformResponseResult: fallback / cython >= 10x"),
 ]
 
 

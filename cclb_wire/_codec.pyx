@@ -30,6 +30,7 @@ from cpython.buffer cimport (
 )
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Check, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact, PyFloat_FromDouble
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_Check, PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.sequence cimport PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
@@ -228,6 +229,7 @@ cdef inline object _refuse():
 # The units, as msgpack splits its extension: each is compiled into this one module.
 include "_encoder.pxi"
 include "_decoder.pxi"
+include "_generated.pxi"
 include "_hostcall.pxi"
 include "_stats.pxi"
 include "_ticker.pxi"

@@ -1,6 +1,10 @@
 # Included by _codec.pyx: decoding with rkyv's access rules, and host-level answers.
 
 
+cdef enum:
+    GENERATED_ROOT_KIND = 100  # root kinds from here on are _generated.pxi's roots
+
+
 cdef struct In:
     const uint8_t* p
     Py_ssize_t n
@@ -292,6 +296,8 @@ cdef Py_ssize_t _enter_root(In* s, Py_ssize_t size, Py_ssize_t align) except -1:
 cdef object _read_root(In* s, int root_kind):
     cdef Py_ssize_t root
     cdef tuple v
+    if root_kind >= GENERATED_ROOT_KIND:
+        return _gread_root(s, root_kind - GENERATED_ROOT_KIND)
     if root_kind == ROOT_FILTER_REQUEST:
         return _read_request(s, _enter_root(s, FILTER_REQUEST_SIZE, 4), False)
     if root_kind == ROOT_SHAPE_REQUEST:
@@ -343,7 +349,7 @@ cdef dict _DECODE_ROOTS = {}
 for _root_kind, _root in enumerate((schema.FILTER_REQUEST, schema.SHAPE_REQUEST, schema.OBSERVE_EVENT,
                                     schema.FILTER_RESPONSE, schema.SHAPE_RESPONSE)):
     for _key in (_root, _root.name, wire.class_for(_root)):
-        _DECODE_ROOTS[_key] = _root_kind
+        _DECODE_ROOTS[_key] = _root_kind# (_generated.pxi adds its roots.)
 
 
 def decode(type_, data):
@@ -353,7 +359,12 @@ def decode(type_, data):
         root_kind = _DECODE_ROOTS[type_]
     except Exception:  # not a known root, or not hashable (a writable memoryview raises ValueError)
         return _fallback.decode(type_, data)
+    cdef In raw
     try:
+        if PyBytes_Check(data):  # no buffer to hold: read the bytes object in place
+            raw.p = <const uint8_t*>PyBytes_AS_STRING(data)
+            raw.n = PyBytes_GET_SIZE(data)
+            return _read_root(&raw, root_kind)
         source = _Input()
         source.open(data)
         return _read_root(&source.s, root_kind)

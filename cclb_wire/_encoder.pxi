@@ -476,6 +476,7 @@ cdef enum RootKind:
     ROOT_OBSERVE_EVENT = 2
     ROOT_FILTER_RESPONSE = 3
     ROOT_SHAPE_RESPONSE = 4
+    ROOT_GENERATED = 5      # a root of _generated.pxi; Job.generated says which
 
 
 cdef struct Job:
@@ -485,6 +486,7 @@ cdef struct Job:
     bint host               # sources are host objects (headers filtered, candidates host-typed)
     bint cookie_redaction
     int event_tag
+    int generated
     PyObject* src[10]
     Py_ssize_t size
 
@@ -550,6 +552,8 @@ cdef int _walk(Job* job, Out* o) except -1:
             _put_span(o.base, root + SRESP_METHOD, &s2)
             _put_span(o.base, root + SRESP_HEADERS, &s3)
             _put_span(o.base, root + SRESP_BODY, &s4)
+    elif job.root == ROOT_GENERATED:
+        _gwalk(job.generated, o, _src(job, 0))
     else:
         _walk_event(job, o)
     job.size = o.cur
@@ -683,6 +687,11 @@ cdef int _write_into(Job* job, object buffer, object offset) except -1:
     return 0
 
 
+#: value class -> index of its root in _generated.pxi (an enum root: each variant class);
+#: filled by _generated.pxi
+cdef dict _GENERATED_ENCODE = {}
+
+
 cdef int _value_job(Job* job, object value) except -1:
     """Set up a job for a root wire value (its fields stay alive inside the value)."""
     cdef tuple t, p
@@ -713,7 +722,13 @@ cdef int _value_job(Job* job, object value) except -1:
             if cls is EVENT_CLASSES[i]:
                 break
         else:
-            _refuse()
+            generated = _GENERATED_ENCODE.get(cls)
+            if generated is None:
+                _refuse()
+            job.root = ROOT_GENERATED
+            job.generated = generated
+            job.src[0] = <PyObject*>value
+            return 0
         job.event_tag = i
         t = <tuple>value
         if i == 2:

@@ -216,6 +216,41 @@ def _int_encoder(primitive: schema.Primitive) -> _Encoder:
     return _Encoder(size, deps, put)
 
 
+_F64 = struct.Struct("<d")
+#: The bytes rkyv writes for Rust's ``f64::NAN``: the canonical quiet NaN.
+CANONICAL_NAN = bytes.fromhex("000000000000f87f")
+
+
+def _plain_float(value: Any) -> float:
+    """The value as a float, by the base classes' own conversion (a subclass cannot lie)."""
+    return int.__float__(value) if isinstance(value, int) else float.__float__(value)
+
+
+def _float_encoder(primitive: schema.Float) -> _Encoder:
+    pack_into = _F64.pack_into
+
+    def size(cursor: int, value: Any) -> int:
+        if not isinstance(value, (float, int)) or isinstance(value, bool):
+            raise _Fault(EncodeTypeError, f"expected float ({primitive.name}), got {_type_name(value)}")
+        try:
+            _plain_float(value)
+        except OverflowError:
+            raise _Fault(EncodeError, f"the integer is out of range for {primitive.name}") from None
+        return cursor
+
+    def deps(buf: Any, cursor: int, value: Any) -> Tuple[int, None]:
+        return cursor, None
+
+    def put(buf: Any, pos: int, value: Any, resolver: None) -> None:
+        number = _plain_float(value)
+        if number != number:  # every NaN is written as the canonical one, as Rust's f64::NAN
+            buf[pos : pos + 8] = CANONICAL_NAN
+        else:
+            pack_into(buf, pos, number)
+
+    return _Encoder(size, deps, put)
+
+
 def _option_encoder(option: schema.OptionOf) -> _Encoder:
     inner = _encoder(option.inner)
     payload = option.payload_offset
@@ -356,6 +391,7 @@ def _enum_encoder(enum_type: schema.EnumType) -> _Encoder:
 _ENCODERS: Dict[Any, _Encoder] = {}
 _ENCODER_BUILDERS: Dict[str, Callable[[Any], _Encoder]] = {
     "int": _int_encoder,
+    "float": _float_encoder,
     "str": _str_encoder,
     "bytes": _bytes_encoder,
     "option": _option_encoder,
@@ -410,7 +446,7 @@ class _RootPlan:
 def _root_of_value(value: Any, field: str) -> NamedType:
     if isinstance(value, WireValue) and type(value).WIRE_TYPE is not None:
         wire_type: NamedType = type(value).WIRE_TYPE
-        if wire_type.name in schema.ROOT_TYPES:
+        if schema.ROOT_TYPES.get(wire_type.public_name) is wire_type:
             return wire_type
     raise EncodeTypeError(
         f"{field}: expected a root wire value ({', '.join(schema.ROOT_TYPES)}) from cclb_wire.wire, "
@@ -569,6 +605,16 @@ def _int_reader(primitive: schema.Primitive) -> _Read:
     return read
 
 
+def _float_reader(primitive: schema.Float) -> _Read:
+    unpack_from = _F64.unpack_from
+
+    def read(state: _State, pos: int) -> float:
+        value: float = unpack_from(state.data, pos)[0]  # bytecheck accepts every bit pattern
+        return value
+
+    return read
+
+
 def _option_reader(option: schema.OptionOf) -> _Read:
     inner = _reader(option.inner)
     payload = option.payload_offset
@@ -669,6 +715,7 @@ def _enum_reader(enum_type: schema.EnumType) -> _Read:
 _READERS: Dict[Any, _Read] = {}
 _READER_BUILDERS: Dict[str, Callable[[Any], _Read]] = {
     "int": _int_reader,
+    "float": _float_reader,
     "str": _str_reader,
     "bytes": _bytes_reader,
     "option": _option_reader,
@@ -735,9 +782,9 @@ def root_for(type_: Any, field: str) -> NamedType:
         root = schema_for(type_)
     except InvalidInputType as exc:
         raise InvalidInputType(field, exc.detail) from None
-    if root.name not in schema.ROOT_TYPES:
+    if schema.ROOT_TYPES.get(root.public_name) is not root:
         raise InvalidInputType(
-            field, f"{root.name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}"
+            field, f"{root.public_name} is not an archive root type; expected one of {', '.join(schema.ROOT_TYPES)}"
         )
     return root
 

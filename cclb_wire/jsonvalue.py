@@ -1,8 +1,9 @@
 """Wire values <-> JSON values, in the golden vectors' value format.
 
 ``Box<str>`` is a JSON string, ``Box<[u8]>`` lowercase hex, ``Option`` ``null`` or
-the value, integers exact JSON integers, structs objects with exactly their
-fields, enums ``{"Variant": {fields}}``. A bytes field also accepts the vectors'
+the value, integers exact JSON integers, ``f64`` a JSON number or one of the strings
+``"inf"``, ``"-inf"``, ``"nan"``, structs objects with exactly their fields, enums
+``{"Variant": {fields}}`` (a unit variant ``{"Variant": {}}``). A bytes field also accepts the vectors'
 ``{"repeat_hex": "...", "len": N}`` form on input.
 """
 
@@ -53,7 +54,31 @@ def _hex_bytes(obj: Any) -> bytes:
     raise _JsonFault(EncodeTypeError, f"expected a hex string, got {_kind(obj)}")
 
 
+_NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
+def _float_from_json(obj: Any) -> float:
+    if isinstance(obj, str) and obj in _NON_FINITE:
+        return _NON_FINITE[obj]
+    if not isinstance(obj, (int, float)) or isinstance(obj, bool):
+        raise _JsonFault(EncodeTypeError, f"expected a number or \"inf\", \"-inf\", \"nan\" (f64), got {_kind(obj)}")
+    try:
+        return float(obj)
+    except OverflowError:
+        raise _JsonFault(EncodeError, f"{obj} is out of range for f64") from None
+
+
+def _float_to_json(value: float) -> Any:
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
 def _from_json(wire_type: Any, obj: Any) -> Any:
+    if isinstance(wire_type, schema.Float):
+        return _float_from_json(obj)
     if isinstance(wire_type, schema.Primitive):
         if not isinstance(obj, int) or isinstance(obj, bool):
             raise _JsonFault(EncodeTypeError, f"expected an integer ({wire_type.name}), got {_kind(obj)}")
@@ -132,6 +157,8 @@ def from_json_value(root: NamedType, obj: Any) -> Any:
 
 
 def _to_json(wire_type: Any, value: Any) -> Any:
+    if isinstance(wire_type, schema.Float):
+        return _float_to_json(value)
     if isinstance(wire_type, schema.Primitive) or wire_type is schema.STR:
         return value
     if wire_type is schema.BYTES:
@@ -151,7 +178,7 @@ def _fields_to_json(fields: Tuple[schema.Field, ...], value: Any) -> Dict[str, A
 
 
 def to_json_value(root: NamedType, value: Any) -> Any:
-    """The JSON value (dicts, lists, str, int, None) of a wire value of ``root``."""
+    """The JSON value (dicts, lists, str, int, float, None) of a wire value of ``root``."""
     return _to_json(root, value)
 
 

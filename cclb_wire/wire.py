@@ -1,4 +1,4 @@
-"""Wire-level values: one immutable class per V1 struct and enum variant.
+"""Wire-level values: one immutable class per wire struct and enum variant, of both contracts.
 
 The classes are generated from :mod:`cclb_wire.schema` (``wire.pyi`` carries
 their static types and is checked against the schema by the tests). Each is a
@@ -7,8 +7,11 @@ costs; equality and hashing also compare the class, so two variants with equal
 fields (``RequestStarted("a", None)`` vs ``AuthnComplete("a", None)``) differ.
 
 Field values: ``Box<str>`` -> ``str``; ``Box<[u8]>`` -> ``bytes``; ``Box<[T]>`` ->
-``tuple`` of ``T``; ``Option<T>`` -> ``T`` or ``None``; integers -> ``int``;
-enums -> an instance of one of the enum's variant classes.
+``tuple`` of ``T``; ``Option<T>`` -> ``T`` or ``None``; integers -> ``int``; ``f64`` ->
+``float``; enums -> an instance of one of the enum's variant classes.
+
+The cc-lb 1.0 contract changed two structs in place under their Rust names: here they are
+``FilterRequest10`` and ``UpstreamCandidate10``. Its new types keep their Rust names.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ __all__ = [
     "Chunk",
     "RequestFinished",
     "Error",
+    "CachePricingSummary",
+    "UpstreamCandidate10",
+    "FilterRequest10",
+    "SseEvent",
+    "TransformResponseRequest",
+    "TransformSseEventRequest",
+    "TransformResponseResult",
+    "TransformSseEventResult",
     "class_for",
     "schema_for",
 ]
@@ -88,7 +99,7 @@ def _value_class(name: str, qualname: str, fields, base: type, namespace: Dict[s
 
 def _enum_classes(enum_type: schema.EnumType) -> type:
     doc = (
-        f"The V1 wire enum ``{enum_type.name}``: a value is an instance of one of its variant "
+        f"The wire enum ``{enum_type.name}``: a value is an instance of one of its variant "
         f"classes ({', '.join(v.name for v in enum_type.variants)})."
     )
     enum_base = type(
@@ -110,19 +121,21 @@ def _enum_classes(enum_type: schema.EnumType) -> type:
     return enum_base
 
 
-_CLASSES: Dict[str, type] = {}
+_CLASSES: Dict[str, type] = {}  # by public name
 for _wire_type in schema.ALL_TYPES.values():
     if isinstance(_wire_type, schema.StructType):
-        _CLASSES[_wire_type.name] = _value_class(
-            _wire_type.name,
-            _wire_type.name,
+        _CLASSES[_wire_type.public_name] = _value_class(
+            _wire_type.public_name,
+            _wire_type.public_name,
             _wire_type.fields,
             WireValue,
             {"WIRE_TYPE": _wire_type},
-            f"The V1 wire struct ``{_wire_type.name}``: {_fields_text(_wire_type.fields)}.",
+            f"The wire struct ``{_wire_type.name}``"
+            + (" of the cc-lb 1.0 contract" if _wire_type.alias else "")
+            + f": {_fields_text(_wire_type.fields)}.",
         )
     else:
-        _CLASSES[_wire_type.name] = _enum_classes(_wire_type)
+        _CLASSES[_wire_type.public_name] = _enum_classes(_wire_type)
 
 Claim = _CLASSES["Claim"]
 Header = _CLASSES["Header"]
@@ -142,12 +155,20 @@ UpstreamChosen = ObserveEvent.UpstreamChosen  # type: ignore[attr-defined]
 Chunk = ObserveEvent.Chunk  # type: ignore[attr-defined]
 RequestFinished = ObserveEvent.RequestFinished  # type: ignore[attr-defined]
 Error = ObserveEvent.Error  # type: ignore[attr-defined]
+CachePricingSummary = _CLASSES["CachePricingSummary"]
+UpstreamCandidate10 = _CLASSES["UpstreamCandidate10"]
+FilterRequest10 = _CLASSES["FilterRequest10"]
+SseEvent = _CLASSES["SseEvent"]
+TransformResponseRequest = _CLASSES["TransformResponseRequest"]
+TransformSseEventRequest = _CLASSES["TransformSseEventRequest"]
+TransformResponseResult = _CLASSES["TransformResponseResult"]
+TransformSseEventResult = _CLASSES["TransformSseEventResult"]
 
 
 
 def class_for(wire_type: Union[schema.StructType, schema.EnumType]) -> type:
     """The value class (for an enum: the enum base class) of a named schema type."""
-    return _CLASSES[wire_type.name]
+    return _CLASSES[wire_type.public_name]
 
 
 def schema_for(type_: Any) -> Union[schema.StructType, schema.EnumType]:
@@ -155,7 +176,7 @@ def schema_for(type_: Any) -> Union[schema.StructType, schema.EnumType]:
 
     Anything else raises InvalidInputType (also a TypeError) naming ``type_``."""
     if isinstance(type_, (schema.StructType, schema.EnumType)):
-        found = schema.ALL_TYPES.get(type_.name)
+        found = schema.ALL_TYPES.get(type_.public_name)
         if found is type_:
             return type_
     elif isinstance(type_, str):

@@ -13,15 +13,15 @@ class WireEnum(WireValue):
     WIRE_VARIANT: ClassVar[schema.Variant]
     TAG: ClassVar[int]
 
-class Claim(WireValue):
-    key: str
-    value: bytes
-    def __new__(cls, key: str, value: bytes) -> "Self": ...
-
 class Header(WireValue):
     name: str
     value: bytes
     def __new__(cls, name: str, value: bytes) -> "Self": ...
+
+class Claim(WireValue):
+    key: str
+    value: bytes
+    def __new__(cls, key: str, value: bytes) -> "Self": ...
 
 class Principal(WireValue):
     id: str
@@ -48,16 +48,6 @@ class FilterRequest(WireValue):
     candidates: Tuple[UpstreamCandidate, ...]
     def __new__(cls, request_id: str, method: str, path: str, query: Optional[str], headers: Tuple[Header, ...], body: bytes, principal: Principal, candidates: Tuple[UpstreamCandidate, ...]) -> "Self": ...
 
-class PerCandidateReason(WireValue):
-    upstream_id: str
-    decision: str
-    reason: str
-    def __new__(cls, upstream_id: str, decision: str, reason: str) -> "Self": ...
-
-class FilterResponse(WireValue):
-    results: Tuple[PerCandidateReason, ...]
-    def __new__(cls, results: Tuple[PerCandidateReason, ...]) -> "Self": ...
-
 class Upstream(WireEnum):
     AnthropicDirect: ClassVar[type[_Upstream_AnthropicDirect]]
 
@@ -77,13 +67,6 @@ class ShapeRequest(WireValue):
     principal: Principal
     upstream: Upstream
     def __new__(cls, request_id: str, method: str, path: str, query: Optional[str], headers: Tuple[Header, ...], body: bytes, principal: Principal, upstream: Upstream) -> "Self": ...
-
-class ShapeResponse(WireValue):
-    url: str
-    method: str
-    headers: Tuple[Header, ...]
-    body: bytes
-    def __new__(cls, url: str, method: str, headers: Tuple[Header, ...], body: bytes) -> "Self": ...
 
 class ObserveEvent(WireEnum):
     RequestStarted: ClassVar[type[_ObserveEvent_RequestStarted]]
@@ -134,6 +117,120 @@ UpstreamChosen = _ObserveEvent_UpstreamChosen
 Chunk = _ObserveEvent_Chunk
 RequestFinished = _ObserveEvent_RequestFinished
 Error = _ObserveEvent_Error
+
+class PerCandidateReason(WireValue):
+    upstream_id: str
+    decision: str
+    reason: str
+    def __new__(cls, upstream_id: str, decision: str, reason: str) -> "Self": ...
+
+class FilterResponse(WireValue):
+    results: Tuple[PerCandidateReason, ...]
+    def __new__(cls, results: Tuple[PerCandidateReason, ...]) -> "Self": ...
+
+class ShapeResponse(WireValue):
+    url: str
+    method: str
+    headers: Tuple[Header, ...]
+    body: bytes
+    def __new__(cls, url: str, method: str, headers: Tuple[Header, ...], body: bytes) -> "Self": ...
+
+class CachePricingSummary(WireValue):
+    status: str
+    input_micros_per_million: Optional[int]
+    cache_creation_5m_micros_per_million: Optional[int]
+    cache_creation_1h_micros_per_million: Optional[int]
+    cache_read_micros_per_million: Optional[int]
+    def __new__(cls, status: str, input_micros_per_million: Optional[int], cache_creation_5m_micros_per_million: Optional[int], cache_creation_1h_micros_per_million: Optional[int], cache_read_micros_per_million: Optional[int]) -> "Self": ...
+
+class UpstreamCandidate10(WireValue):
+    upstream_id: str
+    name: str
+    kind: str
+    observed_at_unix_secs: int
+    predicted_cache_read_tokens: int
+    predicted_cache_creation_tokens_5m: int
+    predicted_cache_creation_tokens_1h: int
+    predicted_uncached_input_tokens: int
+    plan_capacity_ratio: float
+    organization_type: str
+    rate_limit_tier: str
+    seat_tier: str
+    def __new__(cls, upstream_id: str, name: str, kind: str, observed_at_unix_secs: int, predicted_cache_read_tokens: int, predicted_cache_creation_tokens_5m: int, predicted_cache_creation_tokens_1h: int, predicted_uncached_input_tokens: int, plan_capacity_ratio: float, organization_type: str, rate_limit_tier: str, seat_tier: str) -> "Self": ...
+
+class FilterRequest10(WireValue):
+    request_id: str
+    thread_id: Optional[str]
+    service_tier: Optional[str]
+    canonical_model_id: str
+    cache_pricing: CachePricingSummary
+    method: str
+    path: str
+    query: Optional[str]
+    headers: Tuple[Header, ...]
+    body: bytes
+    principal: Principal
+    candidates: Tuple[UpstreamCandidate10, ...]
+    def __new__(cls, request_id: str, thread_id: Optional[str], service_tier: Optional[str], canonical_model_id: str, cache_pricing: CachePricingSummary, method: str, path: str, query: Optional[str], headers: Tuple[Header, ...], body: bytes, principal: Principal, candidates: Tuple[UpstreamCandidate10, ...]) -> "Self": ...
+
+class TransformResponseRequest(WireValue):
+    request_id: str
+    principal: Principal
+    upstream: Upstream
+    request_method: str
+    request_path: str
+    canonical_model_id: str
+    response_status: int
+    response_headers: Tuple[Header, ...]
+    body: bytes
+    def __new__(cls, request_id: str, principal: Principal, upstream: Upstream, request_method: str, request_path: str, canonical_model_id: str, response_status: int, response_headers: Tuple[Header, ...], body: bytes) -> "Self": ...
+
+class SseEvent(WireValue):
+    event: str
+    data: bytes
+    def __new__(cls, event: str, data: bytes) -> "Self": ...
+
+class TransformSseEventRequest(WireValue):
+    request_id: str
+    principal: Principal
+    upstream: Upstream
+    request_method: str
+    request_path: str
+    canonical_model_id: str
+    response_status: int
+    response_headers: Tuple[Header, ...]
+    event: SseEvent
+    def __new__(cls, request_id: str, principal: Principal, upstream: Upstream, request_method: str, request_path: str, canonical_model_id: str, response_status: int, response_headers: Tuple[Header, ...], event: SseEvent) -> "Self": ...
+
+class TransformResponseResult(WireEnum):
+    Unchanged: ClassVar[type[_TransformResponseResult_Unchanged]]
+    Replace: ClassVar[type[_TransformResponseResult_Replace]]
+
+class _TransformResponseResult_Unchanged(TransformResponseResult):
+    def __new__(cls) -> "Self": ...
+
+class _TransformResponseResult_Replace(TransformResponseResult):
+    status: Optional[int]
+    headers: Optional[Tuple[Header, ...]]
+    body: Optional[bytes]
+    def __new__(cls, status: Optional[int], headers: Optional[Tuple[Header, ...]], body: Optional[bytes]) -> "Self": ...
+
+
+class TransformSseEventResult(WireEnum):
+    Unchanged: ClassVar[type[_TransformSseEventResult_Unchanged]]
+    Replace: ClassVar[type[_TransformSseEventResult_Replace]]
+    Drop: ClassVar[type[_TransformSseEventResult_Drop]]
+
+class _TransformSseEventResult_Unchanged(TransformSseEventResult):
+    def __new__(cls) -> "Self": ...
+
+class _TransformSseEventResult_Replace(TransformSseEventResult):
+    events: Tuple[SseEvent, ...]
+    def __new__(cls, events: Tuple[SseEvent, ...]) -> "Self": ...
+
+class _TransformSseEventResult_Drop(TransformSseEventResult):
+    def __new__(cls) -> "Self": ...
+
 
 @overload
 def class_for(wire_type: schema.EnumType) -> type[WireEnum]: ...
