@@ -16,6 +16,9 @@
  *   - writers for the answers (FilterResponse, ShapeResponse) that produce exactly
  *     the bytes `rkyv::to_bytes` produces (post-order, zero padding, the empty
  *     string/slice pointer rule), in a block from the allocator;
+ *   - cclb_shape_forward(): the ShapeResponse that sends a ShapeRequest to its
+ *     upstream (the URL rule of plugins/shape_passthrough.c) with a body of the
+ *     caller's choice;
  *   - macros for the `cc_lb.plugin.v1` metadata section and the
  *     `cc_lb.schema.<kind>.v1` fingerprint sections.
  *
@@ -631,15 +634,23 @@ CCLB_INLINE cclb_claim cclb_claim_at(cclb_array a, cclb_u32 i) {
     c.value = cclb__rd_bytes(a.ptr + i * 16 + 8);
     return c;
 }
+
+/* The fields an UpstreamCandidate starts with (0.2's whole candidate; the 1.0 one
+ * goes on after them): upstream_id, name, kind @0 @8 @16, u64 @24, u32 @32. */
+#define CCLB__RD_CANDIDATE_HEAD(c, e)                                              \
+    do {                                                                           \
+        (c).upstream_id = cclb__rd_bytes(e);                                       \
+        (c).name = cclb__rd_bytes((e) + 8);                                        \
+        (c).kind = cclb__rd_bytes((e) + 16);                                       \
+        (c).observed_at_unix_secs = cclb_ld_u64((e) + 24);                         \
+        (c).predicted_cache_read_tokens = cclb_ld_u32((e) + 32);                   \
+    } while (0)
+
 CCLB_INLINE cclb_candidate cclb_candidate_at(cclb_array a, cclb_u32 i) {
     if (i >= a.len) CCLB_TRAP();
     cclb_u32 e = a.ptr + i * 40;
     cclb_candidate c;
-    c.upstream_id = cclb__rd_bytes(e);
-    c.name = cclb__rd_bytes(e + 8);
-    c.kind = cclb__rd_bytes(e + 16);
-    c.observed_at_unix_secs = cclb_ld_u64(e + 24);
-    c.predicted_cache_read_tokens = cclb_ld_u32(e + 32);
+    CCLB__RD_CANDIDATE_HEAD(c, e);
     return c;
 }
 
@@ -768,6 +779,34 @@ CCLB_INLINE void cclb__relptr(cclb_u8 *out, cclb_u32 field_pos, cclb_u32 target,
     cclb_st_u32(out + field_pos + 4, len);
 }
 
+/* A Box<[T]> whose 16-byte elements hold two Box<str>/Box<[u8]>: T is Header (fields
+ * name, value) or the 1.0 SseEvent (event, data). Macros over the two field names `a`
+ * and `b`, as those C structs differ only in them.
+ *
+ * CCLB__ADD_PAIR_BYTES(pos, items, n, a, b): adds the n elements' field bytes to pos. */
+#define CCLB__ADD_PAIR_BYTES(pos, items, n, a, b)                                 \
+    for (cclb_u32 i_ = 0; i_ < (n); i_++) (pos) += (cclb_u64)(items)[i_].a.len + (items)[i_].b.len
+
+/* CCLB__PUT_PAIRS(out, pos, items, n, a, b, arr) writes the slice as rkyv does: from
+ * `pos` each element's `a` then `b` bytes, element by element (pos moves past them),
+ * then, at arr = pos padded to 4, the elements (two relative pointers each). */
+#define CCLB__PUT_PAIRS(out, pos, items, n, a, b, arr)                            \
+    do {                                                                          \
+        cclb_u32 s_ = (pos); /* replay the string positions */                    \
+        for (cclb_u32 i_ = 0; i_ < (n); i_++) {                                   \
+            (pos) = cclb__put((out), (pos), (items)[i_].a);                       \
+            (pos) = cclb__put((out), (pos), (items)[i_].b);                       \
+        }                                                                         \
+        (arr) = (cclb_u32)cclb__align4(pos);                                      \
+        for (cclb_u32 i_ = 0; i_ < (n); i_++) {                                   \
+            cclb_u32 e_ = (arr) + i_ * 16;                                        \
+            cclb__relptr((out), e_, s_, (items)[i_].a.len);                       \
+            s_ += (items)[i_].a.len;                                              \
+            cclb__relptr((out), e_ + 8, s_, (items)[i_].b.len);                   \
+            s_ += (items)[i_].b.len;                                              \
+        }                                                                         \
+    } while (0)
+
 /* Size in bytes of the FilterResponse archive for these results. */
 static CCLB_UNUSED cclb_u64 cclb_filter_response_size(const cclb_pcr *results, cclb_u32 n) {
     cclb_u64 pos = 0;
@@ -808,7 +847,7 @@ static CCLB_UNUSED cclb_u64 cclb_write_filter_response(const cclb_pcr *results, 
 static CCLB_UNUSED cclb_u64 cclb_shape_response_size(cclb_str url, cclb_str method, const cclb_header *headers,
                                          cclb_u32 n, cclb_bytes body) {
     cclb_u64 pos = (cclb_u64)url.len + method.len;
-    for (cclb_u32 i = 0; i < n; i++) pos += (cclb_u64)headers[i].name.len + headers[i].value.len;
+    CCLB__ADD_PAIR_BYTES(pos, headers, n, name, value);
     pos = cclb__align4(pos) + (cclb_u64)n * 16 + body.len;
     return cclb__align4(pos) + 32;
 }
@@ -823,20 +862,8 @@ static CCLB_UNUSED cclb_u64 cclb_write_shape_response(cclb_str url, cclb_str met
     cclb_u32 pos = cclb__put(out, 0, url);
     cclb_u32 method_pos = pos;
     pos = cclb__put(out, pos, method);
-    cclb_u32 hdr_data = pos;
-    for (cclb_u32 i = 0; i < n; i++) {
-        pos = cclb__put(out, pos, headers[i].name);
-        pos = cclb__put(out, pos, headers[i].value);
-    }
-    cclb_u32 arr = (cclb_u32)cclb__align4(pos);
-    cclb_u32 s = hdr_data;
-    for (cclb_u32 i = 0; i < n; i++) {
-        cclb_u32 e = arr + i * 16;
-        cclb__relptr(out, e, s, headers[i].name.len);
-        s += headers[i].name.len;
-        cclb__relptr(out, e + 8, s, headers[i].value.len);
-        s += headers[i].value.len;
-    }
+    cclb_u32 arr;
+    CCLB__PUT_PAIRS(out, pos, headers, n, name, value, arr);
     cclb_u32 body_pos = arr + n * 16;
     pos = cclb__put(out, body_pos, body);
     cclb_u32 root = (cclb_u32)cclb__align4(pos);
@@ -847,7 +874,58 @@ static CCLB_UNUSED cclb_u64 cclb_write_shape_response(cclb_str url, cclb_str met
     return cclb_pack(out, (cclb_u32)total);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Shape helper                                                              */
+/* ------------------------------------------------------------------------- */
+
+/* Writes the ShapeResponse that sends `req` to its upstream with `body`: url =
+ * base_url without one trailing `/` (default https://api.anthropic.com) + path +
+ * `?query` when query is Some; method and headers echoed. Returns the packed value.
+ * (plugins/shape_passthrough.c passes req->body; 1.0 shape hooks may pass another.) */
+static CCLB_UNUSED cclb_u64 cclb_shape_forward(const cclb_shape_request *req, cclb_bytes body) {
+    cclb_str base = req->upstream.base_url.is_some ? req->upstream.base_url.value
+                                                   : cclb_str_from("https://api.anthropic.com");
+    if (base.len && base.ptr[base.len - 1] == '/') base.len--;
+
+    cclb_u64 url_len64 = (cclb_u64)base.len + req->path.len + (req->query.is_some ? 1u + req->query.value.len : 0u);
+    if (url_len64 > 0x7fffffffu) CCLB_TRAP();
+    cclb_u32 url_len = (cclb_u32)url_len64;
+    cclb_u8 *url = (cclb_u8 *)cclb_xalloc(url_len);
+    cclb_u32 pos = 0;
+    cclb_memcpy(url, base.ptr, base.len);
+    pos += base.len;
+    cclb_memcpy(url + pos, req->path.ptr, req->path.len);
+    pos += req->path.len;
+    if (req->query.is_some) {
+        url[pos++] = '?';
+        cclb_memcpy(url + pos, req->query.value.ptr, req->query.value.len);
+    }
+
+    /* n * 16 cannot wrap: the validated request holds n 16-byte Header elements inside
+     * the 32-bit memory; a block over 2 GiB makes cclb_xalloc trap. */
+    cclb_u32 n = req->headers.len;
+    cclb_header *headers = (cclb_header *)cclb_xalloc(n * (cclb_u32)sizeof(cclb_header));
+    for (cclb_u32 i = 0; i < n; i++) headers[i] = cclb_header_at(req->headers, i);
+
+    cclb_u64 out = cclb_write_shape_response(cclb_str_make(url, url_len), req->method, headers, n, body);
+
+    cclb_xfree(headers);
+    cclb_xfree(url);
+    return out;
+}
+
 /* Frees the request archive the host passed in (it came from cc_lb_alloc). */
 CCLB_INLINE void cclb_free_input(cclb_u32 in_ptr) { cclb_free(in_ptr); }
+
+/* The whole shape hook of a plugin that forwards the request unchanged: reads the
+ * ShapeRequest the host passed in, answers with cclb_shape_forward(req, req.body)
+ * and frees the input. */
+static CCLB_UNUSED cclb_u64 cclb_shape_passthrough(cclb_u32 in_ptr, cclb_u32 in_len) {
+    cclb_shape_request req;
+    cclb_read_shape_request(in_ptr, in_len, &req);
+    cclb_u64 out = cclb_shape_forward(&req, req.body);
+    cclb_free_input(in_ptr);
+    return out;
+}
 
 #endif /* CCLB_GUEST_H */
