@@ -43,6 +43,10 @@ and:
                      no guest: the floor of a round trip
   observe Chunk      ours/reuse, ObservabilityHook.observe(Chunk(...)) (an 80-byte archive:
                      an ObserveEvent is as large as its largest variant)
+  observe Chunk [fresh]  the same through a fresh instance (the default strategy)
+  sse event [fresh|reuse]  cc-lb 1.0: SseStream.events of one content_block_delta event
+                     (~100 B of JSON) through the shipped tool_rename_shape_1_0.wasm, which
+                     reads the event and answers Unchanged: a streamed event's round trip
   1 MiB filter       ours/reuse, constant guest, the request with a 1 MiB body
   1 MiB copy         one copy of the 1 MiB body into a preallocated bytearray (one memcpy)
   threads            ours/reuse from 1, 2 and 4 threads at once (cache-aware guest) and
@@ -314,6 +318,20 @@ def build(batch_seconds: float):
 
     observe = reuse_host.register_observe("observe", "observe-counter", shipped_plugin("observe_counter.wasm"))
     contenders.append(per_call("observe Chunk [reuse]", "other", lambda: observe.observe(chunk), batch_seconds))
+    fresh_observe = fresh_host.register_observe("observe", "observe-counter", shipped_plugin("observe_counter.wasm"))
+    contenders.append(per_call("observe Chunk [fresh]", "other", lambda: fresh_observe.observe(chunk), batch_seconds))
+    ctx, principal, _ = request
+    upstream = cw.AnthropicDirect("https://api.anthropic.com")
+    stream_head = cw.UpstreamResponse(200, [("content-type", "text/event-stream"), ("request-id", "req_011CVfake")])
+    event = cw.SseEvent(
+        "content_block_delta",
+        b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Refactoring the retry loop now."}}',
+    )
+    for strategy, plugin_host in (("reuse", reuse_host), ("fresh", fresh_host)):
+        dialect = plugin_host.register_shape("sse", "tool-rename", shipped_plugin("tool_rename_shape_1_0.wasm"))
+        stream = dialect.sse_stream(ctx, upstream, principal, stream_head)  # what a proxy holds per answer
+        assert stream.events(event) == (event,) and not stream.transformed
+        contenders.append(per_call(f"sse event [{strategy}]", "other", lambda s=stream: s.events(event), batch_seconds))
     constant = reuse_plugins["constant"]
     assert constant.filter(*big_request) == constant.filter(*request)
     big_body = big_request[0].body
@@ -412,6 +430,8 @@ TARGETS = (
     Target("fresh, constant guest: >= 10x faster than wasmtime-py fresh",
            "wasmtime-py/fresh [constant]", "ours/fresh [constant]", at_least=10),
     Target("observe Chunk round trip, reuse: <= 3 us", "observe Chunk [reuse]", None, at_most=3.0),
+    Target("cc-lb 1.0: a streamed event through a fresh transform <= 2x an observe Chunk through a fresh instance",
+           "sse event [fresh]", "observe Chunk [fresh]", at_most=2),
     Target("reuse, constant guest: >= 5x faster than extism, same payload",
            "extism [constant]", "ours/reuse [constant]", at_least=5),
     Target("1 MiB body filter call <= 1.5x one copy of the body", "1 MiB filter [constant, reuse]", "1 MiB copy", at_most=1.5),
@@ -429,6 +449,9 @@ RATIOS = (
     ("wasmtime-py/reuse / ours/reuse [cache-aware]", "wasmtime-py/reuse [cache-aware]", "ours/reuse [cache-aware]"),
     ("wasmtime-py/fresh / ours/fresh [cache-aware]", "wasmtime-py/fresh [cache-aware]", "ours/fresh [cache-aware]"),
     ("1 MiB filter / 1 MiB copy", "1 MiB filter [constant, reuse]", "1 MiB copy"),
+    ("sse event fresh / observe Chunk fresh", "sse event [fresh]", "observe Chunk [fresh]"),
+    ("sse event reuse / observe Chunk reuse", "sse event [reuse]", "observe Chunk [reuse]"),
+    ("sse event fresh / sse event reuse", "sse event [fresh]", "sse event [reuse]"),
     ("throughput x2 / x1 [cache-aware]", "threads x2 [cache-aware]", "threads x1 [cache-aware]"),
     ("throughput x4 / x1 [cache-aware]", "threads x4 [cache-aware]", "threads x1 [cache-aware]"),
     ("throughput x2 / x1 [spin]", "threads x2 [spin]", "threads x1 [spin]"),

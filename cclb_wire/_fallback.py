@@ -838,7 +838,8 @@ def _request_head(ctx: Any, principal: Any, cookie_redaction: bool) -> Tuple[Any
     )
 
 
-def _wire_candidates(candidates: Any, field: str) -> Tuple[Tuple[str, str, str, int, int], ...]:
+def _wire_candidates(candidates: Any, field: str, layout: str = "wire_fields") -> Tuple[Tuple[Any, ...], ...]:
+    """Each candidate's wire fields (``layout``: ``wire_fields`` for 0.2, ``wire_fields_1_0``)."""
     if isinstance(candidates, (str, bytes, bytearray, memoryview)):
         raise InvalidInputType(field, f"expected an iterable of cclb_wire.UpstreamCandidate, got {_type_name(candidates)}")
     try:
@@ -849,7 +850,7 @@ def _wire_candidates(candidates: Any, field: str) -> Tuple[Tuple[str, str, str, 
     for index, candidate in enumerate(iterator):
         if not isinstance(candidate, UpstreamCandidate):
             raise InvalidInputType(f"{field}[{index}]", f"expected a cclb_wire.UpstreamCandidate, got {_type_name(candidate)}")
-        fields.append(candidate.wire_fields)
+        fields.append(getattr(candidate, layout))
     return tuple(fields)
 
 

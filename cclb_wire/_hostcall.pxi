@@ -162,8 +162,16 @@ cdef enum:
     HOOK_FILTER = 0
     HOOK_SHAPE = 1
     HOOK_OBSERVE = 2
+    HOOK_TRANSFORM_RESPONSE = 3
+    HOOK_TRANSFORM_SSE_EVENT = 4
+    HOOK_COUNT = 5
 
-cdef tuple _HOOK_NAMES = ("filter", "shape", "observe")
+cdef tuple _HOOK_NAMES = ("filter", "shape", "observe", "transform_response", "transform_sse_event")
+#: the generated root each transform hook answers, by (hook - HOOK_TRANSFORM_RESPONSE)
+cdef tuple _TRANSFORM_ANSWERS = (schema.TRANSFORM_RESPONSE_RESULT, schema.TRANSFORM_SSE_EVENT_RESULT)
+cdef int _TRANSFORM_ANSWER_INDEX[2]
+_TRANSFORM_ANSWER_INDEX[0] = _GENERATED_ROOTS.index(schema.TRANSFORM_RESPONSE_RESULT)
+_TRANSFORM_ANSWER_INDEX[1] = _GENERATED_ROOTS.index(schema.TRANSFORM_SSE_EVENT_RESULT)
 
 
 cdef struct Guest:
@@ -173,7 +181,7 @@ cdef struct Guest:
     wt_memory memory
     wt_func alloc
     wt_func free
-    wt_func hooks[3]
+    wt_func hooks[5]  # HOOK_COUNT
     wt_global grow_flag
     uint32_t out_pointer
 
@@ -201,7 +209,7 @@ cdef class NativePlugin:
     cdef object local
     cdef CallGate gate
     cdef bint reuse, has_start, use_fuel, cookie_redaction
-    cdef bint has_hook[3]
+    cdef bint has_hook[5]  # HOOK_COUNT
     cdef uint64_t deadline_ticks, fuel
     cdef int64_t memory_limit, table_elements, max_tables
     cdef size_t stack_needed
@@ -222,7 +230,7 @@ cdef class NativePlugin:
         self.faults = faults
         self.local = local
         self.gate = gate
-        for i in range(3):
+        for i in range(HOOK_COUNT):
             self.has_hook[i] = _HOOK_NAMES[i] in hooks
         self.reuse = reuse
         self.has_start = has_start
@@ -325,7 +333,7 @@ cdef class NativePlugin:
         self._export(g, b"cc_lb_alloc", WT_EXTERN_FUNC, hook, &g.alloc)
         self._export(g, b"cc_lb_free", WT_EXTERN_FUNC, hook, &g.free)
         self._export(g, self.grow_flag_export, WT_EXTERN_GLOBAL, hook, &g.grow_flag)
-        for i in range(3):
+        for i in range(HOOK_COUNT):
             if self.has_hook[i]:
                 self._export(g, self.hook_export_bytes[i], WT_EXTERN_FUNC, hook, &g.hooks[i])
         if self.has_start:
@@ -360,7 +368,8 @@ cdef class NativePlugin:
             try:
                 _write(job, <char*>base + at)
             except _Refused:
-                raise _fallback.changed_error(_ROOT_NAMES[job.root]) from None  # the caller's error
+                name = _GENERATED_ROOTS[job.generated].name if job.root == ROOT_GENERATED else _ROOT_NAMES[job.root]
+                raise _fallback.changed_error(name) from None  # the caller's error
         else:
             memcpy(base + at, PyBytes_AS_STRING(encoded), length)
         pointer[0] = at
@@ -409,10 +418,14 @@ cdef class NativePlugin:
         try:
             if hook == HOOK_FILTER:
                 return _filter_output(&s, self.reason_cap)
+            if hook >= HOOK_TRANSFORM_RESPONSE:  # the wire answer; the host converts it
+                return _gread_root(&s, _TRANSFORM_ANSWER_INDEX[hook - HOOK_TRANSFORM_RESPONSE])
             return _shaped_request(&s, upstream, self.origin_policy, self.bounds)
         except Exception:
             # A copy: the error's traceback may outlive the store, and this memory with it.
             data = PyBytes_FromStringAndSize(<const char*>output, length)
+            if hook >= HOOK_TRANSFORM_RESPONSE:
+                return _fallback.decode(_TRANSFORM_ANSWERS[hook - HOOK_TRANSFORM_RESPONSE], data)
             if hook == HOOK_FILTER:
                 return _fallback.decode_filter_output(data, self.bounds)
             return _fallback.decode_shaped_request(data, upstream, origin_policy=self.origin_policy, bounds=self.bounds)
@@ -500,3 +513,16 @@ cdef class NativePlugin:
             encoded = _fallback.encode_observe_event(event)
         self._run(HOOK_OBSERVE, &job, encoded, None)
 
+    def call_wire(self, str hook, value):
+        """A call whose request is a wire root value (the cc-lb 1.0 hooks): a filter answers
+        its FilterOutput, a transform the wire answer value (DecodeError for an archive
+        rkyv would refuse)."""
+        cdef Job job
+        cdef bytes encoded = None
+        cdef int index = _HOOK_NAMES.index(hook)
+        try:
+            _value_job(&job, value)
+            _measure(&job)
+        except _Refused:
+            encoded = _fallback.encode(value)  # the canonical error, or the fallback's archive
+        return self._run(index, &job, encoded, None)

@@ -136,14 +136,17 @@ def _describe(wire_type: object, indent: str, lines: List[str]) -> None:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     lines = [f"cc-lb plugin wire V{schema.WIRE_VERSION} (rkyv 0.8), codec backend: {BACKEND}", ""]
-    for wire_type in schema.ALL_TYPES.values():
-        lines.append(f"{wire_type.name}: size {wire_type.size}, align {wire_type.align}")
+    for name, wire_type in schema.ALL_TYPES.items():
+        shown = name if name == wire_type.name else f"{name} (cc-lb 1.0's {wire_type.name})"
+        lines.append(f"{shown}: size {wire_type.size}, align {wire_type.align}")
         _describe(wire_type, "  ", lines)
-    lines.append("")
-    for hook, root in schema.HOOK_REQUEST_TYPES.items():
-        lines.append(f"hook {hook}: section cc_lb.schema.{hook}.v{schema.WIRE_VERSION}")
-        lines.append(f"  descriptor  {schema.descriptor(root)}")
-        lines.append(f"  fingerprint {schema.FINGERPRINTS[hook].hex()}")
+    for contract in schema.CONTRACTS.values():
+        lines.append("")
+        lines.append(f"contract {contract.name}: {contract.source}")
+        for hook, root in contract.hook_requests.items():
+            lines.append(f"hook {hook}: section cc_lb.schema.{hook}.v{schema.WIRE_VERSION}")
+            lines.append(f"  descriptor  {schema.descriptor(root)}")
+            lines.append(f"  fingerprint {contract.fingerprints[hook].hex()}")
     print("\n".join(lines))
     return 0
 
@@ -170,10 +173,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             status = "missing"
         else:
             status = "ok" if hook.fingerprint_ok else f"MISMATCH ({hook.fingerprint.hex()})"
+        mode = "" if hook.mode is None else f", mode {hook.mode}"
         lines.append(
             f"hook {hook.kind}: wire v{hook.wire_version}, export {hook.export} {hook.export_signature or '(missing)'}, "
-            f"fingerprint {status}"
+            f"fingerprint {status}{mode}"
         )
+    if inspection.contract is not None:
+        lines.append(f"contract:    {inspection.contract.name}: {inspection.contract.source}; read from its fingerprints")
     if inspection.module is not None:
         lines.append("exports:     " + ", ".join(f"{e.name} ({e.kind}{' ' + str(e.signature) if e.signature else ''})"
                                             for e in inspection.module.exports.values()))

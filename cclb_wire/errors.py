@@ -23,6 +23,7 @@ __all__ = [
     "EncodeTypeError",
     "FilterError",
     "DialectError",
+    "TransformError",
     "ObservabilityError",
     "PluginError",
     "PluginRejected",
@@ -199,6 +200,24 @@ class ObservabilityError(_KindedError):
     def dropped(cls, reason: str) -> "ObservabilityError":
         """The observe hook failed, for ``reason``; the event is dropped."""
         return cls("dropped", reason)
+
+
+class TransformError(_KindedError):
+    """A cc-lb 1.0 transform hook failed or answered something unusable: ``kind`` is
+    ``"invalid_output"`` (the answer breaks a rule: a status outside 100..999, a bad header,
+    over a bound) or ``"runtime"`` (anything else the plugin did wrong)."""
+
+    displays = {"invalid_output": "transform output rejected: {}", "runtime": "transform runtime error: {}"}
+
+    @classmethod
+    def invalid_output(cls, reason: str) -> "TransformError":
+        """The plugin's answer breaks a rule, for ``reason``."""
+        return cls("invalid_output", reason)
+
+    @classmethod
+    def runtime(cls, reason: str) -> "TransformError":
+        """Anything else the transform plugin did wrong."""
+        return cls("runtime", reason)
 
 
 # --- plugin host errors ------------------------------------------------------------

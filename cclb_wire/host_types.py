@@ -40,6 +40,14 @@ __all__ = [
     "ShapedRequest",
     "WireBounds",
     "ShapeOriginPolicy",
+    "CachePricing",
+    "UpstreamResponse",
+    "SseEvent",
+    "ResponseTransform",
+    "SseAction",
+    "SseTransform",
+    "UNCHANGED_RESPONSE",
+    "UNCHANGED_EVENT",
 ]
 
 StrOrBytes = Union[str, bytes]
@@ -150,6 +158,12 @@ class RequestContext:
     (``None``), other bytes are decoded as UTF-8. A ``str`` is kept as it is
     (``""`` stays ``""``). ``body`` is bytes, a bytearray or a contiguous memoryview.
 
+    The routing fields are read by cc-lb 1.0 filters only (a 0.2 filter's request has no
+    place for them): ``thread_id`` (the conversation, e.g. from a client header),
+    ``service_tier`` (the tier the client asked for, e.g. ``"priority"``),
+    ``canonical_model_id`` (``None`` is sent as ``""``) and ``cache_pricing`` (the model's
+    prices; ``None`` is sent as status ``"unknown"`` with every price unknown).
+
     Every field is checked here: a bad one raises InvalidInput (InvalidInputType for
     a wrong type) naming it, e.g. ``RequestContext.headers[2]``. What is checked is
     what is kept: a subclass of str or bytes is stored as the plain str or bytes it
@@ -163,11 +177,22 @@ class RequestContext:
     query: Union[str, bytes, None] = None
     headers: HeaderInput = ()
     body: Union[bytes, bytearray, memoryview] = b""
+    thread_id: Optional[str] = None
+    service_tier: Optional[str] = None
+    canonical_model_id: Optional[str] = None
+    cache_pricing: Optional["CachePricing"] = None
 
     def __post_init__(self) -> None:
         if not (type(self.request_id) is str and type(self.method) is str and type(self.path) is str):
             for name in ("request_id", "method", "path"):
                 _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
+        for name in ("thread_id", "service_tier", "canonical_model_id"):
+            if getattr(self, name) is not None:
+                _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
+        if self.cache_pricing is not None and not isinstance(self.cache_pricing, CachePricing):
+            raise InvalidInputType(
+                "RequestContext.cache_pricing", f"expected a cclb_wire.CachePricing or None, got {type_name(self.cache_pricing)}"
+            )
         object.__setattr__(self, "query", _query(self.query, "RequestContext.query"))
         object.__setattr__(self, "headers", _header_pairs(self.headers, "RequestContext.headers"))
         if type(self.body) is not bytes:
@@ -225,13 +250,56 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class CacheScore:
-    """The prompt-cache prediction for one candidate (only the V1 field, a u32)."""
+    """The prompt-cache prediction for one candidate, in tokens (each a u32). A 0.2
+    filter sees ``predicted_cache_read_tokens`` only; a 1.0 filter sees all four."""
 
     predicted_cache_read_tokens: int
+    predicted_cache_creation_tokens_5m: int = 0
+    predicted_cache_creation_tokens_1h: int = 0
+    predicted_uncached_input_tokens: int = 0
 
     def __post_init__(self) -> None:
-        field = "predicted_cache_read_tokens"
-        _keep(self, field, check_int(self.predicted_cache_read_tokens, f"CacheScore.{field}", 0, U32_MAX))
+        for field in _CACHE_SCORE_FIELDS:
+            _keep(self, field, check_int(getattr(self, field), f"CacheScore.{field}", 0, U32_MAX))
+
+
+_CACHE_SCORE_FIELDS = (
+    "predicted_cache_read_tokens",
+    "predicted_cache_creation_tokens_5m",
+    "predicted_cache_creation_tokens_1h",
+    "predicted_uncached_input_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePricing:
+    """A model's prompt-cache prices, as cc-lb 1.0 sends them to filters
+    (``CachePricingSummary``): a status text and four prices in micro-units per million
+    tokens, each an int in u64 range or ``None`` (unknown)."""
+
+    status: str = "unknown"
+    input_micros_per_million: Optional[int] = None
+    cache_creation_5m_micros_per_million: Optional[int] = None
+    cache_creation_1h_micros_per_million: Optional[int] = None
+    cache_read_micros_per_million: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _keep(self, "status", check_str(self.status, "CachePricing.status"))
+        for name in _PRICE_FIELDS:
+            _keep(self, name, _optional_int(getattr(self, name), f"CachePricing.{name}", U64_MAX))
+
+    @property
+    def wire_fields(self) -> Tuple[Any, ...]:
+        """(status, the four prices): the wire CachePricingSummary."""
+        return (self.status, *(getattr(self, name) for name in _PRICE_FIELDS))
+
+
+_PRICE_FIELDS = (
+    "input_micros_per_million",
+    "cache_creation_5m_micros_per_million",
+    "cache_creation_1h_micros_per_million",
+    "cache_read_micros_per_million",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +310,9 @@ class UpstreamCandidate:
     ``observed_at_unix_secs`` is an int in u64 range, or a finite non-negative float
     (``time.time()`` works) truncated toward zero to whole seconds: the field then
     holds the int. Every field is checked here (InvalidInput naming it).
+
+    A cc-lb 1.0 filter also sees the cache score's creation and uncached predictions,
+    ``plan_capacity_ratio`` (a float; default 1.0) and the three tiers (default ``""``).
     """
 
     upstream_id: uuid.UUID  # a str is parsed (the field then holds the UUID)
@@ -249,9 +320,15 @@ class UpstreamCandidate:
     kind: Any
     observed_at_unix_secs: Union[int, float]
     cache_score: Optional[CacheScore] = None
+    plan_capacity_ratio: float = 1.0
+    organization_type: str = ""
+    rate_limit_tier: str = ""
+    seat_tier: str = ""
     #: (id text, name, kind text, observed_at_unix_secs, predicted_cache_read_tokens):
     #: the wire UpstreamCandidate, computed once.
     wire_fields: Tuple[str, str, str, int, int] = field(init=False, repr=False, compare=False)
+    #: The twelve fields of the 1.0 wire UpstreamCandidate, computed once.
+    wire_fields_1_0: Tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         upstream_id: Any = self.upstream_id
@@ -281,6 +358,24 @@ class UpstreamCandidate:
             tokens = check_int(tokens, "UpstreamCandidate.cache_score.predicted_cache_read_tokens", 0, U32_MAX)
         wire_fields = (str(upstream_id), self.name, kind, observed, tokens)
         object.__setattr__(self, "wire_fields", wire_fields)
+        ratio = self.plan_capacity_ratio
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool):
+            raise InvalidInputType("UpstreamCandidate.plan_capacity_ratio", f"expected a float, got {type_name(ratio)}")
+        try:
+            ratio = float.__float__(ratio) if isinstance(ratio, float) else int.__float__(ratio)
+        except OverflowError:
+            raise InvalidInput("UpstreamCandidate.plan_capacity_ratio", "the int is too large for a float") from None
+        object.__setattr__(self, "plan_capacity_ratio", ratio)
+        for name in ("organization_type", "rate_limit_tier", "seat_tier"):
+            _keep(self, name, check_str(getattr(self, name), f"UpstreamCandidate.{name}"))
+        predictions = (0, 0, 0)
+        if score is not None:
+            predictions = tuple(  # type: ignore[assignment]
+                check_int(getattr(score, name), f"UpstreamCandidate.cache_score.{name}", 0, U32_MAX)
+                for name in _CACHE_SCORE_FIELDS[1:]
+            )
+        wire_1_0 = (*wire_fields, *predictions, ratio, self.organization_type, self.rate_limit_tier, self.seat_tier)
+        object.__setattr__(self, "wire_fields_1_0", wire_1_0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +494,111 @@ class ErrorEvent:
 
 #: Any of the host's observe events.
 ObserveEventInput = Union[RequestStarted, AuthnComplete, UpstreamChosen, Chunk, RequestFinished, ErrorEvent]
+
+
+# --- cc-lb 1.0 transforms: the upstream's answer, and what a plugin makes of it ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: its name (``event:``; ``""`` for none) and its data bytes."""
+
+    event: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _keep(self, "event", check_str(self.event, "SseEvent.event"))
+        if type(self.data) is not bytes:
+            object.__setattr__(self, "data", bytes(_body(self.data, "SseEvent.data")))
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """The upstream's answer as a transform sees it: the status (0..65535), the headers
+    (pairs as for RequestContext, stored as ``(name, value)`` tuples) and the body (for a
+    streamed answer, ``b""``: the events come one at a time)."""
+
+    status: int
+    headers: HeaderInput = ()
+    body: Union[bytes, bytearray, memoryview] = b""
+    #: The headers as a transform request carries them ((ASCII name, value bytes) pairs, as
+    #: they came), computed once.
+    wire_headers: Tuple[Tuple[str, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _keep(self, "status", check_int(self.status, "UpstreamResponse.status", 0, 0xFFFF))
+        pairs = _header_pairs(self.headers, "UpstreamResponse.headers")
+        object.__setattr__(self, "headers", pairs)
+        object.__setattr__(self, "wire_headers", tuple(
+            (host_rules.header_name_bytes(name, "UpstreamResponse.headers").decode("ascii"),
+             host_rules.header_value_bytes(value, "UpstreamResponse.headers"))
+            for name, value in pairs
+        ))
+        if type(self.body) is not bytes:
+            object.__setattr__(self, "body", bytes(_body(self.body, "UpstreamResponse.body")))
+
+
+def _drop_headers(headers: Tuple[Tuple[Any, Any], ...], names: Tuple[bytes, ...]) -> Tuple[Tuple[Any, Any], ...]:
+    def lower(name: Any) -> bytes:
+        return (name.encode("latin-1") if isinstance(name, str) else bytes(name)).lower()
+
+    return tuple(pair for pair in headers if lower(pair[0]) not in names)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTransform:
+    """What ``transform_response`` answered: ``replaced`` False keeps the upstream's answer
+    (``Unchanged``); otherwise each of ``status``, ``headers`` (``(lowercase name, value)``
+    pairs) and ``body`` replaces the upstream's, and ``None`` keeps it."""
+
+    replaced: bool = False
+    status: Optional[int] = None
+    headers: Optional[Tuple[Tuple[str, bytes], ...]] = None
+    body: Optional[bytes] = None
+
+    def apply(self, response: UpstreamResponse) -> UpstreamResponse:
+        """The answer to send: cc-lb's rules. A replaced body drops the upstream's
+        ``content-encoding`` and ``content-length`` (the proxy sets the length again); a
+        kept body keeps them."""
+        if not self.replaced:
+            return response
+        headers: Tuple[Tuple[Any, Any], ...] = response.headers if self.headers is None else self.headers  # type: ignore[assignment]
+        if self.body is not None and self.headers is None:
+            headers = _drop_headers(headers, (b"content-encoding", b"content-length"))
+        return UpstreamResponse(
+            response.status if self.status is None else self.status,
+            headers,
+            response.body if self.body is None else self.body,
+        )
+
+
+class SseAction(str, enum.Enum):
+    """What ``transform_sse_event`` did with an event."""
+
+    UNCHANGED = "unchanged"
+    REPLACE = "replace"
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class SseTransform:
+    """What ``transform_sse_event`` answered: keep the event, replace it by ``events`` (in
+    order; none is allowed), or drop it."""
+
+    action: SseAction = SseAction.UNCHANGED
+    events: Tuple[SseEvent, ...] = ()
+
+    def apply(self, event: SseEvent) -> Tuple[SseEvent, ...]:
+        """The events to emit in place of ``event``."""
+        if self.action is SseAction.UNCHANGED:
+            return (event,)
+        return self.events
+
+
+#: transform_response's "nothing changed" (also the answer of noop hooks and 0.2 shape plugins).
+UNCHANGED_RESPONSE = ResponseTransform()
+#: transform_sse_event's "nothing changed" (also the answer of noop hooks and 0.2 shape plugins).
+UNCHANGED_EVENT = SseTransform()
 
 
 # --- what plugins answer ------------------------------------------------------

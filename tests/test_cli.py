@@ -117,6 +117,31 @@ def test_inspect_shows_hooks_fingerprints_and_exports():
     assert "cc_lb_alloc (func (i32, i32) -> i32)" in text and "admission:   ok" in text
 
 
+@pytest.mark.parametrize(
+    "plugin, contract, hook_line",
+    [
+        ("cache_aware_filter", "0.2: cc-lb 273547c9", "hook filter: wire v1, export cc_lb_filter (i32, i32) -> i64, fingerprint ok\n"),
+        (
+            "noop_transforms_1_0",
+            "1.0: cc-lb 1.0",
+            "hook transform_response: wire v1, export cc_lb_transform_response (i32, i32) -> i64, fingerprint ok, mode noop\n",
+        ),
+    ],
+)
+def test_inspect_shows_the_contract_and_each_hook_mode(plugin, contract, hook_line):
+    result = run_cli("inspect", f"cclb_wire:{plugin}.wasm")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert f"contract:    {contract}" in text and hook_line in text
+
+
+def test_schema_lists_both_contracts_with_their_fingerprints():
+    text = run_cli("schema").stdout.decode()
+    assert "contract 0.2: cc-lb 273547c9" in text and "contract 1.0: cc-lb 1.0" in text
+    assert "fingerprint f20f669542349c002acd04b2308ff0d83899bf0cb5a17b818c1d938adda52834" in text
+    assert "FilterRequest10 (cc-lb 1.0's FilterRequest): size 192, align 8" in text
+
+
 def test_inspect_reports_a_rejected_module(tmp_path):
     import wasmtime
 

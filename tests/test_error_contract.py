@@ -66,6 +66,7 @@ def strided_buffer() -> memoryview:
 UPSTREAM = cw.AnthropicDirect("https://api.anthropic.com")
 CTX = cw.RequestContext("req-1", "POST", "/v1/messages", None, [("content-type", "application/json")], b"{}")
 PRINCIPAL = cw.Principal("tenant-a", cw.PrincipalKind.API_KEY, {"scope": "inference"})
+RESPONSE = cw.UpstreamResponse(200, [("content-type", "application/json")], b"{}")
 CANDIDATE = cw.UpstreamCandidate(uuid.UUID(int=1), "primary", "anthropic_api_key", 1_767_225_600, cw.CacheScore(5))
 CHUNK = wire.Chunk(1, 2, 3)
 FILTER_ANSWER = cw.encode(wire.FilterResponse((wire.PerCandidateReason(str(uuid.UUID(int=1)), "accept", "ok"),)))
@@ -91,13 +92,23 @@ VALID: Dict[str, Callable[[], Dict[str, Any]]] = {
     },
     "RequestContext": lambda: {
         "request_id": "r", "method": "POST", "path": "/v1/messages", "query": None, "headers": (), "body": b"",
+        "thread_id": None, "service_tier": None, "canonical_model_id": None, "cache_pricing": None,
     },
     "Principal": lambda: {"id": "p", "kind": "api_key", "claims": {}},
-    "CacheScore": lambda: {"predicted_cache_read_tokens": 1},
+    "CacheScore": lambda: {
+        "predicted_cache_read_tokens": 1, "predicted_cache_creation_tokens_5m": 0, "predicted_cache_creation_tokens_1h": 0,
+        "predicted_uncached_input_tokens": 0,
+    },
     "UpstreamCandidate": lambda: {
         "upstream_id": uuid.UUID(int=1), "name": "n", "kind": "anthropic_api_key", "observed_at_unix_secs": 0,
-        "cache_score": None,
+        "cache_score": None, "plan_capacity_ratio": 1.0, "organization_type": "", "rate_limit_tier": "", "seat_tier": "",
     },
+    "CachePricing": lambda: {
+        "status": "unknown", "input_micros_per_million": None, "cache_creation_5m_micros_per_million": None,
+        "cache_creation_1h_micros_per_million": None, "cache_read_micros_per_million": None,
+    },
+    "UpstreamResponse": lambda: {"status": 200, "headers": (), "body": b""},
+    "SseEvent": lambda: {"event": "ping", "data": b""},
     "AnthropicDirect": lambda: {"base_url": "https://api.anthropic.com"},
     "RequestStarted": lambda: {"request_id": "r", "downstream_user_agent": None},
     "AuthnComplete": lambda: {"principal_id": "p", "principal_kind": "api_key"},
@@ -385,6 +396,12 @@ TABLE: Dict[str, Dict[str, List[Bad]]] = {
     },
     # --- host types ---------------------------------------------------------------------------
     "RequestContext": {
+        **{name: _str_field(f"RequestContext.{name}", optional=True) for name in ("thread_id", "service_tier", "canonical_model_id")},
+        "cache_pricing": _wrong_types(
+            "RequestContext.cache_pricing",
+            T("dict", lambda: {"status": "known"}, "RequestContext.cache_pricing"),
+            T("wire-summary", lambda: wire.CachePricingSummary("known", None, None, None, None), "RequestContext.cache_pricing"),
+        ),
         "request_id": _str_field("RequestContext.request_id"),
         "method": _str_field("RequestContext.method"),
         "path": _str_field("RequestContext.path"),
@@ -440,7 +457,37 @@ TABLE: Dict[str, Dict[str, List[Bad]]] = {
             V("deep-dict-claims", deep_dict, "Principal.claims['a']"),
         ],
     },
-    "CacheScore": {"predicted_cache_read_tokens": _int_field("CacheScore.predicted_cache_read_tokens", 2**32 - 1)},
+    "CacheScore": {
+        name: _int_field(f"CacheScore.{name}", 2**32 - 1)
+        for name in (
+            "predicted_cache_read_tokens", "predicted_cache_creation_tokens_5m", "predicted_cache_creation_tokens_1h",
+            "predicted_uncached_input_tokens",
+        )
+    },
+    "CachePricing": {
+        "status": _str_field("CachePricing.status"),
+        **{
+            name: _int_field(f"CachePricing.{name}", U64, optional=True)
+            for name in (
+                "input_micros_per_million", "cache_creation_5m_micros_per_million", "cache_creation_1h_micros_per_million",
+                "cache_read_micros_per_million",
+            )
+        },
+    },
+    "UpstreamResponse": {
+        "status": _int_field("UpstreamResponse.status", 0xFFFF),
+        "headers": [
+            T("int", lambda: 42, "UpstreamResponse.headers"),
+            T("single", lambda: [("a",)], "UpstreamResponse.headers[0]"),
+            V("non-ascii-name", lambda: [("x-caf\u00e9", "v")], "UpstreamResponse.headers[0]"),
+            T("deep-list", deep_list, "UpstreamResponse.headers[0]"),
+        ],
+        "body": _wrong_types("UpstreamResponse.body", T("str", lambda: "text", "UpstreamResponse.body")),
+    },
+    "SseEvent": {
+        "event": _str_field("SseEvent.event"),
+        "data": _wrong_types("SseEvent.data", T("str", lambda: "text", "SseEvent.data"), T("none", lambda: None, "SseEvent.data")),
+    },
     "UpstreamCandidate": {
         "upstream_id": _wrong_types(
             "UpstreamCandidate.upstream_id",
@@ -471,6 +518,14 @@ TABLE: Dict[str, Dict[str, List[Bad]]] = {
             T("int", lambda: 5, "UpstreamCandidate.cache_score"),
             T("dict", lambda: {"predicted_cache_read_tokens": 5}, "UpstreamCandidate.cache_score"),
         ),
+        "plan_capacity_ratio": _wrong_types(
+            "UpstreamCandidate.plan_capacity_ratio",
+            T("str", lambda: "0.5", "UpstreamCandidate.plan_capacity_ratio"),
+            T("none", lambda: None, "UpstreamCandidate.plan_capacity_ratio"),
+            T("bool", lambda: True, "UpstreamCandidate.plan_capacity_ratio"),
+            V("int-past-float", lambda: 10**400, "UpstreamCandidate.plan_capacity_ratio"),
+        ),
+        **{name: _str_field(f"UpstreamCandidate.{name}") for name in ("organization_type", "rate_limit_tier", "seat_tier")},
     },
     "AnthropicDirect": {
         "base_url": [
@@ -611,13 +666,16 @@ EXCLUDED = {
     "UpstreamDialect": "an adapter made by PluginHost.register_shape",
     "ObservabilityHook": "an adapter made by PluginHost.register_observe",
     "SlotStats": "an output of PluginHost.stats",
+    "ResponseTransform": "an output of UpstreamDialect.transform_response",
+    "SseTransform": "an output of UpstreamDialect.transform_sse_event",
+    "SseAction": "an enum (an output)",
     # the exception classes themselves
     **{
         name: "an exception class"
         for name in (
             "CclbWireError", "InvalidInput", "InvalidInputType", "WireError", "DecodeError", "PointerOutOfRange",
             "UnalignedPointer", "InvalidUtf8", "InvalidDiscriminant", "EncodeError", "EncodeTypeError", "FilterError",
-            "DialectError", "ObservabilityError", "PluginError", "PluginRejected", "PluginTimeout", "PluginOutOfFuel",
+            "DialectError", "TransformError", "ObservabilityError", "PluginError", "PluginRejected", "PluginTimeout", "PluginOutOfFuel",
             "PluginPoolSaturated",
             "PluginMemoryLimit", "PluginResourceLimit", "PluginTrap", "PluginOutputError",
         )
@@ -648,7 +706,10 @@ def test_the_table_covers_the_public_api():
             assert any(bad.kind == "type" for bad in bads), f"cclb_wire.{name}: no wrong-type case"
 
 
-ADAPTERS_AND_OUTPUTS = ("FilterOutput", "ShapedRequest", "SlotStats", "FilterPlugin", "UpstreamDialect", "ObservabilityHook")
+ADAPTERS_AND_OUTPUTS = (
+    "FilterOutput", "ShapedRequest", "SlotStats", "FilterPlugin", "UpstreamDialect", "ObservabilityHook",
+    "ResponseTransform", "SseTransform",
+)
 
 
 def test_every_exclusion_is_an_exception_enum_output_or_not_callable():
@@ -863,6 +924,25 @@ METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]
         lambda: {"ctx": CTX, "upstream": UPSTREAM, "principal": PRINCIPAL},
         {"upstream": [T("none", lambda: None, "upstream", False)]},
     ),
+    **{
+        method: (
+            lambda: {"ctx": CTX, "upstream": UPSTREAM, "principal": PRINCIPAL, "response": RESPONSE},
+            {
+                "ctx": [T("none", lambda: None, "ctx", False)],
+                "upstream": [T("str", lambda: "https://api.anthropic.com", "upstream", False)],
+                "principal": [T("int", lambda: 1, "principal", False)],
+                "response": [T("tuple", lambda: (200, (), b""), "response", False), T("deep-list", deep_list, "response", False)],
+            },
+        )
+        for method in ("transform_response", "transform_response_with_policy", "sse_stream")
+    },
+    "transform_sse_event": (
+        lambda: {"ctx": CTX, "upstream": UPSTREAM, "principal": PRINCIPAL, "response": RESPONSE, "event": cw.SseEvent("ping", b"")},
+        {
+            "response": [T("none", lambda: None, "response", False)],
+            "event": [T("wire-event", lambda: wire.SseEvent("ping", b""), "event", False), T("str", lambda: "ping", "event", False)],
+        },
+    ),
     "observe": (
         lambda: {"event": cw.Chunk(1, 2, 3)},
         {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False),
@@ -894,6 +974,8 @@ def _method(plugin_host: Any, method: str) -> Callable[..., Any]:
         return getattr(plugin_host.register_filter("f", "cache-aware", _plugin_bytes("cache_aware_filter")), method)
     if method in ("shape", "shape_with_policy"):
         return getattr(plugin_host.register_shape("s", "passthrough", _plugin_bytes("shape_passthrough")), method)
+    if method in ("transform_response", "transform_response_with_policy", "transform_sse_event", "sse_stream"):
+        return getattr(plugin_host.register_shape("s10", "tool-rename", _plugin_bytes("tool_rename_shape_1_0")), method)
     if method in ("observe", "observe_with_policy"):
         return getattr(plugin_host.register_observe("o", "counter", _plugin_bytes("observe_counter")), method)
     if method == "close":

@@ -32,7 +32,7 @@ This package is the policy layer, one module per concern:
 from __future__ import annotations
 
 from ..host_stats import SlotStats
-from .adapters import FilterPlugin, ObservabilityHook, UpstreamDialect
+from .adapters import FilterPlugin, ObservabilityHook, SseStream, UpstreamDialect
 from .admission import PROBE_SAMPLES
 from .binding import NATIVE_CALLS_ENV
 from .config import FailurePolicy, HostConfig, InstanceStrategy
@@ -45,6 +45,7 @@ __all__ = [
     "PluginHost",
     "FilterPlugin",
     "UpstreamDialect",
+    "SseStream",
     "ObservabilityHook",
     "SlotStats",
     "PROBE_SAMPLES",

@@ -1,16 +1,28 @@
 """Adapters: what a slot offers its callers, like the reference host's traits.
 ``FilterPlugin.filter``, ``UpstreamDialect.shape`` and ``ObservabilityHook.observe``
 run the plugin a slot holds when the call starts; their ``*_with_policy`` twins apply
-the slot's failure policy."""
+the slot's failure policy. Each call speaks the contract of the plugin it runs (0.2 or
+1.0): callers pass the same host objects either way. A cc-lb 1.0 shape slot also
+transforms the upstream's answer (``transform_response``, ``sse_stream``)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple
 
 from .._validate import type_name
-from ..errors import DialectError, FilterError, InvalidInputType, ObservabilityError, PluginError, PluginTrap
+from .. import host_1_0
+from ..errors import (
+    DecodeError,
+    DialectError,
+    FilterError,
+    InvalidInputType,
+    ObservabilityError,
+    PluginError,
+    PluginTrap,
+    TransformError,
+)
 from ..host_stats import SlotStats
 from ..host_types import (
     AnthropicDirect,
@@ -18,13 +30,20 @@ from ..host_types import (
     ObserveEventInput,
     Principal,
     RequestContext,
+    ResponseTransform,
     ShapedRequest,
+    SseEvent,
+    SseTransform,
+    UNCHANGED_EVENT,
+    UNCHANGED_RESPONSE,
     UpstreamCandidate,
+    UpstreamResponse,
 )
+from ..schema import CONTRACT_1_0
 from .admission import Loaded
 from .config import FailurePolicy
 from .counters import clock_ns
-from .ctypes_calls import call_filter, call_observe, call_shape
+from .ctypes_calls import call_filter, call_observe, call_shape, call_wire
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -66,9 +85,20 @@ class _Adapter:
         return self._loaded().plugin_id
 
     @property
+    def contract(self) -> str:
+        """The contract of the plugin the slot holds: ``"0.2"`` or ``"1.0"`` (from its fingerprints)."""
+        return self._loaded().contract.name
+
+    @property
     def plugin_name(self) -> str:
         """The name the plugin was registered under."""
         return self._loaded().name
+
+    def _call_wire(self, loaded: Loaded, hook: str, request: object) -> Any:
+        """A call of a 1.0 hook on either call path."""
+        if loaded.native is not None:
+            return loaded.native.call_wire(hook, request)
+        return call_wire(self._host._engine, self._host._gate, loaded, hook, request)
 
     def stats(self) -> SlotStats:
         """This slot's call statistics (``PluginHost.stats`` for every slot)."""
@@ -92,7 +122,10 @@ class FilterPlugin(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
-            if loaded.native is not None:
+            if loaded.contract is CONTRACT_1_0:
+                request = host_1_0.filter_request(ctx, principal, candidates, cookie_redaction=host.config.cookie_redaction)
+                output = self._call_wire(loaded, "filter", request)
+            elif loaded.native is not None:
                 output = loaded.native.filter(ctx, principal, candidates)
             else:
                 output = call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)
@@ -174,6 +207,130 @@ class UpstreamDialect(_Adapter):
             self._counters.record_pass_through()
             _log.warning("shape plugin failed, passing through: %s", exc)
             return None
+
+
+    @property
+    def transform_hooks(self) -> Tuple[str, ...]:
+        """The transform hooks the slot's plugin has active (none for a 0.2 plugin or noop
+        hooks): a proxy may skip buffering or parsing answers the plugin never sees."""
+        hooks = self._loaded().hooks
+        return tuple(hook for hook in ("transform_response", "transform_sse_event") if hook in hooks)
+
+    def transform_response(
+        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse
+    ) -> ResponseTransform:
+        """What the slot's plugin makes of the upstream's buffered answer (cc-lb 1.0). A 0.2
+        plugin, or a 1.0 plugin whose hook is ``noop``, answers "unchanged" without a call.
+        Raises TransformError (``runtime``: the plugin failed; ``invalid_output``: its answer
+        breaks a rule); the typed error is its __cause__. ``ResponseTransform.apply``
+        gives the answer to send."""
+        return self._transform("transform_response", ctx, upstream, principal, response, None)  # type: ignore[return-value]
+
+    def transform_response_with_policy(
+        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse
+    ) -> ResponseTransform:
+        """``transform_response`` failing open, as cc-lb does whatever the slot's policy: a
+        failure is logged and counted, and the upstream's answer goes out unchanged."""
+        try:
+            return self.transform_response(ctx, upstream, principal, response)
+        except TransformError as exc:
+            self._counters.record_pass_through()
+            _log.warning("transform_response failed, sending the upstream's answer: %s", exc)
+            return UNCHANGED_RESPONSE
+
+    def transform_sse_event(
+        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse,
+        event: SseEvent,
+    ) -> SseTransform:
+        """What the slot's plugin makes of one event of the upstream's stream (cc-lb 1.0);
+        ``response`` holds the stream's status and headers. Errors as ``transform_response``;
+        ``sse_stream`` applies the streaming failure policy."""
+        return self._transform("transform_sse_event", ctx, upstream, principal, response, event)  # type: ignore[return-value]
+
+    def sse_stream(
+        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse
+    ) -> "SseStream":
+        """A transformer for one streamed answer, with cc-lb's policy: it fails open (the
+        event as it came) until a transformed event was emitted, and after that a failure
+        ends the stream (TransformError)."""
+        host_1_0.check_transform_args("sse_stream", ctx, principal, upstream, response)
+        return SseStream(self, ctx, upstream, principal, response)
+
+    def _transform(
+        self, hook: str, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal,
+        response: UpstreamResponse, event: Optional[SseEvent],
+    ) -> object:
+        # Bad arguments are the caller's error whatever plugin the slot holds.
+        host_1_0.check_transform_args(hook, ctx, principal, upstream, response, event)
+        if event is None:
+            return self._transform_call(hook, (ctx, principal, upstream, response), None, None)
+        return self._transform_call(hook, (ctx, principal, upstream, response), None, event)
+
+    def _transform_call(
+        self, hook: str, args: Tuple[Any, ...], head: Optional[Tuple[Any, ...]], event: Optional[SseEvent]
+    ) -> object:
+        """One transform call: ``args`` (ctx, principal, upstream, response) are checked;
+        ``head`` is their transform_head when the caller has it (a stream)."""
+        started = clock_ns()
+        try:
+            loaded = self._loaded()
+            if hook not in loaded.hooks:  # a 0.2 plugin, or a noop hook: never called
+                return UNCHANGED_RESPONSE if event is None else UNCHANGED_EVENT
+            if head is None:
+                head = host_1_0.transform_head(*args)
+            if event is None:
+                request = host_1_0.transform_response_request(*args)
+            else:
+                request = host_1_0.sse_event_request(head, event)
+            answer = self._call_wire(loaded, hook, request)
+            bounds = self._host.config.bounds
+            result = host_1_0.response_transform(answer, bounds) if event is None else host_1_0.sse_transform(answer, bounds)
+        except BaseException as exc:
+            self._counters.record_error_since(started, type(exc).__name__)
+            if isinstance(exc, DecodeError):
+                raise TransformError.invalid_output(f"{hook}: {exc}") from exc
+            if isinstance(exc, PluginError):
+                raise TransformError.runtime(str(exc)) from exc
+            raise
+        self._counters.record_since(started)
+        return result
+
+
+class SseStream:
+    """One streamed answer through a shape slot's ``transform_sse_event`` (see
+    ``UpstreamDialect.sse_stream``). ``events(event)`` gives the events to send for one
+    upstream event; ``transformed`` says whether anything the plugin made was sent."""
+
+    def __init__(
+        self, dialect: UpstreamDialect, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal,
+        response: UpstreamResponse,
+    ):
+        self._dialect = dialect
+        self._args = (ctx, principal, upstream, response)
+        self._head = host_1_0.transform_head(*self._args)  # once per stream, not per event
+        self.transformed = False
+        self.failures = 0
+
+    def events(self, event: SseEvent) -> Tuple[SseEvent, ...]:
+        """The events to send in place of ``event``. Raises TransformError only once a
+        transformed event was sent (the stream must then end with an error)."""
+        if not isinstance(event, SseEvent):  # the rest was checked when the stream began
+            raise InvalidInputType("SseStream.events.event", f"expected a cclb_wire.SseEvent, got {type_name(event)}")
+        try:
+            result: SseTransform = self._dialect._transform_call(  # type: ignore[assignment]
+                "transform_sse_event", self._args, self._head, event
+            )
+        except TransformError as exc:
+            if self.transformed:
+                raise
+            self.failures += 1
+            self._dialect._counters.record_pass_through()
+            _log.warning("transform_sse_event failed before anything transformed was sent, failing open: %s", exc)
+            return (event,)
+        emitted = result.apply(event)
+        if result is not UNCHANGED_EVENT:
+            self.transformed = True
+        return emitted
 
 
 class ObservabilityHook(_Adapter):

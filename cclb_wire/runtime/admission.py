@@ -1,6 +1,6 @@
 """Admission: a module is read, inspected (metadata, fingerprints, exports), rewritten,
-compiled, instantiated under the limits, and each declared hook probed with the canonical
-sample of HOST.md, before it may take a slot."""
+compiled, instantiated under the limits, and each active hook probed with its contract's
+sample (HOST.md, CONTRACT-1.0.md), before it may take a slot."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
 
-from .. import decode, encode, wire
+from .. import decode, encode, host_1_0, wire
 from .._validate import type_name
 from ..errors import DecodeError, InvalidInput, InvalidInputType, PluginError, PluginPoolSaturated, PluginRejected
+from ..schema import CONTRACT_0_2, Contract
 from . import binding
 from .config import path_text
 from .ctypes_calls import Instance
@@ -40,11 +41,18 @@ def _probe_request(shape: bool) -> Any:
     return wire.FilterRequest(*head, ())
 
 
-#: The canonical probe samples of HOST.md, as archives.
-PROBE_SAMPLES: Dict[str, bytes] = {
-    "filter": encode(_probe_request(False)),
-    "shape": encode(_probe_request(True)),
-    "observe": encode(wire.RequestStarted("probe-req-1", "cc-lb-probe/1.0")),
+#: The canonical probe samples, as archives: HOST.md's for 0.2, CONTRACT-1.0.md's for 1.0
+#: (whose shape sample is 0.2's: the layout did not change).
+PROBE_SAMPLES: Dict[str, Dict[str, bytes]] = {
+    "0.2": {
+        "filter": encode(_probe_request(False)),
+        "shape": encode(_probe_request(True)),
+        "observe": encode(wire.RequestStarted("probe-req-1", "cc-lb-probe/1.0")),
+    },
+    "1.0": {
+        "shape": encode(_probe_request(True)),
+        **{hook: encode(value) for hook, value in host_1_0.PROBE_SAMPLES.items()},
+    },
 }
 
 
@@ -58,7 +66,10 @@ class Loaded:
     plugin_id: uuid.UUID
     instance_pre: Any
     inspection: PluginInspection
+    #: The hooks that are called (declared, not noop).
     hooks: Tuple[str, ...]
+    #: The contract the plugin speaks, read from its fingerprints.
+    contract: Contract = CONTRACT_0_2
     #: The compiled module and its cache key (content and engine settings).
     module: Any = None
     module_key: bytes = b""
@@ -131,10 +142,11 @@ class Admission:
             instance_pre = self.linker.instantiate_pre(module)
         except self.engine.wt.errors as exc:
             raise PluginRejected(f"failed to instantiate module: {exc}".splitlines()[0], plugin=name, hook=kind) from exc
-        hooks = tuple(hook for hook in HOOK_EXPORTS if hook in ((inspection.metadata or {}).get("hooks") or {}))
+        hooks = inspection.active_hooks
+        assert inspection.contract is not None  # check() refused every plugin without one
         loaded = Loaded(
             name, kind, content_hash, uuid.UUID(bytes=content_hash[:16], version=4), instance_pre, inspection, hooks,
-            module, module_key, any(export.name == START_EXPORT for export in module.exports),
+            inspection.contract, module, module_key, any(export.name == START_EXPORT for export in module.exports),
         )
         loaded.faults = Faults(self.engine, name)
         if self.engine.config.probe:
@@ -200,15 +212,14 @@ class Admission:
             raise PluginRejected(f"cannot instantiate: {exc.detail}", plugin=loaded.name, hook=hook) from exc
 
     def _probe(self, loaded: Loaded, hook: str) -> None:
-        sample = PROBE_SAMPLES[hook]
+        sample = PROBE_SAMPLES[loaded.contract.name][hook]
         instance = self._trial_instance(loaded, hook)
         try:
             view = instance.call_with(hook, sample)
             output = None if view is None else bytes(view)  # a copy: the store is closed below
-            if hook == "filter":
-                decode("FilterResponse", output)
-            elif hook == "shape":
-                decode("ShapeResponse", output)
+            answer = loaded.contract.hook_responses.get(hook)
+            if answer is not None:
+                decode(answer, output)  # the archive only: its values are judged per call
         except (PluginError, DecodeError) as exc:
             reason = exc.detail if isinstance(exc, PluginError) else str(exc)
             raise PluginRejected(

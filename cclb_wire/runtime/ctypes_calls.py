@@ -14,7 +14,16 @@ import ctypes
 import threading
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
-from .. import decode_filter_output, decode_shaped_request, encode_filter_request, encode_observe_event, encode_shape_request
+from .. import (
+    decode,
+    decode_filter_output,
+    decode_shaped_request,
+    encode_filter_request,
+    encode_into,
+    encode_observe_event,
+    encode_shape_request,
+    encoded_size,
+)
 from ..errors import PluginError
 from .wasm_module import HOOK_EXPORTS
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
@@ -361,3 +370,21 @@ def call_shape(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: An
 
 def call_observe(engine: Any, gate: CallGate, loaded: Any, event: Any) -> None:
     run_call(engine, gate, loaded, "observe", lambda into: encode_observe_event(event, into=into), lambda output: None)
+
+
+def call_wire(engine: Any, gate: CallGate, loaded: Any, hook: str, value: Any) -> Any:
+    """A call whose request is a wire root value (the cc-lb 1.0 hooks), as
+    NativePlugin.call_wire: a filter answers its FilterOutput, a transform its wire answer."""
+    config = engine.config
+
+    def write(into: Into) -> int:
+        size = encoded_size(value)
+        buffer, offset = into(size)
+        return encode_into(value, buffer, offset)
+
+    def convert(output: Optional[memoryview]) -> Any:
+        if hook == "filter":
+            return decode_filter_output(output, config.bounds)
+        return decode(loaded.contract.hook_responses[hook], output)
+
+    return run_call(engine, gate, loaded, hook, write, convert)

@@ -2,7 +2,8 @@
 
 A small parser of the WebAssembly binary format (only what admission needs:
 the type, import, function and export sections, and custom sections), plus
-cc-lb's admission rules (``HOST.md``) with the reference host's reason texts.
+cc-lb's admission rules (``HOST.md``) with the reference host's reason texts, and the
+contract a plugin speaks, read from its fingerprints (``CONTRACT-1.0.md``).
 Pure Python: no wasmtime needed to inspect a plugin.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import PluginRejected
 from ..jsontext import loads as load_json
-from ..schema import FINGERPRINTS, WIRE_VERSION
+from ..schema import CONTRACTS, FINGERPRINT_CONTRACTS, REFUSED_FINGERPRINTS, WIRE_VERSION, Contract
 
 __all__ = [
     "WasmParseError",
@@ -27,6 +28,7 @@ __all__ = [
     "METADATA_SECTION",
     "MAX_METADATA_BYTES",
     "HOOK_EXPORTS",
+    "HOOK_MODES",
     "SUPPORTED_WIRE_VERSIONS",
 ]
 
@@ -39,8 +41,16 @@ METADATA_SECTION = "cc_lb.plugin.v1"
 #: paragraphs of usage text on every hook, and keeps admission's work on metadata small.
 MAX_METADATA_BYTES = 64 * 1024
 SCHEMA_SECTION_PREFIX = "cc_lb.schema."
-#: hook kind -> the function export that implements it.
-HOOK_EXPORTS = {"filter": "cc_lb_filter", "shape": "cc_lb_shape", "observe": "cc_lb_observe"}
+#: hook kind -> the function export that implements it (every hook of every contract).
+HOOK_EXPORTS = {
+    "filter": "cc_lb_filter",
+    "shape": "cc_lb_shape",
+    "observe": "cc_lb_observe",
+    "transform_response": "cc_lb_transform_response",
+    "transform_sse_event": "cc_lb_transform_sse_event",
+}
+#: A hook's ``mode`` in the metadata (absent: active). A noop hook is never probed or called.
+HOOK_MODES = ("active", "noop")
 #: hook kind -> the wire versions this host accepts for it.
 SUPPORTED_WIRE_VERSIONS = {hook: (WIRE_VERSION,) for hook in HOOK_EXPORTS}
 HOOK_SIGNATURE = (("i32", "i32"), ("i64",))
@@ -233,11 +243,23 @@ class HookInfo:
     export: str
     export_signature: Optional[str]
     fingerprint: Optional[bytes]  # the plugin's cc_lb.schema.<kind>.v<version> section
+    #: The metadata's ``mode`` ("active" or "noop"); None when the entry has none (active).
+    mode: Optional[str] = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the hook is called (its mode is not ``noop``)."""
+        return self.mode != "noop"
+
+    @property
+    def contracts(self) -> Tuple[Contract, ...]:
+        """The contracts whose request layout the fingerprint names (empty: none this host knows)."""
+        return FINGERPRINT_CONTRACTS.get((self.kind, self.fingerprint or b""), ())
 
     @property
     def fingerprint_ok(self) -> bool:
-        """Whether the plugin's schema fingerprint equals this host's for the hook."""
-        return self.fingerprint is not None and self.fingerprint == FINGERPRINTS.get(self.kind)
+        """Whether the plugin's schema fingerprint is one this host speaks for the hook."""
+        return bool(self.contracts)
 
 
 @dataclass(frozen=True)
@@ -248,6 +270,14 @@ class PluginInspection:
     metadata: Optional[Dict[str, Any]]
     hooks: Tuple[HookInfo, ...]
     problems: Tuple[str, ...] = field(default=())
+    #: The contract the plugin speaks (None: it breaks a rule that decides it).
+    contract: Optional[Contract] = None
+
+    @property
+    def active_hooks(self) -> Tuple[str, ...]:
+        """The declared hooks that are called (not ``noop``), in HOOK_EXPORTS order."""
+        active = {hook.kind for hook in self.hooks if hook.active}
+        return tuple(kind for kind in HOOK_EXPORTS if kind in active)
 
     def problems_for(self, slot_kind: Optional[str]) -> List[str]:
         """Every rule the module breaks, in order, for a slot of ``slot_kind`` (None: any slot)."""
@@ -306,6 +336,9 @@ def _metadata(payloads: List[bytes], problems: List[str]) -> Optional[Dict[str, 
             if not isinstance(entry.get(key), str):
                 problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: hook `{hook}` `{key}` must be a string")
                 return None
+        if entry.get("mode", "active") not in HOOK_MODES:
+            problems.append(f"invalid `{METADATA_SECTION}` metadata JSON: hook `{hook}` mode must be \"active\" or \"noop\"")
+            return None
     for key in ("name", "version", "description", "usage"):
         if not metadata[key].strip():
             problems.append(f"invalid `{METADATA_SECTION}` metadata: missing plugin {key}")
@@ -363,7 +396,8 @@ def inspect_plugin(wasm: bytes) -> PluginInspection:
         fingerprint = payloads[0] if payloads else None
         hooks.append(
             HookInfo(hook, version, entry["description"], entry["usage"], export_name,
-                     str(export.signature) if export is not None and export.signature else None, fingerprint)
+                     str(export.signature) if export is not None and export.signature else None, fingerprint,
+                     entry.get("mode"))
         )
         if version not in SUPPORTED_WIRE_VERSIONS[hook]:
             problems.append(f"host does not support hook `{hook}` wire version {version}")
@@ -374,8 +408,59 @@ def inspect_plugin(wasm: bytes) -> PluginInspection:
             problems.append(f"export `{export_name}` has type {export.signature}; expected {FuncType(*HOOK_SIGNATURE)}")
         if fingerprint is None:
             problems.append(f"missing `{section}` custom section for declared hook `{hook}`")
-        elif len(fingerprint) == 32 and fingerprint != FINGERPRINTS[hook]:
-            problems.append(
-                f"`{section}` hash mismatch (host expects {FINGERPRINTS[hook].hex()} but plugin shipped {fingerprint.hex()})"
-            )
-    return PluginInspection(module, metadata, tuple(hooks), tuple(problems))
+        elif len(fingerprint) == 32 and not hooks[-1].contracts:
+            problems.append(_fingerprint_problem(hook, section, fingerprint))
+    contract = None
+    if not problems and hooks:
+        contract = _contract_of(tuple(hooks), problems)
+    return PluginInspection(module, metadata, tuple(hooks), tuple(problems), contract)
+
+
+def _expected_fingerprints(hook: str) -> str:
+    known = [(digest, contracts) for (kind, digest), contracts in FINGERPRINT_CONTRACTS.items() if kind == hook]
+    return " or ".join(f"{digest.hex()} (cc-lb {'/'.join(c.name for c in contracts)})" for digest, contracts in known)
+
+
+def _fingerprint_problem(hook: str, section: str, fingerprint: bytes) -> str:
+    refused = REFUSED_FINGERPRINTS.get((hook, fingerprint))
+    if refused is not None:
+        return f"`{section}` fingerprint {fingerprint.hex()} is refused ({refused}); expected {_expected_fingerprints(hook)}"
+    return f"`{section}` hash mismatch (host expects {_expected_fingerprints(hook)} but plugin shipped {fingerprint.hex()})"
+
+
+def _contract_rules(contract: Contract, hooks: Tuple[HookInfo, ...]) -> List[str]:
+    """The contract's rules the declared hooks break."""
+    declared = {hook.kind: hook for hook in hooks}
+    broken = []
+    for hook in hooks:
+        if hook.mode == "noop" and hook.kind not in contract.noop_hooks:
+            broken.append(f"hook `{hook.kind}` cannot be \"noop\" under the cc-lb {contract.name} contract")
+    for kind, required in contract.requires.items():
+        if kind in declared:
+            for other in sorted(required):
+                entry = declared.get(other)
+                if entry is None:
+                    broken.append(f"a cc-lb {contract.name} `{kind}` plugin must also declare `{other}`")
+                elif entry.mode is None:
+                    broken.append(f"hook `{other}` needs an explicit \"mode\" beside `{kind}` (cc-lb {contract.name})")
+    for kind, companion in contract.needs_companion.items():
+        if kind in declared and companion not in declared:
+            broken.append(f"hook `{kind}` is declared without `{companion}` (cc-lb {contract.name} forbids it)")
+    return broken
+
+
+def _contract_of(hooks: Tuple[HookInfo, ...], problems: List[str]) -> Optional[Contract]:
+    """The one contract every hook's fingerprint names and whose rules the plugin keeps
+    (oldest first: a lone 0.2 shape plugin's fingerprint is also 1.0's); else a problem."""
+    candidates = [c for c in CONTRACTS.values() if all(c in hook.contracts for hook in hooks)]
+    if not candidates:
+        names = ", ".join(f"`{h.kind}` is cc-lb {'/'.join(c.name for c in h.contracts)}" for h in hooks)
+        problems.append(f"hooks of different contracts in one plugin ({names})")
+        return None
+    broken: List[str] = []
+    for contract in candidates:
+        broken = _contract_rules(contract, hooks)
+        if not broken:
+            return contract
+    problems.append(broken[0])
+    return None
