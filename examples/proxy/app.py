@@ -36,6 +36,7 @@ from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADE
 
 from . import config as cfg
 from .metrics import ProxyMetrics
+from .sse import SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
 T = TypeVar("T")
@@ -250,10 +251,39 @@ class Proxy:
 
     def build_context(self, scope: MutableMapping[str, Any], request_id: str, body: bytes) -> cw.RequestContext:
         """From the ASGI scope: the headers list as it is, minus the stripped ones; the body
-        object as read (RequestContext keeps it, the host copies it once into the guest)."""
+        object as read (RequestContext keeps it, the host copies it once into the guest).
+        For a cc-lb 1.0 filter, the routing fields too (``routing``)."""
         headers = [h for h in scope["headers"] if h[0] not in STRIPPED_REQUEST_HEADERS]
         path = scope.get("raw_path") or scope["path"].encode("utf-8")  # raw: keeps %-escapes as sent
-        return cw.RequestContext(request_id, scope["method"], path.decode("latin-1"), scope["query_string"], headers, body)
+        routing = self.routing(scope["headers"], body) if self._filter_contract() == "1.0" else {}
+        return cw.RequestContext(request_id, scope["method"], path.decode("latin-1"), scope["query_string"], headers, body, **routing)
+
+    def _filter_contract(self) -> Optional[str]:
+        adapter = self.adapters.get("filter")
+        return None if adapter is None else adapter.contract
+
+    def routing(self, headers: List[Tuple[bytes, bytes]], body: bytes) -> Dict[str, Any]:
+        """A 1.0 filter's routing fields: ``model`` and ``service_tier`` from the JSON body,
+        ``thread_id`` from ``[server].thread_id_header``, the model's prices from
+        ``[prices]``. A body that is not a JSON object leaves them unset."""
+        routing: Dict[str, Any] = {}
+        wanted = self.config.thread_id_header.encode("latin-1")
+        for name, value in headers:
+            if wanted and name == wanted:
+                routing["thread_id"] = value.decode("latin-1")
+                break
+        try:
+            document = json.loads(body) if body else None
+        except (ValueError, RecursionError):
+            document = None
+        if isinstance(document, dict):
+            model, tier = document.get("model"), document.get("service_tier")
+            if isinstance(model, str):
+                routing["canonical_model_id"] = model
+                routing["cache_pricing"] = self.config.prices.get(model)
+            if isinstance(tier, str):
+                routing["service_tier"] = tier
+        return routing
 
     async def forward(self, http: Request) -> Response:
         request = _Request()
@@ -307,15 +337,46 @@ class Proxy:
             await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
             return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
         response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS]
+        transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
+        if transforms:  # a cc-lb 1.0 shape plugin maps the answer back
+            seen = cw.UpstreamResponse(answer.status_code, response_headers)
+            call = (ctx, upstream.target, principal, seen)
+            sse = answer.headers.get("content-type", "").startswith("text/event-stream")
+            encoded = answer.headers.get("content-encoding", "identity").lower() != "identity"
+            if sse and not encoded and "transform_sse_event" in transforms:
+                response = StreamingResponse(self._relay(request, answer, call), status_code=answer.status_code)
+                response.raw_headers = response_headers
+                return response
+            if not sse and not encoded and "transform_response" in transforms:
+                return await self._transform_buffered(request, answer, call)
         response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
 
-    async def _relay(self, request: _Request, answer: httpx.Response) -> AsyncIterator[bytes]:
+    async def _transform_buffered(self, request: _Request, answer: httpx.Response, call: Tuple[Any, ...]) -> Response:
+        """The whole answer, read (usage counted on the upstream's bytes), then through
+        ``transform_response``; a failure sends the upstream's answer as it came."""
+        chunks = []
+        async for chunk in self._relay(request, answer):
+            chunks.append(chunk)
+        ctx, target, principal, seen = call
+        upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, b"".join(chunks))
+        result = await self._call(request, "shape", self.adapters["shape"].transform_response_with_policy, ctx, target, principal, upstream_answer)
+        sent = result.apply(upstream_answer)
+        response = Response(sent.body, status_code=sent.status)
+        headers = [(_latin1(name).lower(), _latin1(value)) for name, value in sent.headers]
+        response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
+        return response
+
+    async def _relay(self, request: _Request, answer: httpx.Response, call: Optional[Tuple[Any, ...]] = None) -> AsyncIterator[bytes]:
         """The upstream's bytes as they come (raw: a compressed answer stays compressed,
-        with its content-encoding), each chunk reported before it is passed on."""
+        with its content-encoding), each chunk reported before it is passed on. With
+        ``call`` (a streamed answer a cc-lb 1.0 shape plugin transforms), each complete event
+        goes through ``transform_sse_event`` first; usage is read from the upstream's bytes."""
         scanner = UsageScanner(answer.headers.get("content-type", ""), "content-encoding" in answer.headers)
         index, finished = 0, False
+        stream = None if call is None else self.adapters["shape"].sse_stream(*call)
+        reader = SseReader()
         try:
             async for chunk in answer.aiter_raw():
                 events = chunk.count(b"\n\n") if scanner.sse else 1
@@ -323,7 +384,30 @@ class Proxy:
                 scanner.feed(chunk)
                 self.metrics.chunks.inc()
                 index += 1
-                yield chunk
+                if stream is None:
+                    yield chunk
+                    continue
+                out = []
+                for raw, event in reader.feed(chunk):
+                    if event is None:  # a comment or a block without data: no event to transform
+                        out.append(raw)
+                        continue
+                    try:
+                        emitted = await self._call(request, "shape", stream.events, event)
+                    except cw.TransformError as exc:  # after a transformed event: the stream must end
+                        await self.observe(request, cw.ErrorEvent("transform_failed", str(exc), "shape"))
+                        message = f"shape plugin {self._name('shape')!r} failed mid-stream: {exc}"
+                        error = {"type": "error", "error": {"type": "api_error", "message": message}}
+                        yield b"".join(out) + encode_event(cw.SseEvent("error", json.dumps(error).encode()))
+                        return
+                    if emitted == (event,):
+                        out.append(raw)  # unchanged: byte for byte
+                    elif emitted:
+                        out.append(other_fields(raw) + b"".join(encode_event(e) for e in emitted))
+                if out:
+                    yield b"".join(out)
+            if stream is not None and (rest := reader.rest()):
+                yield rest
             finished = True
             tokens = scanner.tokens()
             duration_ms = int((time.perf_counter() - request.started) * 1000)
@@ -370,6 +454,11 @@ class Proxy:
         if http.query_params.get("reset"):
             self.hook_samples.clear()
         return JSONResponse({"hook_seconds": samples})
+
+
+def _latin1(text: Any) -> bytes:
+    """A header name or value as bytes (host types keep what they were given: str or bytes)."""
+    return text.encode("latin-1") if isinstance(text, str) else bytes(text)
 
 
 def _stamp(path: os.PathLike[str]) -> Tuple[int, int, int]:

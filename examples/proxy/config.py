@@ -28,6 +28,19 @@ else:  # Python 3.10: the same parser, from PyPI
 HOOKS = ("filter", "shape", "observe")
 
 
+#: An upstream's cache predictions besides predicted_cache_read_tokens (cc-lb 1.0 filters see them).
+PREDICTION_FIELDS = ("predicted_cache_creation_tokens_5m", "predicted_cache_creation_tokens_1h", "predicted_uncached_input_tokens")
+#: An upstream's tiers (cc-lb 1.0 filters see them).
+TIER_FIELDS = ("organization_type", "rate_limit_tier", "seat_tier")
+#: A model's prices in ``[prices."model"]``, micro-units per million tokens.
+PRICE_FIELDS = (
+    "input_micros_per_million",
+    "cache_creation_5m_micros_per_million",
+    "cache_creation_1h_micros_per_million",
+    "cache_read_micros_per_million",
+)
+
+
 class ConfigError(ValueError):
     """A bad configuration file; the message names the key."""
 
@@ -72,6 +85,10 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: The request header whose value is a cc-lb 1.0 filter's ``thread_id`` ("" : none).
+    thread_id_header: str = "x-claude-code-session-id"
+    #: model id -> its prompt-cache prices, for cc-lb 1.0 filters (``[prices."model"]``).
+    prices: Mapping[str, cw.CachePricing] = field(default_factory=dict)
     host: cw.HostConfig = field(default_factory=cw.HostConfig)
     keys: Tuple[ApiKey, ...] = ()
     upstreams: Tuple[Upstream, ...] = ()
@@ -177,8 +194,17 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
             name, kind = _get(entry, "name", str, where), _get(entry, "kind", str, where, "anthropic_api_key")
             base_url = _get(entry, "base_url", str, where).rstrip("/")
             tokens = _get(entry, "predicted_cache_read_tokens", int, where, 0)
+            score = cw.CacheScore(
+                tokens,
+                *(_get(entry, field, int, where, 0) for field in PREDICTION_FIELDS),
+            )
             # The candidate is built once: its fields are fixed, and building checks them.
-            candidate = cw.UpstreamCandidate(upstream_id, name, kind, loaded_at, cw.CacheScore(tokens))
+            # The fields after the score are cc-lb 1.0's (a 0.2 filter does not see them).
+            candidate = cw.UpstreamCandidate(
+                upstream_id, name, kind, loaded_at, score,
+                float(_get(entry, "plan_capacity_ratio", (int, float), where, 1.0)),
+                *(_get(entry, field, str, where, "") for field in TIER_FIELDS),
+            )
             target = cw.AnthropicDirect(base_url)
         except ValueError as exc:
             raise ConfigError(f"{where[:-1]}: {exc}") from exc
@@ -211,6 +237,21 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
             _get(entry, "offload_to_thread", bool, where, False),
         )
 
+    prices: Dict[str, cw.CachePricing] = {}
+    for model, entry in _table(data, "prices", "").items():
+        where = f"prices.{model}."
+        _check_table(entry, where)
+        unknown = set(entry) - {"status", *PRICE_FIELDS}
+        if unknown:
+            raise ConfigError(f"{where}{sorted(unknown)[0]}: unknown key (expected status, {', '.join(PRICE_FIELDS)})")
+        try:
+            prices[model] = cw.CachePricing(
+                _get(entry, "status", str, where, "known"),
+                *(_get(entry, field, int, where, None) for field in PRICE_FIELDS),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{where[:-1]}: {exc}") from exc
+
     config = ProxyConfig(
         source=source,
         listen_host=_get(server, "host", str, "server.", "127.0.0.1"),
@@ -220,6 +261,8 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         keep_alive_s=float(_get(server, "keep_alive_s", (int, float), "server.", 75.0)),
         max_connections=_get(server, "max_connections", int, "server.", 256),
         debug_endpoints=_get(server, "debug_endpoints", bool, "server.", False),
+        thread_id_header=_get(server, "thread_id_header", str, "server.", "x-claude-code-session-id").lower(),
+        prices=prices,
         host=host_config,
         keys=tuple(keys),
         upstreams=tuple(upstreams),

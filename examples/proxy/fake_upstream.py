@@ -8,6 +8,9 @@ It records what it receives and answers deterministically:
   numbering it from 0, so a client can check that none was lost or reordered.
 - otherwise: a JSON message with ``usage``.
 
+When the request declares ``tools``, the answer also calls the first one (a ``tool_use``
+block with that tool's name, as the API does): a test sees which name the upstream got.
+
 Request headers steer it: ``x-fake-deltas`` (N, default 5), ``x-fake-delay-ms``
 (default 2), ``x-fake-status`` (answer that status with an Anthropic-style error).
 
@@ -40,7 +43,11 @@ class Received:
         return [v for k, v in self.headers if k == key]
 
 
-def sse_events(deltas: int) -> List[Tuple[str, Dict[str, Any]]]:
+def tool_use(name: str) -> Dict[str, Any]:
+    return {"type": "tool_use", "id": "toolu_fake", "name": name, "input": {}}
+
+
+def sse_events(deltas: int, tool: Optional[str] = None) -> List[Tuple[str, Dict[str, Any]]]:
     """The stream's events, in order (clients compare against this)."""
     start = {
         "type": "message_start",
@@ -57,6 +64,9 @@ def sse_events(deltas: int) -> List[Tuple[str, Dict[str, Any]]]:
     for i in range(deltas):
         events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"chunk-{i} "}}))
     events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    if tool is not None:
+        events.append(("content_block_start", {"type": "content_block_start", "index": 1, "content_block": tool_use(tool)}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 1}))
     events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": deltas}}))
     events.append(("message_stop", {"type": "message_stop"}))
     return events
@@ -66,10 +76,11 @@ def sse_bytes(seq: int, name: str, data: Dict[str, Any]) -> bytes:
     return f"id: {seq}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def message(deltas: int) -> Dict[str, Any]:
+def message(deltas: int, tool: Optional[str] = None) -> Dict[str, Any]:
     return {
         "id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-fake",
-        "content": [{"type": "text", "text": "".join(f"chunk-{i} " for i in range(deltas))}],
+        "content": [{"type": "text", "text": "".join(f"chunk-{i} " for i in range(deltas))}]
+        + ([tool_use(tool)] if tool is not None else []),
         "stop_reason": "end_turn", "stop_sequence": None,
         "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": deltas, "cache_read_input_tokens": CACHE_READ_TOKENS},
     }
@@ -110,19 +121,26 @@ class FakeUpstream:
             error = {"type": "error", "error": {"type": "api_error", "message": f"fake error {status}"}}
             await _answer(send, status, b"application/json", json.dumps(error).encode())
             return
+        stream, tool = False, None
         try:
-            stream = bool(json.loads(body or b"{}").get("stream"))
-        except (ValueError, AttributeError):
-            stream = False
+            document = json.loads(body or b"{}")
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            stream = bool(document.get("stream"))
+            tools = document.get("tools")
+            if isinstance(tools, list) and tools and isinstance(tools[0], dict) and isinstance(tools[0].get("name"), str):
+                tool = tools[0]["name"]
         if not stream:
-            await _answer(send, 200, b"application/json", json.dumps(message(deltas)).encode(), [(b"request-id", b"req_fake")])
+            answer = json.dumps(message(deltas, tool)).encode()
+            await _answer(send, 200, b"application/json", answer, [(b"request-id", b"req_fake")])
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"request-id", b"req_fake"),
         ]})
         gone = asyncio.ensure_future(_disconnected(receive))  # stop streaming to a closed connection
         try:
-            for seq, (name, data) in enumerate(sse_events(deltas)):
+            for seq, (name, data) in enumerate(sse_events(deltas, tool)):
                 if seq and delay:
                     await asyncio.sleep(delay)
                 if gone.done():
@@ -156,13 +174,13 @@ def parse_sse(data: bytes) -> List[Tuple[int, str, Dict[str, Any]]]:
     return events
 
 
-def check_stream(data: bytes, deltas: int) -> Optional[str]:
-    """None if ``data`` is exactly the stream for ``deltas``, else what is wrong."""
+def check_stream(data: bytes, deltas: int, tool: Optional[str] = None) -> Optional[str]:
+    """None if ``data`` is exactly the stream for ``deltas`` (and ``tool``), else what is wrong."""
     try:
         got = parse_sse(data)
     except (ValueError, KeyError) as exc:
         return f"unparsable stream: {exc}"
-    expected = sse_events(deltas)
+    expected = sse_events(deltas, tool)
     ids = [seq for seq, _, _ in got]
     if ids != list(range(len(expected))):
         return f"event ids {ids[:8]}... (of {len(ids)}), expected 0..{len(expected) - 1}"

@@ -1,0 +1,85 @@
+"""Server-sent events, read incrementally across chunk boundaries (the WHATWG rules the
+Anthropic API's streams follow: events end at a blank line; lines end at LF, CRLF or CR).
+
+``SseReader.feed(chunk)`` returns each complete event as its raw bytes (kept, so an event
+a plugin leaves unchanged goes out byte for byte) and its ``cclb_wire.SseEvent`` (name and
+data; several ``data:`` lines join with LF), or None for a block without data (a comment). ``encode_event`` writes an event a plugin made.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple
+
+import cclb_wire as cw
+
+# An event ends at the first blank line: two line ends in a row, of any of the three kinds.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def parse_event(raw: bytes) -> Optional[cw.SseEvent]:
+    """The name and data of one event's lines (comments and other fields are skipped);
+    None for a block with no ``data:`` line (a client dispatches no event for it)."""
+    name = b""
+    data: List[bytes] = []
+    for line in _LINE_END.split(raw):
+        field, colon, value = line.partition(b":")
+        if not colon:
+            field, value = line, b""
+        elif value.startswith(b" "):
+            value = value[1:]
+        if field == b"event":
+            name = value
+        elif field == b"data":
+            data.append(value)
+    if not data:
+        return None
+    return cw.SseEvent(name.decode("utf-8", "replace"), b"\n".join(data))
+
+
+def other_fields(raw: bytes) -> bytes:
+    """The lines of an event that are not ``event:`` or ``data:`` (``id:``, ``retry:``,
+    comments), each ending in LF: a replacement keeps them, so a client's ``Last-Event-ID``
+    still works."""
+    kept = [
+        line + b"\n"
+        for line in _LINE_END.split(raw)
+        if line and line.partition(b":")[0] not in (b"event", b"data")
+    ]
+    return b"".join(kept)
+
+
+def encode_event(event: cw.SseEvent) -> bytes:
+    """An event as SSE bytes: ``event:`` (if named), one ``data:`` line per line of data."""
+    lines = [b"event: " + event.event.encode("utf-8")] if event.event else []
+    lines += [b"data: " + line for line in _LINE_END.split(event.data)]
+    return b"\n".join(lines) + b"\n\n"
+
+
+class SseReader:
+    """Complete events out of a stream's chunks; a partial event waits for the next chunk.
+    ``limit`` bounds one event's bytes (a stream that never ends an event is not buffered
+    without end): past it, ``feed`` raises ValueError."""
+
+    def __init__(self, limit: int = 16 << 20) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> List[Tuple[bytes, Optional[cw.SseEvent]]]:
+        self._buffer += chunk
+        events = []
+        start = 0
+        for match in _EVENT_END.finditer(self._buffer):
+            raw = bytes(self._buffer[start : match.end()])
+            events.append((raw, parse_event(bytes(self._buffer[start : match.start()]))))
+            start = match.end()
+        del self._buffer[:start]
+        if len(self._buffer) > self.limit:
+            raise ValueError(f"an SSE event over {self.limit} bytes")
+        return events
+
+    def rest(self) -> bytes:
+        """What the stream ended with that is not a complete event (sent as it came)."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest

@@ -1,0 +1,128 @@
+"""The example proxy with cc-lb 1.0 plugins, end to end on loopback: a 1.0 filter that reads
+the routing fields, a 1.0 shape plugin whose transforms map tool names back in buffered
+and streamed answers, and a 0.2 observe plugin in the third slot, all in one config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+import cclb_wire as cw
+from test_proxy_e2e import PLUGINS, PROXY_KEY, SECONDARY, check_stream, parse_sse, start_proxy, upstream, write_config  # noqa: F401
+
+TOOLS = [{"name": "bash", "description": "Run a command", "input_schema": {"type": "object"}}]
+PRICES = {"input": 3_000_000, "cache_creation_5m": 3_750_000, "cache_creation_1h": 6_000_000, "cache_read": 300_000}
+
+
+def config_1_0(tmp_path: Path, upstream_url: str) -> Path:
+    path = write_config(
+        tmp_path, upstream_url,
+        filter_wasm=PLUGINS / "cache_aware_filter_1_0.wasm", shape_wasm=PLUGINS / "tool_rename_shape_1_0.wasm",
+    )
+    config = json.loads(path.read_text())
+    config["server"]["thread_id_header"] = "x-claude-code-session-id"
+    config["prices"] = {"claude-sonnet-4-5": {f"{k}_micros_per_million": v for k, v in PRICES.items()}}
+    config["upstreams"][1].update(plan_capacity_ratio=0.5, rate_limit_tier="tier_4", predicted_cache_creation_tokens_5m=12)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def body(stream: bool = False) -> Dict[str, Any]:
+    return {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream, "service_tier": "priority",
+            "tools": TOOLS, "messages": [{"role": "user", "content": "ls"}]}
+
+
+def test_each_slot_speaks_its_plugins_contract(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    contracts = {hook: adapter.contract for hook, adapter in proxy.proxy.adapters.items()}
+    assert contracts == {"filter": "1.0", "shape": "1.0", "observe": "0.2"}
+
+
+def test_a_buffered_answer_is_mapped_back_while_the_upstream_sees_the_renamed_tool(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    filtered = []
+    adapter = proxy.proxy.adapters["filter"]
+    real_filter = adapter.filter_with_policy
+    adapter.filter_with_policy = lambda *args: filtered.append(real_filter(*args)) or filtered[-1]
+    answer = proxy.post(body(), **{"x-claude-code-session-id": "session-42"})
+    assert answer.status_code == 200, answer.text
+    sent = json.loads(fake.received[-1].body)
+    assert [t["name"] for t in sent["tools"]] == ["Bash"]  # renamed on the way up
+    assert answer.json()["content"][1] == {"type": "tool_use", "id": "toolu_fake", "name": "bash", "input": {}}
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    # The 1.0 filter got the routing fields, and its guest read the tier and the price.
+    (ctx,) = proxy.contexts
+    assert (ctx.thread_id, ctx.service_tier, ctx.canonical_model_id) == ("session-42", "priority", "claude-sonnet-4-5")
+    assert ctx.cache_pricing == cw.CachePricing("known", *PRICES.values())
+    assert "tier=priority cache_read=300000" in filtered[0].reason
+    # Usage is read from the upstream's bytes, before the transform; the 0.2 observe slot saw it all.
+    finished = proxy.events[-1]
+    assert (finished.input_tokens, finished.output_tokens) == (17, 5)
+    stats = proxy.stats("observe")
+    assert stats.calls == len(proxy.events) and not stats.errors
+    assert proxy.stats("shape").calls == 2 and not proxy.stats("shape").errors  # shape + transform_response
+
+
+def test_a_streamed_answer_is_mapped_back_event_by_event(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    answer = proxy.post(body(stream=True))
+    assert answer.status_code == 200
+    # Exactly the upstream's stream with the tool named as the client named it: every
+    # other event byte for byte, the event ids kept on the replaced one.
+    assert check_stream(answer.content, 5, tool="bash") is None
+    assert b'"name":"Bash"' not in answer.content
+    assert [t["name"] for t in json.loads(fake.received[-1].body)["tools"]] == ["Bash"]
+    assert proxy.events[-1].output_tokens == 5
+    events = len(parse_sse(answer.content))
+    assert proxy.stats("shape").calls == 1 + events and not proxy.stats("shape").errors
+
+
+def test_a_failing_buffered_transform_sends_the_upstreams_answer(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    shape = proxy.proxy.adapters["shape"]
+
+    def broken(*args: Any) -> None:
+        raise cw.TransformError.runtime("injected failure")
+
+    shape.transform_response = broken
+    answer = proxy.post(body())
+    assert answer.status_code == 200
+    assert answer.json()["content"][1]["name"] == "Bash"  # failed open: the upstream's answer as it came
+    assert proxy.stats("shape").pass_throughs == 1
+
+
+def test_a_stream_fails_open_before_and_ends_with_an_error_after_a_transformed_event(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    shape = proxy.proxy.adapters["shape"]
+    real = shape._transform_call  # the one call a stream makes per event (where a guest would fail)
+    calls = []
+
+    def flaky(hook: str, args: Any, head: Any, event: cw.SseEvent) -> cw.SseTransform:
+        calls.append(event.event)
+        if len(calls) == 1:
+            raise cw.TransformError.runtime("injected before anything was transformed")
+        result = real(hook, args, head, event)
+        if event.event == "content_block_stop" and b'"index":1' in event.data:
+            raise cw.TransformError.runtime("injected after the tool_use event")
+        return result
+
+    shape._transform_call = flaky
+    answer = proxy.post(body(stream=True))
+    events = parse_sse(answer.content.split(b"event: error")[0])
+    names = [name for _, name, _ in events]
+    # The first event failed open (sent as it came); the tool_use start was transformed;
+    # the failure after it ended the stream with an error event, before message_stop.
+    assert names[0] == "message_start"
+    assert any(data.get("content_block", {}).get("name") == "bash" for _, _, data in events)
+    assert b"event: error" in answer.content and b"message_stop" not in answer.content
+    error = json.loads(answer.content.split(b"event: error\ndata: ")[1].split(b"\n")[0])
+    assert error["error"]["type"] == "api_error" and "failed mid-stream" in error["error"]["message"]
+    assert any(isinstance(e, cw.ErrorEvent) and e.code == "transform_failed" for e in proxy.events)
