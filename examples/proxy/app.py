@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,7 +28,8 @@ import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -45,19 +47,57 @@ T = TypeVar("T")
 #: downstream's credentials, the proxy's own key among them, and ``host``), the cookies,
 #: and headers that belong to one connection, not to the request.
 STRIPPED_REQUEST_HEADERS = HOST_STRIPPED_HEADERS | frozenset(
-    b"cookie content-length connection keep-alive te trailer transfer-encoding upgrade".split()
+    b"cookie content-length connection keep-alive te trailer transfer-encoding upgrade proxy-connection".split()
 )
 #: Hop-by-hop headers of the upstream's answer: uvicorn frames the answer itself.
 STRIPPED_RESPONSE_HEADERS = frozenset(
     b"connection keep-alive proxy-authenticate proxy-connection te trailer transfer-encoding upgrade".split()
 )
+# Percent-encoded '/', '\\' or '.': a path that hides a separator or a dot segment from the
+# route match but not from the URL parser that builds the upstream URL.
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC]|2[eE])")
+
+
+def path_problem(raw_path: bytes) -> Optional[str]:
+    """Why a request path may not be forwarded (None: it may). The path a plugin sees is
+    the path that is sent, so nothing that a URL parser would normalise is let through."""
+    if _ENCODED_SEPARATOR.search(raw_path):
+        return "the path has a percent-encoded '/', '\\' or '.'"
+    if b"\\" in raw_path:
+        return "the path has a '\\'"
+    if any(segment in (b".", b"..") for segment in raw_path.split(b"/")):
+        return "the path has a '.' or '..' segment"
+    if not raw_path.startswith(b"/v1/"):
+        return "the path is outside /v1/"
+    return None
+
+
+def connection_named(headers: Iterable[Tuple[bytes, bytes]]) -> frozenset:
+    """The header names a ``Connection`` header lists: hop-by-hop, never forwarded (RFC 9110 §7.6.1)."""
+    named = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(named)
 HOOK_SAMPLES = 100_000
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def api_error(status: int, kind: str, message: str) -> JSONResponse:
-    """Anthropic's error shape, so clients handle our errors like the API's."""
-    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
+def api_error(status: int, kind: str, message: str, *, close: bool = False) -> JSONResponse:
+    """Anthropic's error shape, so clients handle our errors like the API's. ``close``: the
+    connection ends after it (what is left of the request is never read)."""
+    headers = {"connection": "close"} if close else None
+    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+_HTTP_ERRORS = {404: "not_found_error", 405: "invalid_request_error"}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in Anthropic's error shape."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", "error")
+    return api_error(status, _HTTP_ERRORS.get(status, "api_error"), str(detail))
 
 
 class _Request:
@@ -145,7 +185,9 @@ class Proxy:
         ]
         if config.debug_endpoints:
             routes.append(Route("/debug/hook-times", self.hook_times))
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: http_error})
+        # No redirect may take its Location from the client's Host header.
+        self.app.router.redirect_slashes = False
 
     # --- plugins and reloads -----------------------------------------------------------
 
@@ -237,6 +279,25 @@ class Proxy:
 
     # --- requests -------------------------------------------------------------------------
 
+    async def read_body(self, http: Request) -> Any:
+        """The body, or a 413 ``request_too_large`` past ``max_body_bytes``: refused from its
+        Content-Length before anything is read, else as soon as the chunks pass the limit."""
+        limit = self.config.max_body_bytes
+        declared = http.headers.get("content-length")
+        too_large = f"the request body is over the limit of {limit} bytes"
+        if declared is not None:
+            if not declared.isdigit():
+                return api_error(400, "invalid_request_error", "an invalid Content-Length", close=True)
+            if int(declared) > limit:
+                return api_error(413, "request_too_large", too_large, close=True)
+        chunks, total = [], 0
+        async for chunk in http.stream():
+            total += len(chunk)
+            if total > limit:
+                return api_error(413, "request_too_large", too_large, close=True)
+            chunks.append(chunk)
+        return b"".join(chunks)  # one bytes object: the chunks joined once
+
     def authenticate(self, headers: List[Tuple[bytes, bytes]]) -> Optional[cw.Principal]:
         """``x-api-key`` first, else ``authorization: Bearer``. Keys are looked up by
         digest: they are not kept in clear, and a dict lookup on a hash leaks nothing
@@ -253,7 +314,8 @@ class Proxy:
         """From the ASGI scope: the headers list as it is, minus the stripped ones; the body
         object as read (RequestContext keeps it, the host copies it once into the guest).
         For a cc-lb 1.0 filter, the routing fields too (``routing``)."""
-        headers = [h for h in scope["headers"] if h[0] not in STRIPPED_REQUEST_HEADERS]
+        named = connection_named(scope["headers"])
+        headers = [h for h in scope["headers"] if h[0] not in STRIPPED_REQUEST_HEADERS and h[0] not in named]
         path = scope.get("raw_path") or scope["path"].encode("utf-8")  # raw: keeps %-escapes as sent
         routing = self.routing(scope["headers"], body) if self._filter_contract() == "1.0" else {}
         return cw.RequestContext(request_id, scope["method"], path.decode("latin-1"), scope["query_string"], headers, body, **routing)
@@ -290,7 +352,21 @@ class Proxy:
         principal = self.authenticate(http.scope["headers"])
         if principal is None:  # before anything else: an unknown caller reaches no plugin
             return self._done(request, api_error(401, "authentication_error", "invalid x-api-key"), record=False)
-        body = await http.body()  # one bytes object: the chunks joined once
+        scope_headers = http.scope["headers"]
+        names = {name for name, _ in scope_headers}
+        if b"content-length" in names and b"transfer-encoding" in names:  # RFC 9112 §6.3: a smuggling attempt
+            return self._done(request, api_error(400, "invalid_request_error", "both Content-Length and Transfer-Encoding",
+                                                 close=True), record=False)
+        problem = path_problem(http.scope.get("raw_path") or http.scope["path"].encode("utf-8"))
+        if problem is not None:
+            return self._done(request, api_error(400, "invalid_request_error", problem), record=False)
+        try:
+            body = await self.read_body(http)
+        except ClientDisconnect:  # the client left mid-body: nothing to answer
+            log.info("%s: the client disconnected while sending the body", request.id)
+            return self._done(request, Response(status_code=499), record=False)
+        if isinstance(body, Response):
+            return self._done(request, body, record=False)
         try:
             ctx = self.build_context(http.scope, request.id, body)
         except cw.InvalidInput as exc:
@@ -336,7 +412,8 @@ class Proxy:
         except httpx.HTTPError as exc:
             await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
             return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
-        response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS]
+        named = connection_named(answer.headers.raw)
+        response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
         transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
         if transforms:  # a cc-lb 1.0 shape plugin maps the answer back
             seen = cw.UpstreamResponse(answer.status_code, response_headers)

@@ -85,6 +85,8 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: The largest request body read, in bytes (the Messages API's own limit); larger: 413.
+    max_body_bytes: int = 32 * 1024 * 1024
     #: The request header whose value is a cc-lb 1.0 filter's ``thread_id`` ("" : none).
     thread_id_header: str = "x-claude-code-session-id"
     #: model id -> its prompt-cache prices, for cc-lb 1.0 filters (``[prices."model"]``).
@@ -121,6 +123,13 @@ def _get(table: Mapping[str, Any], name: str, kind: Any, where: str, default: An
 def _check_table(entry: Any, where: str) -> None:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where[:-1]}: expected a table")
+
+
+def _positive(table: Mapping[str, Any], name: str, default: int) -> int:
+    value: int = _get(table, name, int, "server.", default)
+    if value <= 0:
+        raise ConfigError(f"server.{name}: must be a positive number of bytes, got {value}")
+    return value
 
 
 def _secret(table: Mapping[str, Any], where: str, name: str) -> str:
@@ -182,7 +191,13 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
             )
         except ValueError as exc:
             raise ConfigError(f"{where[:-1]}: {exc}") from exc
-        keys.append(ApiKey(key_digest(_secret(entry, where, "key").encode("utf-8")), principal))
+        secret = _secret(entry, where, "key")
+        if not secret.strip():
+            raise ConfigError(f"{where}key: empty (an empty x-api-key header would authenticate)")
+        digest = key_digest(secret.encode("utf-8"))
+        if any(known.digest == digest for known in keys):
+            raise ConfigError(f"{where}key: the same key as an earlier entry (one key, one principal)")
+        keys.append(ApiKey(digest, principal))
 
     upstreams = []
     loaded_at = int(time.time())  # the candidates' scores are static: observed when the config was read
@@ -262,6 +277,7 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         max_connections=_get(server, "max_connections", int, "server.", 256),
         debug_endpoints=_get(server, "debug_endpoints", bool, "server.", False),
         thread_id_header=_get(server, "thread_id_header", str, "server.", "x-claude-code-session-id").lower(),
+        max_body_bytes=_positive(server, "max_body_bytes", 32 * 1024 * 1024),
         prices=prices,
         host=host_config,
         keys=tuple(keys),

@@ -1,0 +1,216 @@
+"""The example proxy against what an attacker or a careless client sends (issue 16), end
+to end on loopback. Requests that httpx would normalise (dot segments, both framing
+headers) go over a raw socket, byte for byte as written here."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from test_proxy_e2e import PROXY_KEY, proxy_config, start_proxy, upstream, write_config  # noqa: F401
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"", *, read_until_close: bool = True, timeout: float = 10) -> bytes:
+    """Send ``head`` (request line and headers, CRLF-terminated) and ``body``; the bytes the
+    proxy answers until it closes the connection (or ``timeout``)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head + b"\r\n" + body)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close and b"\r\n\r\n" in b"".join(chunks):
+                break
+    return b"".join(chunks)
+
+
+def head(method: str, path: bytes, *extra: bytes, length: Optional[int] = None) -> bytes:
+    lines = [f"{method} ".encode() + path + b" HTTP/1.1", b"host: proxy.test", f"x-api-key: {PROXY_KEY}".encode(),
+             b"content-type: application/json", *extra]
+    if length is not None:
+        lines.append(f"content-length: {length}".encode())
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def status_and_json(answer: bytes) -> tuple:
+    status = int(answer.split(b" ", 2)[1])
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    return status, json.loads(body) if body.startswith(b"{") else body
+
+
+# --- 1. paths: what a plugin sees is what is sent; nothing the URL parser would rewrite -------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/v1/messages/../../../admin/keys", b"/v1/%2e%2e/%2e%2e/internal/billing", b"/v1/%2E%2E/admin",
+     b"/v1/messages%2F..%2F..%2Fadmin", b"/v1/./messages", b"/v1/messages/..", b"/v1/a%5c..%5cadmin"],
+)
+def test_a_path_that_leaves_v1_or_hides_dot_segments_is_refused_and_nothing_is_sent(tmp_path, upstream, start_proxy, path):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    before = fake.count
+    answer = raw_request(proxy.url, head("POST", path, b"connection: close", length=2), b"{}")
+    status, document = status_and_json(answer)
+    assert status == 400
+    assert document["type"] == "error" and document["error"]["type"] == "invalid_request_error"
+    assert fake.count == before  # the upstream (and its key) never saw it
+    assert proxy.contexts == []  # nor did any plugin
+
+
+def test_a_plain_v1_path_still_goes_through(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    answer = raw_request(proxy.url, head("POST", b"/v1/messages", b"connection: close", length=2), b"{}")
+    assert status_and_json(answer)[0] == 200
+    assert fake.received[-1].path == "/v1/messages"
+
+
+# --- 2. body size: 413 before buffering ------------------------------------------------------------
+
+
+def test_a_declared_body_over_the_limit_is_413_before_it_is_read(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    before = fake.count
+    limit = proxy.proxy.config.max_body_bytes
+    assert limit == 32 * 1024 * 1024  # the Messages API's own limit is the default
+    # Only the head is sent: the proxy must answer without waiting for 32 MiB + 1 bytes.
+    answer = raw_request(proxy.url, head("POST", b"/v1/messages", length=limit + 1), b"", timeout=5)
+    status, document = status_and_json(answer)
+    assert (status, document["error"]["type"]) == (413, "request_too_large")
+    assert b"connection: close" in answer.lower()
+    assert fake.count == before
+
+
+def test_a_chunked_body_over_the_limit_is_413_as_soon_as_it_passes(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    config["server"]["max_body_bytes"] = 1000
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
+    chunk = b"x" * 600
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(2)) + b"0\r\n\r\n"
+    answer = raw_request(proxy.url, head("POST", b"/v1/messages", b"transfer-encoding: chunked"), chunked)
+    assert status_and_json(answer)[0] == 413
+    assert proxy.contexts == []
+
+
+def test_a_32_mib_request_passes_every_plugin_of_the_sample_config(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    sample = proxy_config.load(Path(__file__).resolve().parents[1] / "examples" / "proxy" / "config.example.toml")
+    config["host"]["memory_limit_bytes"] = sample.host.memory_limit_bytes
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
+    text = "x" * (32 * 1024 * 1024 - 200)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert len(body) <= proxy.proxy.config.max_body_bytes
+    answer = proxy.client.post("/v1/messages", content=body.encode(), headers={"x-api-key": PROXY_KEY})
+    assert answer.status_code == 200, answer.text[:300]
+    assert len(fake.received[-1].body) == len(body)
+    stats = proxy.proxy.host.stats()
+    assert all(not s.errors and not s.pass_throughs for s in stats.values()), stats
+
+
+# --- 8. hop-by-hop headers, both ways --------------------------------------------------------------
+
+
+def test_headers_named_in_connection_never_cross_the_proxy(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    answer = raw_request(
+        proxy.url,
+        head("POST", b"/v1/messages", b"connection: x-secret-hop, close", b"x-secret-hop: 1", b"proxy-connection: keep-alive",
+             b"x-kept: yes", length=2),
+        b"{}",
+    )
+    assert status_and_json(answer)[0] == 200
+    sent = {name for name, _ in fake.received[-1].headers}
+    assert b"x-secret-hop" not in sent and b"proxy-connection" not in sent
+    assert b"x-kept" in sent
+    assert not [n for n, _ in proxy.contexts[-1].headers if n in (b"x-secret-hop", b"proxy-connection")]
+
+
+# --- 10. error shapes and no Host-header redirect --------------------------------------------------
+
+
+def test_unknown_routes_and_methods_answer_in_anthropics_error_shape(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    not_found = proxy.client.get("/nope")
+    assert not_found.status_code == 404 and not_found.json()["error"]["type"] == "not_found_error"
+    wrong_method = proxy.client.post("/healthz")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+    answer = raw_request(proxy.url, b"GET /metrics/ HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n")
+    status = int(answer.split(b" ", 2)[1])
+    assert status != 307 and b"evil.example" not in answer
+
+
+# --- 11. keys: none empty, none twice ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keys, message", [
+    ([{"key": "", "principal": "a"}], "keys[0].key: empty"),
+    ([{"key": "   ", "principal": "a"}], "keys[0].key: empty"),
+    ([{"key": "sk-1", "principal": "a"}, {"key": "sk-1", "principal": "b"}], "keys[1].key: the same key as an earlier entry"),
+])
+def test_empty_or_repeated_keys_stop_the_start(tmp_path, upstream, keys, message):
+    _, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    config["keys"] = keys
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(proxy_config.ConfigError) as caught:
+        proxy_config.load(path)
+    assert message in str(caught.value)
+
+
+# --- 12. request smuggling: both framing headers ---------------------------------------------------
+
+
+def test_content_length_with_transfer_encoding_is_400_and_the_connection_closes(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    before = fake.count
+    smuggled = b"GET /v1/models HTTP/1.1\r\nhost: proxy.test\r\nx-api-key: " + PROXY_KEY.encode() + b"\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    answer = raw_request(
+        proxy.url, head("POST", b"/v1/messages", b"transfer-encoding: chunked", length=len(body)), body,
+    )
+    assert status_and_json(answer)[0] == 400
+    assert answer.count(b"HTTP/1.1 ") == 1  # the pipelined request was never answered
+    assert fake.count == before
+
+
+# --- 9. a client that leaves mid-body ---------------------------------------------------------------
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line_and_no_traceback(tmp_path, upstream, start_proxy, caplog):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    before = fake.count
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head("POST", b"/v1/messages", length=1000) + b"\r\n" + b"{" * 10)
+        time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while proxy.finished < proxy.entered and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.finished == proxy.entered  # the request was accounted for
+    assert fake.count == before
+    assert not [r for r in caplog.records if r.exc_info and "ClientDisconnect" in str(r.exc_info[0])]
