@@ -214,3 +214,89 @@ def test_a_client_that_leaves_mid_body_is_one_log_line_and_no_traceback(tmp_path
     assert proxy.finished == proxy.entered  # the request was accounted for
     assert fake.count == before
     assert not [r for r in caplog.records if r.exc_info and "ClientDisconnect" in str(r.exc_info[0])]
+
+
+# --- 7. upstream timeouts: 504 before the headers, an SSE error event mid-stream ---------------------
+
+
+def _timeout_config(tmp_path: Path, url: str, seconds: float) -> Path:
+    config = json.loads(write_config(tmp_path, url).read_text())
+    config["server"]["upstream_timeout_s"] = seconds
+    path = tmp_path / "timeout.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _requests_metric(proxy: Any) -> Dict[str, float]:
+    text = proxy.client.get("/metrics").text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("cclb_proxy_requests_total{"):
+            label = line.split('status="')[1].split('"')[0]
+            counts[label] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_an_upstream_that_does_not_answer_in_time_is_a_504(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    proxy = start_proxy(_timeout_config(tmp_path, server.url, 0.3))
+    answer = proxy.post({"model": "m"}, **{"x-fake-head-delay-ms": "1500"})
+    assert answer.status_code == 504
+    assert answer.json()["error"]["type"] == "api_error" and "timed out" in answer.json()["error"]["message"]
+    assert any(type(e).__name__ == "ErrorEvent" and e.code == "upstream_timeout" for e in proxy.events)
+    assert _requests_metric(proxy).get("504") == 1
+
+
+def test_a_stream_that_stalls_ends_with_an_error_event_and_its_own_metric(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    proxy = start_proxy(_timeout_config(tmp_path, server.url, 0.3))
+    answer = proxy.post({"model": "m", "stream": True}, **{"x-fake-delay-ms": "1500", "x-fake-deltas": "2"})
+    assert answer.status_code == 200  # the headers had gone out
+    tail = answer.content.rsplit(b"\n\n", 2)[-2]
+    assert tail.startswith(b"event: error\ndata: ")
+    error = json.loads(tail.split(b"data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error" and "stalled" in error["error"]["message"]
+    counts = _requests_metric(proxy)
+    assert counts.get("upstream_timeout") == 1 and "200" not in counts
+    broke = [r for r in caplog.records if "stalled past upstream_timeout_s" in r.getMessage()]
+    assert len(broke) == 1 and broke[0].exc_info is None  # one line, no traceback
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+# --- 6. a graceful shutdown that ends ------------------------------------------------------------
+
+
+def test_sigterm_ends_the_process_even_while_a_client_holds_a_body_open(tmp_path, upstream):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import cclb_wire as cw
+    from test_proxy_e2e import PROXY_DIR
+
+    _, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    config["server"]["shutdown_timeout_s"] = 1
+    path = tmp_path / "shutdown.json"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, str(PROXY_DIR), "--config", str(path), "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(cw.__file__).resolve().parents[1])},
+    )
+    try:
+        line = process.stdout.readline()
+        assert "listening on http://" in line, line
+        url = line.split("listening on ")[1].split()[0]
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(head("POST", b"/v1/messages", length=1000) + b"\r\n" + b"{")  # the rest never comes
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=15)  # shutdown_timeout_s 1: well before this
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+    assert process.returncode is not None

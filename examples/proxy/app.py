@@ -103,12 +103,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s")
+    __slots__ = ("id", "started", "hook_s", "broken")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
         self.started = time.perf_counter()
         self.hook_s = 0.0
+        #: Why the upstream's answer broke off ("upstream_timeout", "upstream_error"), if it did.
+        self.broken: Optional[str] = None
 
 
 class UsageScanner:
@@ -409,7 +411,12 @@ class Proxy:
         assert self.client is not None
         try:
             answer = await self.client.send(self.client.build_request(method, url, headers=headers, content=content), stream=True)
+        except httpx.TimeoutException as exc:  # nothing came back in time: the gateway timed out
+            log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
+            await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
+            return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
         except httpx.HTTPError as exc:
+            log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, type(exc).__name__)
             await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
             return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
         named = connection_named(answer.headers.raw)
@@ -436,6 +443,9 @@ class Proxy:
         chunks = []
         async for chunk in self._relay(request, answer):
             chunks.append(chunk)
+        if request.broken is not None:  # a part of an answer is not transformed (nor sent as if whole)
+            status = 504 if request.broken == "upstream_timeout" else 502
+            return api_error(status, "api_error", f"the upstream's answer broke off ({request.broken})")
         ctx, target, principal, seen = call
         upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, b"".join(chunks))
         result = await self._call(request, "shape", self.adapters["shape"].transform_response_with_policy, ctx, target, principal, upstream_answer)
@@ -454,35 +464,49 @@ class Proxy:
         index, finished = 0, False
         stream = None if call is None else self.adapters["shape"].sse_stream(*call)
         reader = SseReader()
+        outcome: Any = answer.status_code  # the requests metric's label
         try:
-            async for chunk in answer.aiter_raw():
-                events = chunk.count(b"\n\n") if scanner.sse else 1
-                await self.observe(request, cw.Chunk(index, events, len(chunk)))
-                scanner.feed(chunk)
-                self.metrics.chunks.inc()
-                index += 1
-                if stream is None:
-                    yield chunk
-                    continue
-                out = []
-                for raw, event in reader.feed(chunk):
-                    if event is None:  # a comment or a block without data: no event to transform
-                        out.append(raw)
+            try:
+                async for chunk in answer.aiter_raw():
+                    events = chunk.count(b"\n\n") if scanner.sse else 1
+                    await self.observe(request, cw.Chunk(index, events, len(chunk)))
+                    scanner.feed(chunk)
+                    self.metrics.chunks.inc()
+                    index += 1
+                    if stream is None:
+                        yield chunk
                         continue
-                    try:
-                        emitted = await self._call(request, "shape", stream.events, event)
-                    except cw.TransformError as exc:  # after a transformed event: the stream must end
-                        await self.observe(request, cw.ErrorEvent("transform_failed", str(exc), "shape"))
-                        message = f"shape plugin {self._name('shape')!r} failed mid-stream: {exc}"
-                        error = {"type": "error", "error": {"type": "api_error", "message": message}}
-                        yield b"".join(out) + encode_event(cw.SseEvent("error", json.dumps(error).encode()))
-                        return
-                    if emitted == (event,):
-                        out.append(raw)  # unchanged: byte for byte
-                    elif emitted:
-                        out.append(other_fields(raw) + b"".join(encode_event(e) for e in emitted))
-                if out:
-                    yield b"".join(out)
+                    out = []
+                    for raw, event in reader.feed(chunk):
+                        if event is None:  # a comment or a block without data: no event to transform
+                            out.append(raw)
+                            continue
+                        try:
+                            emitted = await self._call(request, "shape", stream.events, event)
+                        except cw.TransformError as exc:  # after a transformed event: the stream must end
+                            await self.observe(request, cw.ErrorEvent("transform_failed", str(exc), "shape"))
+                            message = f"shape plugin {self._name('shape')!r} failed mid-stream: {exc}"
+                            error = {"type": "error", "error": {"type": "api_error", "message": message}}
+                            yield b"".join(out) + encode_event(cw.SseEvent("error", json.dumps(error).encode()))
+                            return
+                        if emitted == (event,):
+                            out.append(raw)  # unchanged: byte for byte
+                        elif emitted:
+                            out.append(other_fields(raw) + b"".join(encode_event(e) for e in emitted))
+                    if out:
+                        yield b"".join(out)
+            except httpx.HTTPError as exc:  # the upstream stalled or broke off mid-answer
+                timeout = isinstance(exc, httpx.TimeoutException)
+                outcome = "upstream_timeout" if timeout else "upstream_error"
+                request.broken = outcome
+                what = "stalled past upstream_timeout_s" if timeout else f"broke off ({type(exc).__name__})"
+                log.warning("%s: the upstream's answer %s after %d chunks", request.id, what, index)
+                await self.observe(request, cw.ErrorEvent(outcome, f"{type(exc).__name__}: {exc}", "upstream"))
+                if scanner.sse:  # the client learns why its stream ends, in the API's own way
+                    error = {"type": "error", "error": {"type": "api_error", "message": f"the upstream's answer {what}"}}
+                    yield encode_event(cw.SseEvent("error", json.dumps(error).encode()))
+                finished = True  # reported: not also as stream_aborted
+                return
             if stream is not None and (rest := reader.rest()):
                 yield rest
             finished = True
@@ -495,7 +519,7 @@ class Proxy:
                 if not finished:
                     with contextlib.suppress(cw.ObservabilityError):
                         await self.observe(request, cw.ErrorEvent("stream_aborted", "the answer ended early", "proxy"))
-            self._finish(request, answer.status_code)
+            self._finish(request, outcome)
 
     async def _failed(self, request: _Request, status: int, hook: str, exc: Exception) -> Response:
         message = f"{hook} plugin {self._name(hook)!r} failed: {exc}"
@@ -509,7 +533,7 @@ class Proxy:
         self._finish(request, response.status_code, record=record)
         return response
 
-    def _finish(self, request: _Request, status: int, *, record: bool = True) -> None:
+    def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - request.started)
         if record:  # requests that ran hooks
@@ -559,12 +583,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0) -> uvicorn.Config:
+def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0,
+                   shutdown_timeout_s: float = 30.0) -> uvicorn.Config:
     """No server/date headers of uvicorn's own: the upstream's pass through instead of
     being doubled. Idle connections are kept longer than clients keep them (httpx: 5 s),
-    so a client never sends a request on a connection the server is closing."""
+    so a client never sends a request on a connection the server is closing. On SIGTERM,
+    requests in flight get ``shutdown_timeout_s`` to finish; then the process exits."""
     return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
-                          date_header=False, timeout_keep_alive=int(keep_alive_s))
+                          date_header=False, timeout_keep_alive=int(keep_alive_s),
+                          timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -585,6 +612,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     sock = bind(args.host or config.listen_host, config.listen_port if args.port is None else args.port)
     host, port = sock.getsockname()[:2]
     print(f"cclb-proxy listening on http://{host}:{port} (pid {os.getpid()}, backend {cw.BACKEND})", flush=True)
-    server = uvicorn.Server(uvicorn_config(proxy.app, args.log_level, config.keep_alive_s))
+    server = uvicorn.Server(uvicorn_config(proxy.app, args.log_level, config.keep_alive_s, config.shutdown_timeout_s))
     server.run(sockets=[sock])
     return 0

@@ -85,6 +85,8 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: On SIGTERM, how long requests in flight may take to finish before the process exits.
+    shutdown_timeout_s: float = 30.0
     #: The largest request body read, in bytes (the Messages API's own limit); larger: 413.
     max_body_bytes: int = 32 * 1024 * 1024
     #: The request header whose value is a cc-lb 1.0 filter's ``thread_id`` ("" : none).
@@ -278,6 +280,7 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         debug_endpoints=_get(server, "debug_endpoints", bool, "server.", False),
         thread_id_header=_get(server, "thread_id_header", str, "server.", "x-claude-code-session-id").lower(),
         max_body_bytes=_positive(server, "max_body_bytes", 32 * 1024 * 1024),
+        shutdown_timeout_s=float(_get(server, "shutdown_timeout_s", (int, float), "server.", 30.0)),
         prices=prices,
         host=host_config,
         keys=tuple(keys),

@@ -12,7 +12,8 @@ When the request declares ``tools``, the answer also calls the first one (a ``to
 block with that tool's name, as the API does): a test sees which name the upstream got.
 
 Request headers steer it: ``x-fake-deltas`` (N, default 5), ``x-fake-delay-ms``
-(default 2), ``x-fake-status`` (answer that status with an Anthropic-style error).
+(between events, default 2), ``x-fake-head-delay-ms`` (before the answer starts, default
+0), ``x-fake-status`` (answer that status with an Anthropic-style error).
 
     python examples/proxy/fake_upstream.py --port 9000
 """
@@ -117,6 +118,9 @@ class FakeUpstream:
         status = int((got.header("x-fake-status") or [b"200"])[0])
         deltas = int((got.header("x-fake-deltas") or [b"5"])[0])
         delay = int((got.header("x-fake-delay-ms") or [b"2"])[0]) / 1000
+        head_delay = int((got.header("x-fake-head-delay-ms") or [b"0"])[0]) / 1000
+        if head_delay:
+            await asyncio.sleep(head_delay)
         if status != 200:
             error = {"type": "error", "error": {"type": "api_error", "message": f"fake error {status}"}}
             await _answer(send, status, b"application/json", json.dumps(error).encode())
