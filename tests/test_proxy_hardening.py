@@ -300,3 +300,23 @@ def test_sigterm_ends_the_process_even_while_a_client_holds_a_body_open(tmp_path
             process.kill()
         process.communicate(timeout=10)
     assert process.returncode is not None
+
+
+# --- 4. a client that leaves cancels the upstream request ------------------------------------------
+
+
+def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_request(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    aborted = fake.aborted
+    body = b'{"model":"m"}'
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head("POST", b"/v1/messages", b"x-fake-head-delay-ms: 5000", length=len(body)) + b"\r\n" + body)
+        time.sleep(0.4)  # the proxy is waiting for the upstream now
+    deadline = time.monotonic() + 2  # well before the upstream's 5 s answer
+    while fake.aborted == aborted:
+        assert time.monotonic() < deadline, "the upstream never saw the request cancelled"
+        time.sleep(0.02)
+    proxy.settle()
+    assert any(type(e).__name__ == "ErrorEvent" and e.code == "client_gone" for e in proxy.events)

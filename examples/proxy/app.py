@@ -374,11 +374,12 @@ class Proxy:
         except cw.InvalidInput as exc:
             return self._done(request, api_error(400, "invalid_request_error", str(exc)), record=False)
         try:
-            return await self._forward(request, ctx, principal, http.headers.get("user-agent"))
+            return await self._forward(request, ctx, principal, http.headers.get("user-agent"), http.receive)
         except cw.ObservabilityError as exc:
             return self._done(request, api_error(502, "api_error", f"observe plugin {self._name('observe')!r} failed: {exc}"))
 
-    async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str]) -> Response:
+    async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
+                       receive: Any) -> Response:
         await self.observe(request, cw.RequestStarted(request.id, agent))
         await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
 
@@ -410,7 +411,11 @@ class Proxy:
 
         assert self.client is not None
         try:
-            answer = await self.client.send(self.client.build_request(method, url, headers=headers, content=content), stream=True)
+            answer = await self._send_unless_gone(receive, self.client.build_request(method, url, headers=headers, content=content))
+        except _ClientGone:  # nobody waits for this answer: the upstream request was cancelled
+            log.info("%s: the client left before upstream %r answered; request cancelled", request.id, upstream.name)
+            await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
+            return self._done(request, Response(status_code=499))
         except httpx.TimeoutException as exc:  # nothing came back in time: the gateway timed out
             log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
             await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
@@ -436,6 +441,23 @@ class Proxy:
         response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
+
+    async def _send_unless_gone(self, receive: Any, upstream_request: httpx.Request) -> httpx.Response:
+        """``client.send``, cancelled (its connection closed) as soon as the client
+        disconnects: a generation nobody will read is not paid for."""
+        assert self.client is not None
+        sending = asyncio.ensure_future(self.client.send(upstream_request, stream=True))
+        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({sending, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if sending.done():
+            return sending.result()
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await sending
+        raise _ClientGone()
 
     async def _transform_buffered(self, request: _Request, answer: httpx.Response, call: Tuple[Any, ...]) -> Response:
         """The whole answer, read (usage counted on the upstream's bytes), then through
@@ -555,6 +577,17 @@ class Proxy:
         if http.query_params.get("reset"):
             self.hook_samples.clear()
         return JSONResponse({"hook_seconds": samples})
+
+
+class _ClientGone(Exception):
+    """The client disconnected while the proxy waited for the upstream."""
+
+
+async def _wait_for_disconnect(receive: Any) -> None:
+    """Returns once the client has disconnected (the body was read already: receive()
+    has nothing else to give)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _latin1(text: Any) -> bytes:

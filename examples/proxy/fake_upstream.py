@@ -119,8 +119,19 @@ class FakeUpstream:
         deltas = int((got.header("x-fake-deltas") or [b"5"])[0])
         delay = int((got.header("x-fake-delay-ms") or [b"2"])[0]) / 1000
         head_delay = int((got.header("x-fake-head-delay-ms") or [b"0"])[0]) / 1000
-        if head_delay:
-            await asyncio.sleep(head_delay)
+        gone = asyncio.ensure_future(_disconnected(receive))  # the client (the proxy) closed the connection
+        try:
+            if head_delay:
+                await asyncio.wait({gone}, timeout=head_delay)
+                if gone.done():
+                    self.aborted += 1
+                    return
+            await self._answer(send, got, status, deltas, delay, body, gone)
+        finally:
+            gone.cancel()
+
+    async def _answer(self, send: Callable[..., Any], got: Received, status: int, deltas: int, delay: float,
+                      body: bytes, gone: "asyncio.Future[None]") -> None:
         if status != 200:
             error = {"type": "error", "error": {"type": "api_error", "message": f"fake error {status}"}}
             await _answer(send, status, b"application/json", json.dumps(error).encode())
@@ -142,18 +153,14 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"request-id", b"req_fake"),
         ]})
-        gone = asyncio.ensure_future(_disconnected(receive))  # stop streaming to a closed connection
-        try:
-            for seq, (name, data) in enumerate(sse_events(deltas, tool)):
-                if seq and delay:
-                    await asyncio.sleep(delay)
-                if gone.done():
-                    self.aborted += 1
-                    return
-                await send({"type": "http.response.body", "body": sse_bytes(seq, name, data), "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            gone.cancel()
+        for seq, (name, data) in enumerate(sse_events(deltas, tool)):
+            if seq and delay:
+                await asyncio.sleep(delay)
+            if gone.done():  # stop streaming to a closed connection
+                self.aborted += 1
+                return
+            await send({"type": "http.response.body", "body": sse_bytes(seq, name, data), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _disconnected(receive: Callable[..., Any]) -> None:
