@@ -32,6 +32,7 @@ __all__ = [
     "PluginMemoryLimit",
     "PluginResourceLimit",
     "PluginPoolSaturated",
+    "PluginCircuitOpen",
     "PluginTrap",
     "PluginOutputError",
 ]
@@ -260,6 +261,11 @@ class PluginResourceLimit(PluginError):
 class PluginPoolSaturated(PluginResourceLimit):
     """Every slot of the instance pool (``HostConfig.pool_size``) is in use: the call
     fails at once instead of waiting for one (the reference's ``PoolSaturated``)."""
+
+
+class PluginCircuitOpen(PluginError):
+    """The slot failed ``HostConfig.breaker_failures`` times in a row: calls fail at once
+    for ``breaker_cooldown_s``, then one call probes the plugin again."""
 
 
 class PluginTrap(PluginError):

@@ -38,6 +38,7 @@ class SlotStats:
     failures the failure policy passed through. ``latency_counts`` holds one count
     per bucket of ``latency_bounds_s`` (not cumulative) plus one last count for calls
     slower than the last bound; ``latency_sum_s`` is the total time of all calls.
+    Calls refused by an open circuit count as calls with the error ``PluginCircuitOpen``.
     """
 
     kind: str
@@ -48,6 +49,8 @@ class SlotStats:
     latency_bounds_s: Tuple[float, ...]
     latency_counts: Tuple[int, ...]
     latency_sum_s: float
+    #: How many times the slot's circuit breaker opened (``HostConfig.breaker_failures``).
+    breaker_trips: int = 0
 
 
 def latency_bucket(elapsed_ns: int) -> int:

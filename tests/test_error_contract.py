@@ -636,6 +636,8 @@ TABLE["HostConfig"] = {
     "max_module_bytes": _int_field("HostConfig.max_module_bytes", 1 << 30) + [V("under-8", lambda: 7, "HostConfig.max_module_bytes")],
     "compile_timeout_s": _number_field("HostConfig.compile_timeout_s", 3601, optional=True),
     "probe": _bool_field("HostConfig.probe"),
+    "breaker_failures": _int_field("HostConfig.breaker_failures", 1_000_000),
+    "breaker_cooldown_s": _number_field("HostConfig.breaker_cooldown_s", 86401),
 }
 TABLE["PluginHost"] = {
     "config": _wrong_types(
@@ -676,7 +678,7 @@ EXCLUDED = {
             "CclbWireError", "InvalidInput", "InvalidInputType", "WireError", "DecodeError", "PointerOutOfRange",
             "UnalignedPointer", "InvalidUtf8", "InvalidDiscriminant", "EncodeError", "EncodeTypeError", "FilterError",
             "DialectError", "TransformError", "ObservabilityError", "PluginError", "PluginRejected", "PluginTimeout", "PluginOutOfFuel",
-            "PluginPoolSaturated",
+            "PluginPoolSaturated", "PluginCircuitOpen",
             "PluginMemoryLimit", "PluginResourceLimit", "PluginTrap", "PluginOutputError",
         )
     },

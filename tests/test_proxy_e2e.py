@@ -435,7 +435,7 @@ def test_a_hostile_filter_under_each_failure_policy(tmp_path, upstream, start_pr
     hostile = wasm_file(tmp_path, f"{fixture}.wasm", fixture_wasm(fixture))  # admitted: it answers the probe
     proxy = start_proxy(write_config(tmp_path, server.url, filter_wasm=hostile, filter_policy=policy, deadline_s=0.05))
     before = fake.count
-    for _ in range(2):  # the host serves the next call as usual after a failure
+    for attempt in range(2):  # the second call meets the open circuit (the proxy's breaker_failures is 1)
         answer = proxy.post({"model": "m", "messages": []})
         if policy == "pass_through":
             assert answer.status_code == 200, answer.text
@@ -445,10 +445,14 @@ def test_a_hostile_filter_under_each_failure_policy(tmp_path, upstream, start_pr
             assert body["type"] == "error" and body["error"]["type"] == "api_error"
             message = body["error"]["message"]
             assert message.startswith("filter plugin 'cache-aware' failed:")
-            assert ("deadline" in message or "interrupt" in message) if error == "PluginTimeout" else "unreachable" in message
+            if attempt == 0:
+                assert ("deadline" in message or "interrupt" in message) if error == "PluginTimeout" else "unreachable" in message
+            else:
+                assert "circuit is open after 1 consecutive failures" in message
             assert proxy.events[-1].code == "filter_failed" and proxy.events[-1].source == "filter"
     stats = proxy.stats("filter")
-    assert stats.calls == 2 and stats.errors == {error: 2}
+    # One call reached the guest; the next failed fast: one deadline of stall, not two.
+    assert stats.calls == 2 and stats.errors == {error: 1, "PluginCircuitOpen": 1} and stats.breaker_trips == 1
     assert stats.pass_throughs == (2 if policy == "pass_through" else 0)
     # Passed through: every candidate kept, the first (primary) chosen, the request sent.
     assert fake.count - before == (2 if policy == "pass_through" else 0)

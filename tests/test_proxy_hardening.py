@@ -320,3 +320,29 @@ def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_request(tmp
         time.sleep(0.02)
     proxy.settle()
     assert any(type(e).__name__ == "ErrorEvent" and e.code == "client_gone" for e in proxy.events)
+
+
+# --- 3. a hanging inline plugin stalls the loop one deadline, not concurrency x deadline -----------
+
+
+def test_a_looping_inline_filter_is_entered_once_then_its_slot_fails_fast(tmp_path, upstream, start_proxy):
+    import concurrent.futures
+
+    from test_proxy_e2e import fixture_wasm, wasm_file
+
+    fake, server = upstream
+    hostile = wasm_file(tmp_path, "loop.wasm", fixture_wasm("filter_probe_then_loop"))
+    config = json.loads(write_config(tmp_path, server.url, filter_wasm=hostile).read_text())
+    del config["host"]["deadline_s"]  # the proxy's defaults: a short inline deadline and the breaker
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
+    assert proxy.proxy.config.host.deadline_s == 0.05 and proxy.proxy.config.host.breaker_failures == 1
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: proxy.post({"model": "m"}).status_code, range(40)))
+    assert statuses == [200] * 40  # pass_through: every request served
+    stats = proxy.stats("filter")
+    # The guest was entered once (one deadline of stall); the other 39 failed fast.
+    assert stats.errors == {"PluginTimeout": 1, "PluginCircuitOpen": 39} and stats.breaker_trips == 1
+    metrics = proxy.client.get("/metrics").text
+    assert 'cclb_plugin_breaker_trips_total{kind="filter",slot="filter"} 1.0' in metrics

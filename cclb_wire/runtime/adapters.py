@@ -19,7 +19,9 @@ from ..errors import (
     FilterError,
     InvalidInputType,
     ObservabilityError,
+    PluginCircuitOpen,
     PluginError,
+    PluginRejected,
     PluginTrap,
     TransformError,
 )
@@ -61,6 +63,7 @@ class _Adapter:
         self._kind = kind
         self._slot = (kind, slot_key)
         self._counters = host._slot_counters(self._slot)
+        self._breaker = host._slot_breaker(self._slot)
 
     @property
     def slot_key(self) -> str:
@@ -94,6 +97,14 @@ class _Adapter:
         """The name the plugin was registered under."""
         return self._loaded().name
 
+    def _plugin_failed(self, exc: BaseException) -> None:
+        """A failure the plugin caused counts toward the slot's breaker (a caller's bad
+        argument does not, nor a call the open circuit refused)."""
+        if isinstance(exc, DecodeError) or (
+            isinstance(exc, PluginError) and exc.plugin and not isinstance(exc, (PluginCircuitOpen, PluginRejected))
+        ):  # an empty slot's error names no plugin
+            self._breaker.failed()
+
     def _call_wire(self, loaded: Loaded, hook: str, request: object) -> Any:
         """A call of a 1.0 hook on either call path."""
         if loaded.native is not None:
@@ -122,6 +133,7 @@ class FilterPlugin(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
+            self._breaker.before_call(loaded.name, "filter")
             if loaded.contract is CONTRACT_1_0:
                 request = host_1_0.filter_request(ctx, principal, candidates, cookie_redaction=host.config.cookie_redaction)
                 output = self._call_wire(loaded, "filter", request)
@@ -131,12 +143,14 @@ class FilterPlugin(_Adapter):
                 output = call_filter(host._engine, host._gate, loaded, ctx, principal, candidates)
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            self._plugin_failed(exc)
             if isinstance(exc, PluginTrap):
                 raise FilterError.trap(exc.detail) from exc
             if isinstance(exc, PluginError):
                 raise FilterError.runtime(str(exc)) from exc
             raise
         self._counters.record_since(started)
+        self._breaker.succeeded()
         return output  # type: ignore[no-any-return]
 
     def filter_with_policy(
@@ -180,18 +194,21 @@ class UpstreamDialect(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
+            self._breaker.before_call(loaded.name, "shape")
             if loaded.native is not None:
                 output = loaded.native.shape(ctx, principal, upstream)
             else:
                 output = call_shape(host._engine, host._gate, loaded, ctx, principal, upstream)
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            self._plugin_failed(exc)
             if isinstance(exc, PluginTrap):
                 raise DialectError.unsupported_request(exc.detail) from exc
             if isinstance(exc, PluginError):
                 raise DialectError.unsupported_request(str(exc)) from exc
             raise
         self._counters.record_since(started)
+        self._breaker.succeeded()
         return output  # type: ignore[no-any-return]
 
     def shape_with_policy(
@@ -276,6 +293,7 @@ class UpstreamDialect(_Adapter):
             loaded = self._loaded()
             if hook not in loaded.hooks:  # a 0.2 plugin, or a noop hook: never called
                 return UNCHANGED_RESPONSE if event is None else UNCHANGED_EVENT
+            self._breaker.before_call(loaded.name, hook)
             if head is None:
                 head = host_1_0.transform_head(*args)
             if event is None:
@@ -287,12 +305,14 @@ class UpstreamDialect(_Adapter):
             result = host_1_0.response_transform(answer, bounds) if event is None else host_1_0.sse_transform(answer, bounds)
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            self._plugin_failed(exc)
             if isinstance(exc, DecodeError):
                 raise TransformError.invalid_output(f"{hook}: {exc}") from exc
             if isinstance(exc, PluginError):
                 raise TransformError.runtime(str(exc)) from exc
             raise
         self._counters.record_since(started)
+        self._breaker.succeeded()
         return result
 
 
@@ -343,16 +363,19 @@ class ObservabilityHook(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
+            self._breaker.before_call(loaded.name, "observe")
             if loaded.native is not None:
                 loaded.native.observe(event)
             else:
                 call_observe(host._engine, host._gate, loaded, event)
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
+            self._plugin_failed(exc)
             if isinstance(exc, PluginError):
                 raise ObservabilityError.dropped(str(exc)) from exc
             raise
         self._counters.record_since(started)
+        self._breaker.succeeded()
 
     def observe_with_policy(self, event: ObserveEventInput) -> bool:
         """``observe`` under the slot's failure policy: PASS_THROUGH logs and counts a

@@ -112,6 +112,12 @@ class HostConfig:
     #: bound). Past it the registration is PluginRejected (its cause a PluginTimeout); the
     #: compile itself cannot be stopped and finishes on its own thread, its result dropped.
     compile_timeout_s: Optional[float] = 30.0
+    #: A slot's circuit breaker: after this many consecutive plugin failures its calls fail
+    #: at once (PluginCircuitOpen, under the slot's failure policy) for
+    #: ``breaker_cooldown_s``, then one call probes the plugin. 0: no breaker.
+    breaker_failures: int = 5
+    #: How long an open circuit fails calls before letting one through, in seconds.
+    breaker_cooldown_s: float = 5.0
     #: Call every declared hook once with the canonical sample at admission (HOST.md).
     #: Turn it off only to study a misbehaving module in tests or tools.
     probe: bool = True
@@ -152,6 +158,10 @@ class HostConfig:
                 self.compile_timeout_s, "HostConfig.compile_timeout_s", 0.0, MAX_COMPILE_TIMEOUT_S, open_minimum=True
             ))
         check_int(self.pool_size, "HostConfig.pool_size", 0, MAX_POOL_SIZE)
+        check_int(self.breaker_failures, "HostConfig.breaker_failures", 0, 1_000_000)
+        put("breaker_cooldown_s", check_number(
+            self.breaker_cooldown_s, "HostConfig.breaker_cooldown_s", 0.0, MAX_DEADLINE_S, open_minimum=True
+        ))
 
 
 def path_text(path: Any, field: str) -> str:

@@ -3,6 +3,7 @@ lifecycle (close, fork)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -25,6 +26,7 @@ from .engine import admission_stack_size, start_engine
 from .faults import closed_error
 from .modules import ModuleCache
 from .threads import run_on_own_thread
+from .breaker import Breaker
 from .counters import new_slot_counters
 from .wasm_module import HOOK_EXPORTS
 
@@ -71,6 +73,7 @@ class PluginHost:
         self._slot_policies: Dict[Tuple[str, str], Optional[FailurePolicy]] = {}
         #: Each slot's call counters, from its first registration on (they outlive swaps).
         self._counters: Dict[Tuple[str, str], Any] = {}
+        self._breakers: Dict[Tuple[str, str], Breaker] = {}
         self._tickets = itertools.count(1)
         self._lock = threading.Lock()  # the slots and their tickets
         #: Calls and registrations in flight; close() shuts it and waits for them.
@@ -311,6 +314,15 @@ class PluginHost:
                 counters = self._counters.setdefault(key, new_slot_counters(*key))
         return counters
 
+    def _slot_breaker(self, key: Tuple[str, str]) -> Breaker:
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.setdefault(
+                    key, Breaker(key[1], self.config.breaker_failures, self.config.breaker_cooldown_s)
+                )
+        return breaker
+
     def _slot_policy(self, key: Tuple[str, str]) -> FailurePolicy:
         policy = self._slot_policies.get(key)
         return self.config.failure_policy if policy is None else policy
@@ -322,7 +334,13 @@ class PluginHost:
         unregistration; the snapshot is taken slot by slot."""
         with self._lock:
             counters = list(self._counters.items())
-        return {key: slot.snapshot() for key, slot in counters}
+            breakers = dict(self._breakers)
+        stats = {}
+        for key, slot in counters:
+            snapshot = slot.snapshot()
+            trips = breakers[key].trips if key in breakers else 0
+            stats[key] = dataclasses.replace(snapshot, breaker_trips=trips) if trips else snapshot
+        return stats
 
 
 def _module_in_slots(slots: Dict[Tuple[str, str], Loaded], key: bytes) -> Any:

@@ -41,6 +41,10 @@ PRICE_FIELDS = (
 )
 
 
+#: The proxy's default per-call deadline: hook calls run inline, on the event loop.
+INLINE_DEADLINE_S = 0.05
+
+
 class ConfigError(ValueError):
     """A bad configuration file; the message names the key."""
 
@@ -177,6 +181,11 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         # The shape plugin chooses the URL the upstream's credentials are sent to: keep it
         # on that upstream's origin unless the config says otherwise.
         host_table.setdefault("origin_policy", "selected_upstream_origin")
+        # Hook calls run on the event loop and take microseconds: a plugin that hangs may
+        # stall the loop one short deadline, and then its slot fails fast (the breaker)
+        # for a cool-down instead of stalling every request.
+        host_table.setdefault("deadline_s", INLINE_DEADLINE_S)
+        host_table.setdefault("breaker_failures", 1)
         host_config = cw.HostConfig(**host_table)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"host: {exc}") from exc

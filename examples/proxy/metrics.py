@@ -32,18 +32,22 @@ class PluginStatsCollector(Collector):
             "cclb_plugin_pass_throughs", "Failures the slot's failure policy passed through.", labels=labels
         )
         latency = HistogramMetricFamily("cclb_plugin_call_seconds", "Hook call duration.", labels=labels)
+        trips = CounterMetricFamily(
+            "cclb_plugin_breaker_trips", "Times the slot's circuit breaker opened (calls then fail fast).", labels=labels
+        )
         for (kind, slot), stats in sorted(self._host.stats().items()):
             calls.add_metric([kind, slot], stats.calls)
             for error, count in sorted(stats.errors.items()):
                 errors.add_metric([kind, slot, error], count)
             passed.add_metric([kind, slot], stats.pass_throughs)
+            trips.add_metric([kind, slot], stats.breaker_trips)
             # SlotStats counts per bucket; Prometheus buckets are cumulative, ending in +Inf.
             buckets, total = [], 0
             for bound, count in zip(stats.latency_bounds_s + (float("inf"),), stats.latency_counts):
                 total += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
             latency.add_metric([kind, slot], buckets, stats.latency_sum_s)
-        yield from (calls, errors, passed, latency)
+        yield from (calls, errors, passed, latency, trips)
 
 
 class ProxyMetrics:

@@ -1,0 +1,88 @@
+"""The per-slot circuit breaker (HostConfig.breaker_failures / breaker_cooldown_s)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import cclb_wire as cw
+from cclb_wire.runtime import HostConfig, PluginHost
+from cclb_wire.runtime.breaker import Breaker
+
+HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
+CTX = cw.RequestContext("r", "POST", "/v1/messages")
+PRINCIPAL = cw.Principal("p")
+
+
+def test_the_breaker_opens_after_n_failures_and_a_probe_decides():
+    breaker = Breaker("s", threshold=2, cooldown_s=0.05)
+    breaker.before_call("p", "filter")
+    breaker.failed()
+    breaker.before_call("p", "filter")  # one failure: still closed
+    breaker.failed()
+    with pytest.raises(cw.PluginCircuitOpen):
+        breaker.before_call("p", "filter")
+    assert breaker.trips == 1
+    time.sleep(0.06)  # past the cool-down (a premise: nothing measures this sleep)
+    breaker.before_call("p", "filter")  # the probe
+    with pytest.raises(cw.PluginCircuitOpen, match="a probe call is running"):
+        breaker.before_call("p", "filter")  # one probe at a time
+    breaker.failed()  # the probe failed: open again at once
+    with pytest.raises(cw.PluginCircuitOpen):
+        breaker.before_call("p", "filter")
+    assert breaker.trips == 2
+    time.sleep(0.06)
+    breaker.before_call("p", "filter")
+    breaker.succeeded()  # the probe succeeded: closed, the count starts over
+    breaker.before_call("p", "filter")
+    breaker.failed()
+    breaker.before_call("p", "filter")
+    assert breaker.trips == 2
+
+
+def test_a_threshold_of_zero_never_opens():
+    breaker = Breaker("s", threshold=0, cooldown_s=1.0)
+    for _ in range(100):
+        breaker.before_call("p", "filter")
+        breaker.failed()
+    assert breaker.trips == 0
+
+
+def test_a_looping_plugin_costs_n_deadlines_then_fails_fast_under_its_policy():
+    loop = wasmtime.wat2wasm((HOSTILE / "infinite_loop.wat").read_text())
+    with PluginHost(HostConfig(deadline_s=0.05, probe=False, breaker_failures=2, breaker_cooldown_s=60)) as host:
+        slot = host.register_filter("s", "loop", loop)
+        causes = []
+        for _ in range(6):
+            try:
+                slot.filter(CTX, PRINCIPAL, [])
+            except cw.FilterError as exc:
+                causes.append(type(exc.__cause__).__name__)
+        assert causes == ["PluginTimeout", "PluginTimeout"] + ["PluginCircuitOpen"] * 4
+        # Under pass_through the open circuit passes through like any failure.
+        out = slot.filter_with_policy(CTX, PRINCIPAL, [])
+        assert "circuit is open" in out.reason
+        stats = host.stats()[("filter", "s")]
+        assert stats.breaker_trips == 1 and stats.errors == {"PluginTimeout": 2, "PluginCircuitOpen": 5}
+
+
+def test_a_callers_bad_argument_does_not_count():
+    loop = wasmtime.wat2wasm((HOSTILE / "infinite_loop.wat").read_text())
+    with PluginHost(HostConfig(deadline_s=0.05, probe=False, breaker_failures=1)) as host:
+        slot = host.register_filter("s", "loop", loop)
+        for _ in range(3):
+            with pytest.raises(cw.InvalidInputType):
+                slot.filter("not a context", PRINCIPAL, [])  # type: ignore[arg-type]
+        with pytest.raises(cw.FilterError) as caught:
+            slot.filter(CTX, PRINCIPAL, [])
+        assert isinstance(caught.value.__cause__, cw.PluginTimeout)  # the circuit was still closed
+
+
+@pytest.mark.parametrize("value, kind", [(-1, "value"), ("5", "type"), (True, "type")])
+def test_breaker_settings_are_checked(value, kind):
+    error = cw.InvalidInputType if kind == "type" else cw.InvalidInput
+    with pytest.raises(error, match="HostConfig.breaker_failures"):
+        HostConfig(breaker_failures=value)
