@@ -73,11 +73,11 @@ UPSTREAM_KEYS = {PRIMARY: "sk-ant-upstream-primary", SECONDARY: "sk-ant-upstream
 class ServerThread:
     """A uvicorn server on an already-bound loopback socket, in a thread of its own."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **config: Any) -> None:
         self.sock = proxy_app.bind("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(proxy_app.uvicorn_config(app, log_level="warning"))
+        self.server = uvicorn.Server(proxy_app.uvicorn_config(app, log_level="warning", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "ServerThread":

@@ -346,3 +346,66 @@ def test_a_looping_inline_filter_is_entered_once_then_its_slot_fails_fast(tmp_pa
     assert stats.errors == {"PluginTimeout": 1, "PluginCircuitOpen": 39} and stats.breaker_trips == 1
     metrics = proxy.client.get("/metrics").text
     assert 'cclb_plugin_breaker_trips_total{kind="filter",slot="filter"} 1.0' in metrics
+
+
+# --- 5. slowloris: heads and bodies in time, connections bounded ------------------------------------
+
+
+@pytest.fixture
+def guarded(tmp_path, upstream):
+    """A proxy whose server has short head and body timeouts and room for 4 connections."""
+    from test_proxy_e2e import ServerThread, proxy_app
+
+    _, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    config["server"].update(header_timeout_s=0.5, body_timeout_s=0.5, max_client_connections=4)
+    path = tmp_path / "guarded.json"
+    path.write_text(json.dumps(config))
+    loaded = proxy_config.load(path)
+    proxy = proxy_app.Proxy(loaded)
+    thread = ServerThread(proxy.app, header_timeout_s=loaded.header_timeout_s,
+                          max_client_connections=loaded.max_client_connections)
+    with thread:
+        yield thread
+
+
+def _closed_by_server(sock: socket.socket) -> bytes:
+    sock.settimeout(5)  # generous: the server's timeouts are 0.5 s
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/mess", b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n"])
+def test_a_request_head_that_never_completes_is_closed(guarded, sent):
+    host, port = guarded.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(sent)
+        assert _closed_by_server(sock) == b""  # closed without an answer
+
+
+def test_a_body_that_trickles_is_408_and_closed(guarded):
+    host, port = guarded.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head("POST", b"/v1/messages", length=100) + b"\r\n" + b"{")
+        answer = _closed_by_server(sock)
+    assert int(answer.split(b" ", 2)[1]) == 408
+
+
+def test_connections_past_the_limit_get_503(guarded):
+    host, port = guarded.url.removeprefix("http://").split(":")
+    held = []
+    try:
+        for _ in range(4):  # kept-alive connections, each after one answered request
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            held.append(sock)
+        extra = raw_request(guarded.url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n")
+        assert int(extra.split(b" ", 2)[1]) == 503
+    finally:
+        for sock in held:
+            sock.close()

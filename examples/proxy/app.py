@@ -38,6 +38,7 @@ from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADE
 
 from . import config as cfg
 from .metrics import ProxyMetrics
+from .server import guarded_h11
 from .sse import SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
@@ -292,13 +293,23 @@ class Proxy:
                 return api_error(400, "invalid_request_error", "an invalid Content-Length", close=True)
             if int(declared) > limit:
                 return api_error(413, "request_too_large", too_large, close=True)
-        chunks, total = [], 0
-        async for chunk in http.stream():
-            total += len(chunk)
-            if total > limit:
-                return api_error(413, "request_too_large", too_large, close=True)
-            chunks.append(chunk)
-        return b"".join(chunks)  # one bytes object: the chunks joined once
+        chunks: List[bytes] = []
+
+        async def read() -> Optional[Response]:
+            total = 0
+            async for chunk in http.stream():
+                total += len(chunk)
+                if total > limit:
+                    return api_error(413, "request_too_large", too_large, close=True)
+                chunks.append(chunk)
+            return None
+
+        try:
+            refused = await asyncio.wait_for(read(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:  # a body trickled in too slowly (or never ends)
+            seconds = self.config.body_timeout_s
+            return api_error(408, "invalid_request_error", f"the request body did not arrive within {seconds:g} s", close=True)
+        return refused if refused is not None else b"".join(chunks)  # one bytes object: the chunks joined once
 
     def authenticate(self, headers: List[Tuple[bytes, bytes]]) -> Optional[cw.Principal]:
         """``x-api-key`` first, else ``authorization: Bearer``. Keys are looked up by
@@ -617,14 +628,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0,
-                   shutdown_timeout_s: float = 30.0) -> uvicorn.Config:
+                   shutdown_timeout_s: float = 30.0, header_timeout_s: float = 10.0,
+                   max_client_connections: int = 1024) -> uvicorn.Config:
     """No server/date headers of uvicorn's own: the upstream's pass through instead of
     being doubled. Idle connections are kept longer than clients keep them (httpx: 5 s),
     so a client never sends a request on a connection the server is closing. On SIGTERM,
-    requests in flight get ``shutdown_timeout_s`` to finish; then the process exits."""
+    requests in flight get ``shutdown_timeout_s`` to finish; then the process exits. A
+    request head must arrive within ``header_timeout_s`` (server.py); past
+    ``max_client_connections`` open connections, requests get 503."""
     return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
                           date_header=False, timeout_keep_alive=int(keep_alive_s),
-                          timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)))
+                          timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)),
+                          # uvicorn counts the asking connection too: N open connections are served
+                          http=guarded_h11(header_timeout_s), limit_concurrency=max_client_connections + 1)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -645,6 +661,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     sock = bind(args.host or config.listen_host, config.listen_port if args.port is None else args.port)
     host, port = sock.getsockname()[:2]
     print(f"cclb-proxy listening on http://{host}:{port} (pid {os.getpid()}, backend {cw.BACKEND})", flush=True)
-    server = uvicorn.Server(uvicorn_config(proxy.app, args.log_level, config.keep_alive_s, config.shutdown_timeout_s))
+    server = uvicorn.Server(uvicorn_config(
+        proxy.app, args.log_level, config.keep_alive_s, config.shutdown_timeout_s, config.header_timeout_s,
+        config.max_client_connections,
+    ))
     server.run(sockets=[sock])
     return 0

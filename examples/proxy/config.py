@@ -89,6 +89,12 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: A request head must arrive whole within this many seconds (slowloris).
+    header_timeout_s: float = 10.0
+    #: A request body must arrive whole within this many seconds; else 408.
+    body_timeout_s: float = 60.0
+    #: Open client connections at most; past it, requests get 503.
+    max_client_connections: int = 1024
     #: On SIGTERM, how long requests in flight may take to finish before the process exits.
     shutdown_timeout_s: float = 30.0
     #: The largest request body read, in bytes (the Messages API's own limit); larger: 413.
@@ -131,10 +137,17 @@ def _check_table(entry: Any, where: str) -> None:
         raise ConfigError(f"{where[:-1]}: expected a table")
 
 
+def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:
+    value = float(_get(table, name, (int, float), "server.", default))
+    if not value > 0:
+        raise ConfigError(f"server.{name}: must be a positive number of seconds, got {value}")
+    return value
+
+
 def _positive(table: Mapping[str, Any], name: str, default: int) -> int:
     value: int = _get(table, name, int, "server.", default)
     if value <= 0:
-        raise ConfigError(f"server.{name}: must be a positive number of bytes, got {value}")
+        raise ConfigError(f"server.{name}: must be positive, got {value}")
     return value
 
 
@@ -290,6 +303,9 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         thread_id_header=_get(server, "thread_id_header", str, "server.", "x-claude-code-session-id").lower(),
         max_body_bytes=_positive(server, "max_body_bytes", 32 * 1024 * 1024),
         shutdown_timeout_s=float(_get(server, "shutdown_timeout_s", (int, float), "server.", 30.0)),
+        header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
+        body_timeout_s=_seconds(server, "body_timeout_s", 60.0),
+        max_client_connections=_positive(server, "max_client_connections", 1024),
         prices=prices,
         host=host_config,
         keys=tuple(keys),

@@ -1,0 +1,56 @@
+"""The HTTP/1.1 server side: uvicorn's h11 protocol with a request-head timeout.
+
+uvicorn closes a kept-alive connection that stays idle, but not one that never finishes a
+request head (a fresh connection that sends nothing, or half a request line): a slowloris
+client holds such connections forever. ``guarded_h11(header_timeout_s)`` is uvicorn's
+``H11Protocol`` with one more timer: a request head must arrive whole within
+``header_timeout_s`` of the connection opening, or of its first byte after an answer; else
+the connection is closed. Bodies are bounded by the app (``[server] body_timeout_s``) and
+connections by uvicorn's ``limit_concurrency`` (``[server] max_client_connections``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def guarded_h11(header_timeout_s: float) -> type:
+    """uvicorn's H11Protocol whose request heads must arrive within ``header_timeout_s``."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()  # the first head, even if no byte ever comes
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a whole head arrived
+                self._cancel_head_timer()
+            elif self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm_head_timer()  # bytes of a next head: it must complete in time too
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
