@@ -269,7 +269,13 @@ def test_non_streaming_request_reaches_upstream_as_shaped_without_downstream_cre
     shaped = proxy.proxy.adapters["shape"].shape(ctx, chosen.target, proxy.proxy.keys[proxy_config.key_digest(PROXY_KEY.encode())])
     assert shaped.url == f"{server.url}/v1/messages?beta=true"
     assert (got.method, got.path, got.query, got.body) == (shaped.method, "/v1/messages", b"beta=true", shaped.body)
-    expected = [(n.encode(), v) for n, v in shaped.headers] + [(b"x-api-key", UPSTREAM_KEYS[SECONDARY].encode())]
+    # The proxy's request id goes to the upstream and back to the client; the client's
+    # address is appended to X-Forwarded-For.
+    request_id = answer.headers["x-cclb-request-id"].encode()
+    assert request_id.startswith(b"req_")
+    expected = [(n.encode(), v) for n, v in shaped.headers] + [
+        (b"x-api-key", UPSTREAM_KEYS[SECONDARY].encode()), (b"x-cclb-request-id", request_id), (b"x-forwarded-for", b"127.0.0.1"),
+    ]
     added_by_http = {b"host", b"content-length"}
     assert [h for h in got.headers if h[0] not in added_by_http] == expected
     assert header_values(got.headers, "x-trace") == [b"a", b"b"]  # order and repeats kept

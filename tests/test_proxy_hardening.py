@@ -409,3 +409,67 @@ def test_connections_past_the_limit_get_503(guarded):
     finally:
         for sock in held:
             sock.close()
+
+
+# --- gateway: failover to the next kept upstream -----------------------------------------------------
+
+
+def _failover_config(tmp_path: Path, first_url: str, second_url: str, **server: Any) -> Path:
+    """The filter keeps both upstreams (keep_k 2), in the config's order: PRIMARY is tried first."""
+    config = json.loads(write_config(tmp_path, second_url).read_text())
+    config["keys"][0]["claims"]["keep_k"] = 2
+    config["upstreams"][0]["base_url"] = first_url
+    config["server"].update(server)
+    path = tmp_path / "failover.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+async def _always_529(scope: Dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    await send({"type": "http.response.start", "status": 529, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _attempts(proxy: Any) -> Dict[tuple, float]:
+    counts = {}
+    for line in proxy.client.get("/metrics").text.splitlines():
+        if line.startswith("cclb_proxy_upstream_attempts_total{"):
+            labels = dict(part.split("=") for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            counts[(labels["upstream"].strip('"'), labels["outcome"].strip('"'))] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream, start_proxy):
+    fake, server = upstream
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    proxy = start_proxy(_failover_config(tmp_path, dead, server.url))
+    before = fake.count
+    answer = proxy.post({"model": "m"})
+    assert answer.status_code == 200
+    assert fake.count == before + 1
+    codes = [getattr(e, "code", type(e).__name__) for e in proxy.events]
+    assert codes.count("UpstreamChosen") == 2 and "upstream_unreachable" in codes
+    assert _attempts(proxy) == {("primary", "unreachable"): 1.0, ("secondary", "answered"): 1.0}
+
+
+def test_an_overloaded_first_upstream_fails_over_and_one_attempt_passes_it_through(tmp_path, upstream, start_proxy):
+    from test_proxy_e2e import ServerThread
+
+    _, server = upstream
+    with ServerThread(_always_529) as overloaded:
+        proxy = start_proxy(_failover_config(tmp_path, overloaded.url, server.url))
+        assert proxy.post({"model": "m"}).status_code == 200
+        assert _attempts(proxy) == {("primary", "529"): 1.0, ("secondary", "answered"): 1.0}
+        single = start_proxy(_failover_config(tmp_path, overloaded.url, server.url, max_attempts=1))
+        answer = single.post({"model": "m"})
+        assert answer.status_code == 529 and answer.json()["error"]["type"] == "overloaded_error"

@@ -48,7 +48,8 @@ T = TypeVar("T")
 #: downstream's credentials, the proxy's own key among them, and ``host``), the cookies,
 #: and headers that belong to one connection, not to the request.
 STRIPPED_REQUEST_HEADERS = HOST_STRIPPED_HEADERS | frozenset(
-    b"cookie content-length connection keep-alive te trailer transfer-encoding upgrade proxy-connection".split()
+    b"cookie content-length connection keep-alive te trailer transfer-encoding upgrade proxy-connection"
+    b" x-forwarded-for x-cclb-request-id".split()  # the proxy sends its own
 )
 #: Hop-by-hop headers of the upstream's answer: uvicorn frames the answer itself.
 STRIPPED_RESPONSE_HEADERS = frozenset(
@@ -73,6 +74,15 @@ def path_problem(raw_path: bytes) -> Optional[str]:
     return None
 
 
+def forwarded_for(scope: MutableMapping[str, Any]) -> bytes:
+    """The client's ``X-Forwarded-For`` with the client's address appended (RFC 7239's
+    convention for the de facto header)."""
+    client = scope.get("client")
+    address = (client[0] if client else "unknown").encode("latin-1")
+    prior = [value.strip() for name, value in scope["headers"] if name == b"x-forwarded-for" and value.strip()]
+    return b", ".join(prior + [address])
+
+
 def connection_named(headers: Iterable[Tuple[bytes, bytes]]) -> frozenset:
     """The header names a ``Connection`` header lists: hop-by-hop, never forwarded (RFC 9110 §7.6.1)."""
     named = set()
@@ -81,6 +91,10 @@ def connection_named(headers: Iterable[Tuple[bytes, bytes]]) -> frozenset:
             named.update(token.strip().lower() for token in value.split(b",") if token.strip())
     return frozenset(named)
 HOOK_SAMPLES = 100_000
+#: The proxy's request id, sent to the upstream and back to the client.
+REQUEST_ID_HEADER = b"x-cclb-request-id"
+#: Statuses that send a request to the next kept upstream (with 5xx), before any byte reached the client.
+RETRY_STATUSES = frozenset({429, 529})
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -104,7 +118,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s", "broken")
+    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
@@ -112,6 +126,9 @@ class _Request:
         self.hook_s = 0.0
         #: Why the upstream's answer broke off ("upstream_timeout", "upstream_error"), if it did.
         self.broken: Optional[str] = None
+        #: Upstreams tried, and the name of the one that answered.
+        self.attempts = 0
+        self.upstream: Optional[str] = None
 
 
 class UsageScanner:
@@ -385,12 +402,13 @@ class Proxy:
         except cw.InvalidInput as exc:
             return self._done(request, api_error(400, "invalid_request_error", str(exc)), record=False)
         try:
-            return await self._forward(request, ctx, principal, http.headers.get("user-agent"), http.receive)
+            return await self._forward(request, ctx, principal, http.headers.get("user-agent"), http.receive,
+                                       forwarded_for(http.scope))
         except cw.ObservabilityError as exc:
             return self._done(request, api_error(502, "api_error", f"observe plugin {self._name('observe')!r} failed: {exc}"))
 
     async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
-                       receive: Any) -> Response:
+                       receive: Any, forwarded_for: bytes) -> Response:
         await self.observe(request, cw.RequestStarted(request.id, agent))
         await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
 
@@ -401,42 +419,67 @@ class Proxy:
             except cw.FilterError as exc:  # FAIL_CLOSED
                 return await self._failed(request, 502, "filter", exc)
             kept = output.kept_upstream_ids
-        upstream = next((self.upstreams[i] for i in kept if i in self.upstreams), None)
-        if upstream is None:
+        chosen = [self.upstreams[i] for i in kept if i in self.upstreams]
+        if not chosen:
             await self.observe(request, cw.ErrorEvent("no_upstream", "the filter kept no upstream", "proxy"))
             return self._done(request, api_error(503, "api_error", "no upstream available for this request"))
-        await self.observe(request, cw.UpstreamChosen(upstream.target))
 
-        shaped = None
-        if "shape" in self.adapters:
+        # Failover: the kept upstreams in the filter's order, at most max_attempts of them.
+        # Only before any byte reached the client: a connect error, a timeout before the
+        # headers, or a status worth retrying elsewhere (429, 529, 5xx).
+        attempts = chosen[: self.config.max_attempts]
+        for attempt, upstream in enumerate(attempts, 1):
+            last = attempt == len(attempts)
+            request.attempts = attempt
+            await self.observe(request, cw.UpstreamChosen(upstream.target))
+            shaped = None
+            if "shape" in self.adapters:
+                try:
+                    shaped = await self._call(request, "shape", self.adapters["shape"].shape_with_policy, ctx, upstream.target, principal)
+                except cw.DialectError as exc:  # FAIL_CLOSED
+                    return await self._failed(request, 502, "shape", exc)
+            if shaped is None:  # no shape plugin, or it failed under PASS_THROUGH: send it unchanged
+                query = "" if ctx.query is None else f"?{ctx.query}"
+                method, url, headers, content = ctx.method, f"{upstream.base_url}{ctx.path}{query}", list(ctx.headers), ctx.body
+            else:
+                method, url, headers, content = shaped.method, shaped.url, list(shaped.headers), shaped.body
+            headers.append((b"x-api-key", upstream.api_key.encode("latin-1")))  # the only credential sent
+            headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
+            headers.append((b"x-forwarded-for", forwarded_for))
+
+            assert self.client is not None
             try:
-                shaped = await self._call(request, "shape", self.adapters["shape"].shape_with_policy, ctx, upstream.target, principal)
-            except cw.DialectError as exc:  # FAIL_CLOSED
-                return await self._failed(request, 502, "shape", exc)
-        if shaped is None:  # no shape plugin, or it failed under PASS_THROUGH: send it unchanged
-            query = "" if ctx.query is None else f"?{ctx.query}"
-            method, url, headers, content = ctx.method, f"{upstream.base_url}{ctx.path}{query}", list(ctx.headers), ctx.body
-        else:
-            method, url, headers, content = shaped.method, shaped.url, list(shaped.headers), shaped.body
-        headers.append((b"x-api-key", upstream.api_key.encode("latin-1")))  # the only credential sent
-
-        assert self.client is not None
-        try:
-            answer = await self._send_unless_gone(receive, self.client.build_request(method, url, headers=headers, content=content))
-        except _ClientGone:  # nobody waits for this answer: the upstream request was cancelled
-            log.info("%s: the client left before upstream %r answered; request cancelled", request.id, upstream.name)
-            await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
-            return self._done(request, Response(status_code=499))
-        except httpx.TimeoutException as exc:  # nothing came back in time: the gateway timed out
-            log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
-            await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
-            return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
-        except httpx.HTTPError as exc:
-            log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, type(exc).__name__)
-            await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
-            return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
+                answer = await self._send_unless_gone(receive, self.client.build_request(method, url, headers=headers, content=content))
+            except _ClientGone:  # nobody waits for this answer: the upstream request was cancelled
+                log.info("%s: the client left before upstream %r answered; request cancelled", request.id, upstream.name)
+                await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
+                return self._done(request, Response(status_code=499))
+            except httpx.TimeoutException as exc:  # nothing came back in time: the gateway timed out
+                log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
+                await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
+                self.metrics.attempts.labels(upstream.name, "timeout").inc()
+                if not last:
+                    continue
+                return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
+            except httpx.HTTPError as exc:
+                log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, type(exc).__name__)
+                await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
+                self.metrics.attempts.labels(upstream.name, "unreachable").inc()
+                if not last:
+                    continue
+                return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
+            if not last and (answer.status_code in RETRY_STATUSES or answer.status_code >= 500):
+                await answer.aclose()  # nothing of it was sent: the next upstream may do better
+                log.warning("%s: upstream %r answered %d; trying the next kept upstream", request.id, upstream.name, answer.status_code)
+                await self.observe(request, cw.ErrorEvent("upstream_retry", f"status {answer.status_code}", "upstream"))
+                self.metrics.attempts.labels(upstream.name, str(answer.status_code)).inc()
+                continue
+            self.metrics.attempts.labels(upstream.name, "answered").inc()
+            request.upstream = upstream.name
+            break
         named = connection_named(answer.headers.raw)
         response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
+        response_headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
         transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
         if transforms:  # a cc-lb 1.0 shape plugin maps the answer back
             seen = cw.UpstreamResponse(answer.status_code, response_headers)

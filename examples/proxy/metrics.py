@@ -62,6 +62,11 @@ class ProxyMetrics:
             "cclb_proxy_hook_seconds", "Time spent in hook calls per request (all hooks).", buckets=HOOK_BUCKETS, registry=r
         )
         self.chunks = Counter("cclb_proxy_chunks_streamed", "Response chunks streamed to clients.", registry=r)
+        self.attempts = Counter(
+            "cclb_proxy_upstream_attempts",
+            "Requests sent to an upstream, by how it went: answered, timeout, unreachable, or a retried status.",
+            ["upstream", "outcome"], registry=r,
+        )
         self.reloads = Counter(
             "cclb_proxy_plugin_reloads", "Plugin reloads by slot and result (swapped, unchanged, failed).",
             ["hook", "result"], registry=r,
