@@ -86,3 +86,15 @@ def test_breaker_settings_are_checked(value, kind):
     error = cw.InvalidInputType if kind == "type" else cw.InvalidInput
     with pytest.raises(error, match="HostConfig.breaker_failures"):
         HostConfig(breaker_failures=value)
+
+
+def test_pass_through_warnings_are_rate_limited_per_slot(caplog):
+    trap = wasmtime.wat2wasm((HOSTILE / "unreachable.wat").read_text())
+    with PluginHost(HostConfig(probe=False, breaker_failures=0)) as host:
+        slot = host.register_filter("s", "trap", trap)
+        with caplog.at_level("WARNING", logger="cclb_wire.runtime"):
+            for _ in range(50):
+                slot.filter_with_policy(CTX, PRINCIPAL, [])
+        warnings = [r for r in caplog.records if "passing through" in r.getMessage()]
+        assert len(warnings) == 1  # 50 failures in well under WARNING_INTERVAL_S
+        assert host.stats()[("filter", "s")].pass_throughs == 50  # nothing lost from the counts

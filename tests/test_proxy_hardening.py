@@ -473,3 +473,61 @@ def test_an_overloaded_first_upstream_fails_over_and_one_attempt_passes_it_throu
         single = start_proxy(_failover_config(tmp_path, overloaded.url, server.url, max_attempts=1))
         answer = single.post({"model": "m"})
         assert answer.status_code == 529 and answer.json()["error"]["type"] == "overloaded_error"
+
+
+# --- gateway: one JSON access-log line per request, 401s and 502s included ----------------------------
+
+
+def test_the_access_log_has_one_json_line_per_request(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    config["server"]["access_log"] = True
+    path = tmp_path / "access.json"
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
+    with caplog.at_level("INFO", logger="cclb_proxy.access"):
+        ok = proxy.post({"model": "m"})
+        refused = proxy.post({"model": "m"}, key="sk-wrong")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "cclb_proxy.access"]
+    assert [line["status"] for line in lines] == [200, 401]
+    first, second = lines
+    assert first["request_id"] == ok.headers["x-cclb-request-id"]
+    assert (first["principal"], first["upstream"], first["attempts"]) == ("alice", "secondary", 1)
+    assert (first["input_tokens"], first["output_tokens"]) == (17, 5) and first["hook_ms"] > 0
+    assert second["principal"] is None and refused.status_code == 401
+
+
+def test_the_access_log_is_off_by_default(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    with caplog.at_level("INFO", logger="cclb_proxy.access"):
+        proxy.post({"model": "m"})
+    assert not [r for r in caplog.records if r.name == "cclb_proxy.access"]
+
+
+# --- quickstart: a taken port is one line ------------------------------------------------------------
+
+
+def test_a_port_in_use_is_one_line_naming_the_address(tmp_path, upstream):
+    import os
+    import subprocess
+    import sys
+
+    import cclb_wire as cw
+    from test_proxy_e2e import PROXY_DIR
+
+    _, server = upstream
+    config = write_config(tmp_path, server.url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(Path(cw.__file__).resolve().parents[1])}
+        proxy = subprocess.run([sys.executable, str(PROXY_DIR), "--config", str(config), "--port", str(port)],
+                               capture_output=True, text=True, timeout=60, env=env)
+        fake = subprocess.run([sys.executable, str(PROXY_DIR / "fake_upstream.py"), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60, env=env)
+    for result, name in ((proxy, "cclb-proxy"), (fake, "fake upstream")):
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"{name}: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr

@@ -8,6 +8,7 @@ transforms the upstream's answer (``transform_response``, ``sse_stream``)."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from .host import PluginHost
 
 _log = logging.getLogger("cclb_wire.runtime")
+#: A slot's pass-through warnings are logged at most once per this many seconds.
+WARNING_INTERVAL_S = 5.0
 
 
 class _Adapter:
@@ -96,6 +99,18 @@ class _Adapter:
     def plugin_name(self) -> str:
         """The name the plugin was registered under."""
         return self._loaded().name
+
+    def _warn(self, message: str, exc: BaseException) -> None:
+        """A pass-through's warning, at most one per slot every WARNING_INTERVAL_S (a failing
+        plugin under load would flood the log): the next one says how many were held back."""
+        now = time.monotonic()
+        state = self._host._slot_warnings.setdefault(self._slot, [0.0, 0])
+        if now - state[0] < WARNING_INTERVAL_S:
+            state[1] += 1
+            return
+        held, state[0], state[1] = state[1], now, 0
+        suffix = f" ({held} more since the last warning of this slot)" if held else ""
+        _log.warning(message + "%s", exc, suffix)
 
     def _plugin_failed(self, exc: BaseException) -> None:
         """A failure the plugin caused counts toward the slot's breaker (a caller's bad
@@ -179,7 +194,7 @@ class FilterPlugin(_Adapter):
             if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
             self._counters.record_pass_through()
-            _log.warning("filter plugin failed, passing through: %s", exc)
+            self._warn("filter plugin failed, passing through: %s", exc)
             kept = tuple(c.upstream_id for c in candidates)
             return FilterOutput(kept, f"plugin failed; passed through: {exc}", ())
 
@@ -222,7 +237,7 @@ class UpstreamDialect(_Adapter):
             if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
             self._counters.record_pass_through()
-            _log.warning("shape plugin failed, passing through: %s", exc)
+            self._warn("shape plugin failed, passing through: %s", exc)
             return None
 
 
@@ -252,7 +267,7 @@ class UpstreamDialect(_Adapter):
             return self.transform_response(ctx, upstream, principal, response)
         except TransformError as exc:
             self._counters.record_pass_through()
-            _log.warning("transform_response failed, sending the upstream's answer: %s", exc)
+            self._warn("transform_response failed, sending the upstream's answer: %s", exc)
             return UNCHANGED_RESPONSE
 
     def transform_sse_event(
@@ -345,7 +360,7 @@ class SseStream:
                 raise
             self.failures += 1
             self._dialect._counters.record_pass_through()
-            _log.warning("transform_sse_event failed before anything transformed was sent, failing open: %s", exc)
+            self._dialect._warn("transform_sse_event failed before anything transformed was sent, failing open: %s", exc)
             return (event,)
         emitted = result.apply(event)
         if result is not UNCHANGED_EVENT:
@@ -387,6 +402,6 @@ class ObservabilityHook(_Adapter):
             if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
             self._counters.record_pass_through()
-            _log.warning("observe plugin failed, event dropped: %s", exc)
+            self._warn("observe plugin failed, event dropped: %s", exc)
             return False
         return True

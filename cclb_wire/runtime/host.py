@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, TypeVar, Union
 
 import blake3
 
@@ -74,6 +74,8 @@ class PluginHost:
         #: Each slot's call counters, from its first registration on (they outlive swaps).
         self._counters: Dict[Tuple[str, str], Any] = {}
         self._breakers: Dict[Tuple[str, str], Breaker] = {}
+        #: slot -> [when its last pass-through warning was logged, how many were held back since]
+        self._slot_warnings: Dict[Tuple[str, str], List[Any]] = {}
         self._tickets = itertools.count(1)
         self._lock = threading.Lock()  # the slots and their tickets
         #: Calls and registrations in flight; close() shuts it and waits for them.

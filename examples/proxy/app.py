@@ -42,6 +42,8 @@ from .server import guarded_h11
 from .sse import SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
+#: One JSON line per request when ``[server] access_log`` is on.
+access_log = logging.getLogger("cclb_proxy.access")
 T = TypeVar("T")
 
 #: Never handed to a plugin nor to an upstream: what the host strips anyway (the
@@ -118,7 +120,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream")
+    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
@@ -129,6 +131,9 @@ class _Request:
         #: Upstreams tried, and the name of the one that answered.
         self.attempts = 0
         self.upstream: Optional[str] = None
+        #: For the access log: who asked (None: unauthenticated), and the usage read from the answer.
+        self.principal: Optional[str] = None
+        self.tokens: Tuple[Optional[int], ...] = (None,) * len(TOKEN_FIELDS)
 
 
 class UsageScanner:
@@ -380,6 +385,7 @@ class Proxy:
     async def forward(self, http: Request) -> Response:
         request = _Request()
         principal = self.authenticate(http.scope["headers"])
+        request.principal = None if principal is None else principal.id
         if principal is None:  # before anything else: an unknown caller reaches no plugin
             return self._done(request, api_error(401, "authentication_error", "invalid x-api-key"), record=False)
         scope_headers = http.scope["headers"]
@@ -587,6 +593,7 @@ class Proxy:
                 yield rest
             finished = True
             tokens = scanner.tokens()
+            request.tokens = tokens
             duration_ms = int((time.perf_counter() - request.started) * 1000)
             await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
         finally:
@@ -610,11 +617,27 @@ class Proxy:
         return response
 
     def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
+        if self.config.access_log:
+            self._access_line(request, status)
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - request.started)
         if record:  # requests that ran hooks
             self.metrics.hook_time.observe(request.hook_s)
             self.hook_samples.append(request.hook_s)
+
+    def _access_line(self, request: _Request, status: Any) -> None:
+        """One JSON line per request on the ``cclb_proxy.access`` logger."""
+        line = {
+            "request_id": request.id,
+            "principal": request.principal,
+            "upstream": request.upstream,
+            "status": status,
+            "attempts": request.attempts,
+            "duration_ms": round((time.perf_counter() - request.started) * 1000, 3),
+            "hook_ms": round(request.hook_s * 1000, 3),
+            **dict(zip(TOKEN_FIELDS, request.tokens)),
+        }
+        access_log.info("%s", json.dumps(line, separators=(",", ":")))
 
     # --- other endpoints ------------------------------------------------------------------
 
@@ -701,7 +724,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (cfg.ConfigError, cw.CclbWireError) as exc:
         print(f"cclb-proxy: {exc}", file=sys.stderr)
         return 2
-    sock = bind(args.host or config.listen_host, config.listen_port if args.port is None else args.port)
+    listen = (args.host or config.listen_host, config.listen_port if args.port is None else args.port)
+    try:
+        sock = bind(*listen)
+    except OSError as exc:  # one line, not a traceback: which address, and why
+        print(f"cclb-proxy: cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}", file=sys.stderr)
+        proxy.host.close()
+        return 2
     host, port = sock.getsockname()[:2]
     print(f"cclb-proxy listening on http://{host}:{port} (pid {os.getpid()}, backend {cw.BACKEND})", flush=True)
     server = uvicorn.Server(uvicorn_config(

@@ -89,6 +89,8 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: One JSON line per request on the ``cclb_proxy.access`` logger.
+    access_log: bool = False
     #: Upstreams tried per request (failover to the next kept one), at least 1.
     max_attempts: int = 2
     #: A request head must arrive whole within this many seconds (slowloris).
@@ -307,6 +309,7 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         shutdown_timeout_s=float(_get(server, "shutdown_timeout_s", (int, float), "server.", 30.0)),
         header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
         max_attempts=_positive(server, "max_attempts", 2),
+        access_log=_get(server, "access_log", bool, "server.", False),
         body_timeout_s=_seconds(server, "body_timeout_s", 60.0),
         max_client_connections=_positive(server, "max_client_connections", 1024),
         prices=prices,

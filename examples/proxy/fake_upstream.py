@@ -210,7 +210,10 @@ def main() -> None:
     # IPPROTO_TCP, not 0: asyncio then disables Nagle per connection (see app.bind).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        raise SystemExit(f"fake upstream: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
     print(f"fake upstream listening on http://{host}:{port}", flush=True)
