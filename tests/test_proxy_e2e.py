@@ -189,8 +189,11 @@ class Running:
 
         self.proxy._finish = finish_spy  # type: ignore[method-assign]
         self.server = ServerThread(counting_app)
+        self.admin_server = ServerThread(self.proxy.admin_app, lifespan="off")
         self.url = self.server.url
         self.client = httpx.Client(base_url=self.url, timeout=20)
+        #: The admin listener: /healthz, /metrics, /debug/*.
+        self.admin = httpx.Client(base_url=self.admin_server.url, timeout=20)
 
     def settle(self) -> None:
         deadline = time.monotonic() + 20
@@ -218,12 +221,15 @@ def start_proxy() -> Iterator[Any]:
     def start(config_path: Path) -> Running:
         proxy = Running(config_path)
         proxy.server.__enter__()
+        proxy.admin_server.__enter__()
         running.append(proxy)
         return proxy
 
     yield start
     for proxy in running:
         proxy.client.close()
+        proxy.admin.close()
+        proxy.admin_server.__exit__()
         proxy.server.__exit__()
         assert proxy.proxy.host.closed  # the lifespan's shutdown closed the host
 
@@ -553,7 +559,7 @@ def test_the_cli_serves_and_reloads_on_sighup(tmp_path, upstream):
     config = write_config(tmp_path, server.url, filter_wasm=path)  # no file polling: SIGHUP only
     # As the README says: `python examples/proxy --config ...` (the installed cclb_wire is used).
     process = subprocess.Popen(
-        [sys.executable, str(PROXY_DIR), "--config", str(config), "--port", "0", "--log-level", "warning"],
+        [sys.executable, str(PROXY_DIR), "--config", str(config), "--port", "0", "--admin-port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(cw.__file__).resolve().parents[1])},  # this cclb_wire
     )
@@ -561,23 +567,27 @@ def test_the_cli_serves_and_reloads_on_sighup(tmp_path, upstream):
         line = process.stdout.readline()
         assert "listening on http://" in line, line + process.stderr.read()
         url = line.split("listening on ")[1].split()[0]
-        with httpx.Client(base_url=url, timeout=20) as client:
+        admin_line = process.stdout.readline()
+        assert "admin listening on http://" in admin_line, admin_line
+        admin_url = admin_line.split("listening on ")[1].split()[0]
+        with httpx.Client(base_url=url, timeout=20) as client, httpx.Client(base_url=admin_url, timeout=20) as admin:
             def swapped() -> float:
-                for family in text_string_to_metric_families(client.get("/metrics").text):
+                for family in text_string_to_metric_families(admin.get("/metrics").text):
                     for sample in family.samples:
                         if sample.name == "cclb_proxy_plugin_reloads_total" and sample.labels == {"hook": "filter", "result": "swapped"}:
                             return sample.value
                 return 0.0
 
             assert client.post("/v1/messages", content=b"{}", headers={"x-api-key": PROXY_KEY}).status_code == 200
-            before = client.get("/healthz").json()["plugins"]["filter"]["plugin_id"]
+            before = admin.get("/healthz").json()["plugins"]["filter"]["plugin_id"]
             _replace(path, _with_custom_section(original, b"sighup"))
             process.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 20
             while swapped() < 1:
                 assert time.monotonic() < deadline, "SIGHUP did not reload"
                 time.sleep(0.05)
-            assert client.get("/healthz").json()["plugins"]["filter"]["plugin_id"] != before
+            assert admin.get("/healthz").json()["plugins"]["filter"]["plugin_id"] != before
+            assert client.get("/metrics").status_code == 404  # not on the public listener
             assert client.post("/v1/messages", content=b"{}", headers={"x-api-key": PROXY_KEY}).status_code == 200
     finally:
         process.terminate()
@@ -596,7 +606,7 @@ def test_metrics_export_the_proxy_and_plugin_stats(tmp_path, upstream, start_pro
     for _ in range(3):
         assert proxy.post({"stream": True}, **{"x-fake-deltas": "3", "x-fake-delay-ms": "0"}).status_code == 200
     assert proxy.post({"model": "m"}, key="nope").status_code == 401
-    text = proxy.client.get("/metrics").text
+    text = proxy.admin.get("/metrics").text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("cclb_proxy_requests_total", (("status", "200"),))] == 3
     assert samples[("cclb_proxy_requests_total", (("status", "401"),))] == 1
@@ -612,7 +622,7 @@ def test_metrics_export_the_proxy_and_plugin_stats(tmp_path, upstream, start_pro
     # Buckets are cumulative.
     buckets = [v for (name, labels), v in samples.items() if name == "cclb_plugin_call_seconds_bucket" and ("kind", "observe") in labels]
     assert buckets == sorted(buckets)
-    hook_times = proxy.client.get("/debug/hook-times").json()["hook_seconds"]
+    hook_times = proxy.admin.get("/debug/hook-times").json()["hook_seconds"]
     assert len(hook_times) == 3 and all(0 < t < 1 for t in hook_times)
 
 

@@ -154,11 +154,14 @@ def test_unknown_routes_and_methods_answer_in_anthropics_error_shape(tmp_path, u
     proxy = start_proxy(write_config(tmp_path, server.url))
     not_found = proxy.client.get("/nope")
     assert not_found.status_code == 404 and not_found.json()["error"]["type"] == "not_found_error"
-    wrong_method = proxy.client.post("/healthz")
+    wrong_method = proxy.admin.post("/healthz")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
-    answer = raw_request(proxy.url, b"GET /metrics/ HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n")
-    status = int(answer.split(b" ", 2)[1])
-    assert status != 307 and b"evil.example" not in answer
+    # The public listener serves the API only: health and metrics are on the admin one.
+    assert proxy.client.get("/healthz").status_code == 404 and proxy.client.get("/metrics").status_code == 404
+    for url in (proxy.url, proxy.admin_server.url):
+        answer = raw_request(url, b"GET /metrics/ HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n")
+        status = int(answer.split(b" ", 2)[1])
+        assert status != 307 and b"evil.example" not in answer
 
 
 # --- 11. keys: none empty, none twice ------------------------------------------------------------
@@ -228,7 +231,7 @@ def _timeout_config(tmp_path: Path, url: str, seconds: float) -> Path:
 
 
 def _requests_metric(proxy: Any) -> Dict[str, float]:
-    text = proxy.client.get("/metrics").text
+    text = proxy.admin.get("/metrics").text
     counts = {}
     for line in text.splitlines():
         if line.startswith("cclb_proxy_requests_total{"):
@@ -281,7 +284,7 @@ def test_sigterm_ends_the_process_even_while_a_client_holds_a_body_open(tmp_path
     path = tmp_path / "shutdown.json"
     path.write_text(json.dumps(config))
     process = subprocess.Popen(
-        [sys.executable, str(PROXY_DIR), "--config", str(path), "--port", "0", "--log-level", "warning"],
+        [sys.executable, str(PROXY_DIR), "--config", str(path), "--port", "0", "--admin-port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(cw.__file__).resolve().parents[1])},
     )
@@ -344,7 +347,7 @@ def test_a_looping_inline_filter_is_entered_once_then_its_slot_fails_fast(tmp_pa
     stats = proxy.stats("filter")
     # The guest was entered once (one deadline of stall); the other 39 failed fast.
     assert stats.errors == {"PluginTimeout": 1, "PluginCircuitOpen": 39} and stats.breaker_trips == 1
-    metrics = proxy.client.get("/metrics").text
+    metrics = proxy.admin.get("/metrics").text
     assert 'cclb_plugin_breaker_trips_total{kind="filter",slot="filter"} 1.0' in metrics
 
 
@@ -401,10 +404,10 @@ def test_connections_past_the_limit_get_503(guarded):
     try:
         for _ in range(4):  # kept-alive connections, each after one answered request
             sock = socket.create_connection((host, int(port)), timeout=5)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: " + PROXY_KEY.encode() + b"\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
             held.append(sock)
-        extra = raw_request(guarded.url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n")
+        extra = raw_request(guarded.url, b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n")
         assert int(extra.split(b" ", 2)[1]) == 503
     finally:
         for sock in held:
@@ -440,7 +443,7 @@ async def _always_529(scope: Dict[str, Any], receive: Any, send: Any) -> None:
 
 def _attempts(proxy: Any) -> Dict[tuple, float]:
     counts = {}
-    for line in proxy.client.get("/metrics").text.splitlines():
+    for line in proxy.admin.get("/metrics").text.splitlines():
         if line.startswith("cclb_proxy_upstream_attempts_total{"):
             labels = dict(part.split("=") for part in line[line.index("{") + 1 : line.index("}")].split(","))
             counts[(labels["upstream"].strip('"'), labels["outcome"].strip('"'))] = float(line.rsplit(" ", 1)[1])
@@ -460,6 +463,9 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     codes = [getattr(e, "code", type(e).__name__) for e in proxy.events]
     assert codes.count("UpstreamChosen") == 2 and "upstream_unreachable" in codes
     assert _attempts(proxy) == {("primary", "unreachable"): 1.0, ("secondary", "answered"): 1.0}
+    health = proxy.admin.get("/healthz").json()["upstreams"]
+    assert health["primary"]["consecutive_failures"] == 1 and health["primary"]["last_error"] == "unreachable: ConnectError"
+    assert health["secondary"]["consecutive_failures"] == 0 and health["secondary"]["last_error"] is None
 
 
 def test_an_overloaded_first_upstream_fails_over_and_one_attempt_passes_it_through(tmp_path, upstream, start_proxy):
@@ -523,7 +529,7 @@ def test_a_port_in_use_is_one_line_naming_the_address(tmp_path, upstream):
         taken.listen(1)
         port = taken.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": str(Path(cw.__file__).resolve().parents[1])}
-        proxy = subprocess.run([sys.executable, str(PROXY_DIR), "--config", str(config), "--port", str(port)],
+        proxy = subprocess.run([sys.executable, str(PROXY_DIR), "--config", str(config), "--port", str(port), "--admin-port", "0"],
                                capture_output=True, text=True, timeout=60, env=env)
         fake = subprocess.run([sys.executable, str(PROXY_DIR / "fake_upstream.py"), "--port", str(port)],
                               capture_output=True, text=True, timeout=60, env=env)

@@ -203,16 +203,22 @@ class Proxy:
         for slot in config.slots.values():
             self._stamps[slot.hook] = _stamp(slot.path)
             self.adapters[slot.hook] = self._register(slot)
-        routes = [
-            Route("/healthz", self.health),
-            Route("/metrics", self.metrics_endpoint),
-            Route("/v1/{rest:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-        ]
+        #: upstream name -> its health as the proxy saw it: consecutive failures, the last error.
+        self.upstream_health: Dict[str, Dict[str, Any]] = {
+            upstream.name: {"consecutive_failures": 0, "last_error": None, "last_error_at": None} for upstream in config.upstreams
+        }
+        public = [Route("/v1/{rest:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+        admin = [Route("/healthz", self.health), Route("/metrics", self.metrics_endpoint)]
         if config.debug_endpoints:
-            routes.append(Route("/debug/hook-times", self.hook_times))
-        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: http_error})
-        # No redirect may take its Location from the client's Host header.
-        self.app.router.redirect_slashes = False
+            admin += [Route("/debug/hook-times", self.hook_times),
+                      Route("/debug/hook-times/reset", self.reset_hook_times, methods=["POST"])]
+        handlers = {HTTPException: http_error}
+        #: The public listener: the Messages API and nothing else.
+        self.app = Starlette(routes=public, lifespan=self._lifespan, exception_handlers=handlers)
+        #: The admin listener ([admin] host/port, loopback by default): health, metrics, debug.
+        self.admin_app = Starlette(routes=admin, exception_handlers=handlers)
+        for app in (self.app, self.admin_app):
+            app.router.redirect_slashes = False  # no redirect may take its Location from the Host header
 
     # --- plugins and reloads -----------------------------------------------------------
 
@@ -464,6 +470,7 @@ class Proxy:
                 log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
                 await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
                 self.metrics.attempts.labels(upstream.name, "timeout").inc()
+                self._upstream_failed(upstream, f"timeout: {type(exc).__name__}")
                 if not last:
                     continue
                 return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
@@ -471,6 +478,7 @@ class Proxy:
                 log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, type(exc).__name__)
                 await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
                 self.metrics.attempts.labels(upstream.name, "unreachable").inc()
+                self._upstream_failed(upstream, f"unreachable: {type(exc).__name__}")
                 if not last:
                     continue
                 return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
@@ -479,8 +487,10 @@ class Proxy:
                 log.warning("%s: upstream %r answered %d; trying the next kept upstream", request.id, upstream.name, answer.status_code)
                 await self.observe(request, cw.ErrorEvent("upstream_retry", f"status {answer.status_code}", "upstream"))
                 self.metrics.attempts.labels(upstream.name, str(answer.status_code)).inc()
+                self._upstream_failed(upstream, f"status {answer.status_code}")
                 continue
             self.metrics.attempts.labels(upstream.name, "answered").inc()
+            self._upstream_answered(upstream)
             request.upstream = upstream.name
             break
         named = connection_named(answer.headers.raw)
@@ -642,18 +652,37 @@ class Proxy:
     # --- other endpoints ------------------------------------------------------------------
 
     async def health(self, http: Request) -> Response:
-        plugins = {hook: {"name": a.plugin_name, "plugin_id": str(a.plugin_id)} for hook, a in self.adapters.items()}
-        return JSONResponse({"status": "ok", "plugins": plugins})
+        plugins = {hook: {"name": a.plugin_name, "plugin_id": str(a.plugin_id), "contract": a.contract}
+                   for hook, a in self.adapters.items()}
+        return JSONResponse({"status": "ok", "plugins": plugins, "upstreams": self.upstream_health})
+
+    def _upstream_failed(self, upstream: cfg.Upstream, error: str) -> None:
+        health = self.upstream_health[upstream.name]
+        health["consecutive_failures"] += 1
+        health["last_error"] = error
+        health["last_error_at"] = time.time()
+
+    def _upstream_answered(self, upstream: cfg.Upstream) -> None:
+        self.upstream_health[upstream.name]["consecutive_failures"] = 0
 
     async def metrics_endpoint(self, http: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def hook_times(self, http: Request) -> Response:
-        """Raw per-request hook seconds (the load test's p50/p99); ``?reset=1`` empties them."""
-        samples = list(self.hook_samples)
-        if http.query_params.get("reset"):
-            self.hook_samples.clear()
-        return JSONResponse({"hook_seconds": samples})
+        """Raw per-request hook seconds (the load test's p50/p99)."""
+        return JSONResponse({"hook_seconds": list(self.hook_samples)})
+
+    async def reset_hook_times(self, http: Request) -> Response:
+        """Empty the hook-time samples (a POST: no state changes through GET)."""
+        self.hook_samples.clear()
+        return JSONResponse({"hook_seconds": []})
+
+
+class _AdminServer(uvicorn.Server):
+    """The admin listener's server: the public one owns the signals (one SIGTERM stops both)."""
+
+    def capture_signals(self) -> Any:
+        return contextlib.nullcontext()
 
 
 class _ClientGone(Exception):
@@ -695,14 +724,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0,
                    shutdown_timeout_s: float = 30.0, header_timeout_s: float = 10.0,
-                   max_client_connections: int = 1024) -> uvicorn.Config:
+                   max_client_connections: int = 1024, lifespan: str = "on") -> uvicorn.Config:
     """No server/date headers of uvicorn's own: the upstream's pass through instead of
     being doubled. Idle connections are kept longer than clients keep them (httpx: 5 s),
     so a client never sends a request on a connection the server is closing. On SIGTERM,
     requests in flight get ``shutdown_timeout_s`` to finish; then the process exits. A
     request head must arrive within ``header_timeout_s`` (server.py); past
     ``max_client_connections`` open connections, requests get 503."""
-    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan, server_header=False,
                           date_header=False, timeout_keep_alive=int(keep_alive_s),
                           timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)),
                           # uvicorn counts the asking connection too: N open connections are served
@@ -714,6 +743,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="the TOML (or .json) configuration file")
     parser.add_argument("--host", help="listen address (overrides [server].host)")
     parser.add_argument("--port", type=int, help="listen port, 0 for any free one (overrides [server].port)")
+    parser.add_argument("--admin-port", type=int, help="admin listen port, 0 for any free one (overrides [admin].port)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -725,17 +755,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"cclb-proxy: {exc}", file=sys.stderr)
         return 2
     listen = (args.host or config.listen_host, config.listen_port if args.port is None else args.port)
-    try:
-        sock = bind(*listen)
-    except OSError as exc:  # one line, not a traceback: which address, and why
-        print(f"cclb-proxy: cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}", file=sys.stderr)
-        proxy.host.close()
-        return 2
+    admin_listen = (config.admin_host, config.admin_port if args.admin_port is None else args.admin_port)
+    sockets = []
+    for where in (listen, admin_listen):
+        try:
+            sockets.append(bind(*where))
+        except OSError as exc:  # one line, not a traceback: which address, and why
+            print(f"cclb-proxy: cannot listen on {where[0]}:{where[1]}: {exc.strerror or exc}", file=sys.stderr)
+            for opened in sockets:
+                opened.close()
+            proxy.host.close()
+            return 2
+    sock, admin_sock = sockets
     host, port = sock.getsockname()[:2]
     print(f"cclb-proxy listening on http://{host}:{port} (pid {os.getpid()}, backend {cw.BACKEND})", flush=True)
+    admin_host, admin_port = admin_sock.getsockname()[:2]
+    print(f"cclb-proxy admin listening on http://{admin_host}:{admin_port} (/healthz, /metrics)", flush=True)
     server = uvicorn.Server(uvicorn_config(
         proxy.app, args.log_level, config.keep_alive_s, config.shutdown_timeout_s, config.header_timeout_s,
         config.max_client_connections,
     ))
-    server.run(sockets=[sock])
+    admin = _AdminServer(uvicorn_config(proxy.admin_app, args.log_level, header_timeout_s=config.header_timeout_s,
+                                        lifespan="off"))
+
+    async def serve() -> None:
+        admin_task = asyncio.ensure_future(admin.serve(sockets=[admin_sock]))
+        try:
+            await server.serve(sockets=[sock])  # it handles SIGTERM/SIGINT; the admin listener follows it
+        finally:
+            admin.should_exit = True
+            await admin_task
+
+    asyncio.run(serve())
     return 0

@@ -89,6 +89,9 @@ class ProxyConfig:
     max_connections: int = 256
     #: GET /debug/hook-times: raw per-request hook times, for the load test.
     debug_endpoints: bool = False
+    #: The admin listener (/healthz, /metrics, /debug/*): loopback unless said otherwise.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9090
     #: One JSON line per request on the ``cclb_proxy.access`` logger.
     access_log: bool = False
     #: Upstreams tried per request (failover to the next kept one), at least 1.
@@ -310,6 +313,8 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
         max_attempts=_positive(server, "max_attempts", 2),
         access_log=_get(server, "access_log", bool, "server.", False),
+        admin_host=_get(_table(data, "admin", ""), "host", str, "admin.", "127.0.0.1"),
+        admin_port=_get(_table(data, "admin", ""), "port", int, "admin.", 9090),
         body_timeout_s=_seconds(server, "body_timeout_s", 60.0),
         max_client_connections=_positive(server, "max_client_connections", 1024),
         prices=prices,

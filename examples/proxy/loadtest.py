@@ -74,14 +74,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(args: List[str], what: str) -> Tuple[subprocess.Popen[str], str]:
+def start(args: List[str], what: str, listeners: int = 1) -> Tuple[subprocess.Popen[str], List[str]]:
+    """The process and the URL of each listener it prints (the proxy: public, then admin)."""
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    line = process.stdout.readline()
-    if "listening on http://" not in line:
-        process.kill()
-        raise SystemExit(f"{what} did not start: {line!r}")
-    return process, line.split("listening on ")[1].split()[0]
+    urls = []
+    for _ in range(listeners):
+        line = process.stdout.readline()
+        if "listening on http://" not in line:
+            process.kill()
+            raise SystemExit(f"{what} did not start: {line!r}")
+        urls.append(line.split("listening on ")[1].split()[0])
+    return process, urls
 
 
 def write_config(directory: Path, upstream_url: str, filter_path: Path) -> Path:
@@ -176,24 +180,27 @@ async def run(args: argparse.Namespace) -> int:
         filter_path = directory / "filter.wasm"
         replace_atomically(filter_path, original)
 
-        upstream, upstream_url = start([str(HERE / "fake_upstream.py"), "--port", "0"], "fake upstream")
+        upstream, (upstream_url,) = start([str(HERE / "fake_upstream.py"), "--port", "0"], "fake upstream")
         proxy: Optional[subprocess.Popen[str]] = None
         try:
             config = write_config(directory, upstream_url, filter_path)
-            proxy, proxy_url = start([str(HERE), "--config", str(config), "--port", "0", "--log-level", "warning"], "proxy")
+            proxy, (proxy_url, admin_url) = start(
+                [str(HERE), "--config", str(config), "--port", "0", "--admin-port", "0", "--log-level", "warning"], "proxy", 2
+            )
             print(f"proxy {proxy_url} (pid {proxy.pid}), fake upstream {upstream_url}; "
                   f"{args.requests} requests at concurrency {args.concurrency}, {args.swaps} swaps, "
                   f"{args.deltas} content deltas per answer")
             limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-            async with httpx.AsyncClient(base_url=proxy_url, limits=limits, timeout=60) as client:
+            async with httpx.AsyncClient(base_url=proxy_url, limits=limits, timeout=60) as client, \
+                    httpx.AsyncClient(base_url=admin_url, timeout=60) as admin:
                 warm = Load(client, args.deltas, args.delay_ms)
                 await asyncio.gather(*(warm.one(i) for i in range(20)))
                 if warm.failed:
                     print("warm-up failed:", *warm.failed[:5], sep="\n  ")
                     return 1
-                await client.get("/debug/hook-times", params={"reset": "1"})
+                await admin.post("/debug/hook-times/reset")
                 rss_before = rss_kib(proxy.pid)
-                swaps_before = metric((await client.get("/metrics")).text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped")
+                swaps_before = metric((await admin.get("/metrics")).text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped")
 
                 load = Load(client, args.deltas, args.delay_ms)
                 swap_times: List[float] = []
@@ -209,7 +216,7 @@ async def run(args: argparse.Namespace) -> int:
                         os.kill(proxy.pid, signal.SIGHUP)
                         deadline = asked + 30
                         while True:
-                            text = (await client.get("/metrics")).text
+                            text = (await admin.get("/metrics")).text
                             if metric(text, "cclb_proxy_plugin_reloads_total", hook="filter", result="swapped") >= swaps_before + n + 1:
                                 break
                             if time.perf_counter() > deadline:
@@ -232,8 +239,8 @@ async def run(args: argparse.Namespace) -> int:
                 cpu = {"proxy": cpu_s(proxy.pid), "upstream": cpu_s(upstream.pid), "client": time.process_time()}
                 cpu = {name: cpu[name] - cpu_before[name] for name in cpu}
                 rss_after = rss_kib(proxy.pid)
-                hook_s = (await client.get("/debug/hook-times")).json()["hook_seconds"]
-                text = (await client.get("/metrics")).text
+                hook_s = (await admin.get("/debug/hook-times")).json()["hook_seconds"]
+                text = (await admin.get("/metrics")).text
         finally:
             for process in (proxy, upstream):
                 if process is not None:
