@@ -36,6 +36,8 @@ def random_text(rng: random.Random) -> str:
 
 
 def random_value(wire_type, rng: random.Random):
+    if isinstance(wire_type, schema.Float):  # no NaN: values are compared (NaN's bytes are in the vectors)
+        return rng.choice([0.0, -0.0, 1.0, 0.75, float("inf"), float("-inf"), 5e-324, rng.uniform(-1e300, 1e300)])
     if isinstance(wire_type, schema.Primitive):
         return rng.choice([0, 1, wire_type.max_value, rng.randrange(0, wire_type.max_value + 1)])
     if wire_type is schema.STR:

@@ -528,8 +528,10 @@ class Hosts:
             InstanceStrategy.REUSE_PER_THREAD: cw.ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN,
         }
         configs = {
+            # No breaker: every answer must reach the host's checks (the oracle judges each one).
             strategy: HostConfig(
-                instance_strategy=strategy, origin_policy=policy, deadline_s=DEADLINE_S, memory_limit_bytes=MEMORY_LIMIT
+                instance_strategy=strategy, origin_policy=policy, deadline_s=DEADLINE_S, memory_limit_bytes=MEMORY_LIMIT,
+                breaker_failures=0,
             )
             for strategy, policy in policies.items()
         }
