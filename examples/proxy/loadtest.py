@@ -12,6 +12,12 @@ Every answer is checked: streams event by event against the fake upstream's numb
 events (a lost or reordered event fails the stream), JSON answers in full. Exit status
 1 if any request failed, any stream was wrong or a swap did not happen.
 
+Two upstream processes serve: the filter keeps both, the first one ("doomed") first. Once
+half the requests are done it is stopped (SIGTERM: it finishes what it serves and closes),
+and the proxy must fail over to the other with no request failing. 20 slowloris
+connections (half a request line each) are opened at the start; each must have been
+closed by the proxy's header timeout by the end.
+
 The proxy's hook time per request (every hook call it made for the request, the
 observe calls for each streamed chunk included) comes from its GET /debug/hook-times:
 raw samples, so p50/p99 are exact, not bucketed; a response header could only carry
@@ -29,6 +35,7 @@ import importlib.resources
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -88,14 +95,18 @@ def start(args: List[str], what: str, listeners: int = 1) -> Tuple[subprocess.Po
     return process, urls
 
 
-def write_config(directory: Path, upstream_url: str, filter_path: Path) -> Path:
+SLOWLORIS = 20
+
+
+def write_config(directory: Path, upstream_url: str, filter_path: Path, doomed_url: str) -> Path:
     plugins = importlib.resources.files("cclb_wire.plugins")
     config = {
-        "server": {"reload_poll_s": 0, "debug_endpoints": True, "max_connections": 256, "upstream_timeout_s": 60},
+        "server": {"reload_poll_s": 0, "debug_endpoints": True, "max_connections": 256, "upstream_timeout_s": 60,
+                   "header_timeout_s": 2},
         "host": {"deadline_s": 0.25, "memory_limit_bytes": 16 << 20, "pool_size": 8},
-        "keys": [{"key": PROXY_KEY, "principal": "loadtest", "claims": {"keep_k": 1}}],
-        "upstreams": [
-            {"id": "6f1c2d3e-0000-4000-8000-000000000001", "name": "primary", "base_url": upstream_url,
+        "keys": [{"key": PROXY_KEY, "principal": "loadtest", "claims": {"keep_k": 2}}],
+        "upstreams": [  # the filter keeps both, the doomed one first (more predicted cache reads)
+            {"id": "6f1c2d3e-0000-4000-8000-000000000001", "name": "doomed", "base_url": doomed_url,
              "api_key": "sk-ant-fake-1", "predicted_cache_read_tokens": 4096},
             {"id": "6f1c2d3e-0000-4000-8000-000000000002", "name": "secondary", "base_url": upstream_url,
              "api_key": "sk-ant-fake-2"},
@@ -120,6 +131,17 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closed the connection (without sending anything)."""
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(1) == b""
+    except (socket.timeout, BlockingIOError):
+        return False
+    except OSError:  # reset: closed too
+        return True
 
 
 def pct(values: List[float], q: float) -> float:
@@ -181,9 +203,11 @@ async def run(args: argparse.Namespace) -> int:
         replace_atomically(filter_path, original)
 
         upstream, (upstream_url,) = start([str(HERE / "fake_upstream.py"), "--port", "0"], "fake upstream")
+        doomed, (doomed_url,) = start([str(HERE / "fake_upstream.py"), "--port", "0"], "doomed upstream")
         proxy: Optional[subprocess.Popen[str]] = None
+        slow: List[socket.socket] = []
         try:
-            config = write_config(directory, upstream_url, filter_path)
+            config = write_config(directory, upstream_url, filter_path, doomed_url)
             proxy, (proxy_url, admin_url) = start(
                 [str(HERE), "--config", str(config), "--port", "0", "--admin-port", "0", "--log-level", "warning"], "proxy", 2
             )
@@ -204,6 +228,16 @@ async def run(args: argparse.Namespace) -> int:
 
                 load = Load(client, args.deltas, args.delay_ms)
                 swap_times: List[float] = []
+                host, port = proxy_url.removeprefix("http://").split(":")
+                for _ in range(SLOWLORIS):  # half a request line each, never finished
+                    sock = socket.create_connection((host, int(port)), timeout=5)
+                    sock.sendall(b"POST /v1/mess")
+                    slow.append(sock)
+
+                async def stop_doomed() -> None:
+                    while load.done < args.requests / 2:
+                        await asyncio.sleep(0.005)
+                    doomed.send_signal(signal.SIGTERM)  # it finishes what it serves, then refuses connections
 
                 async def swapper() -> None:
                     assert proxy is not None
@@ -233,16 +267,22 @@ async def run(args: argparse.Namespace) -> int:
                 cpu_before = {"proxy": cpu_s(proxy.pid), "upstream": cpu_s(upstream.pid), "client": time.process_time()}
                 started = time.perf_counter()
                 swapping = asyncio.create_task(swapper())
+                stopping = asyncio.create_task(stop_doomed())
                 await asyncio.gather(*(worker() for _ in range(args.concurrency)))
                 wall = time.perf_counter() - started
                 await swapping
+                await stopping
                 cpu = {"proxy": cpu_s(proxy.pid), "upstream": cpu_s(upstream.pid), "client": time.process_time()}
                 cpu = {name: cpu[name] - cpu_before[name] for name in cpu}
                 rss_after = rss_kib(proxy.pid)
                 hook_s = (await admin.get("/debug/hook-times")).json()["hook_seconds"]
                 text = (await admin.get("/metrics")).text
+                await asyncio.sleep(max(0.0, 2.5 - (time.perf_counter() - started)))  # past the header timeout
+                slow_open = sum(1 for sock in slow if not closed_by_peer(sock))
         finally:
-            for process in (proxy, upstream):
+            for sock in slow:
+                sock.close()
+            for process in (proxy, upstream, doomed):
                 if process is not None:
                     process.terminate()
                     process.wait(30)
@@ -266,7 +306,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"proxy RSS: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after ({(rss_after - rss_before) / 1024:+.1f} MiB)")
     for line in load.failed[:10]:
         print("  failed", line)
-    ok = not load.failed and load.bad_streams == 0 and swapped >= args.swaps and reload_failed == 0 and plugin_errors == 0
+    answered = {name: metric(text, "cclb_proxy_upstream_attempts_total", upstream=name, outcome="answered")
+                for name in ("doomed", "secondary")}
+    failed_over = metric(text, "cclb_proxy_upstream_attempts_total", upstream="doomed") - answered["doomed"]
+    print(f"failover: the doomed upstream answered {int(answered['doomed'])} before it stopped; "
+          f"{int(failed_over)} attempts on it failed over; the other answered {int(answered['secondary'])}")
+    print(f"slowloris: {SLOWLORIS - slow_open} of {SLOWLORIS} half-sent connections closed by the header timeout")
+    ok = (not load.failed and load.bad_streams == 0 and swapped >= args.swaps and reload_failed == 0 and plugin_errors == 0
+          and slow_open == 0 and answered["secondary"] > 0)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
