@@ -130,7 +130,9 @@ def write_config(tmp_path: Path, upstream_url: str, *, filter_wasm: Optional[Pat
         return {"name": name, "wasm": str(wasm), "failure_policy": policy, "offload_to_thread": offload}
 
     config = {
-        "server": {"reload_poll_s": reload_poll_s, "upstream_timeout_s": 10, "debug_endpoints": True},
+        "server": {"reload_poll_s": reload_poll_s, "upstream_timeout_s": 10, "debug_endpoints": True,
+                   # CI runs these tests with each upstream client (the default is aiohttp).
+                   "upstream_client": os.environ.get("CCLB_PROXY_UPSTREAM_CLIENT", "aiohttp")},
         "host": {"deadline_s": deadline_s, "pool_size": 4, "memory_limit_bytes": 16 << 20},
         "keys": [
             {"key": PROXY_KEY, "principal": "alice", "kind": "api_key", "claims": {"team": "research", "keep_k": 1}},

@@ -1,7 +1,7 @@
 """A small reverse proxy for the Anthropic Messages API that runs cc-lb plugins.
 
 Per request: authenticate the proxy's own key, build the RequestContext, filter the
-upstreams, shape the request, forward it with httpx, stream the answer back, and
+upstreams, shape the request, forward it (aiohttp or httpx), stream the answer back, and
 report every step to the observe hook. See README.md beside this file.
 """
 
@@ -24,7 +24,6 @@ import uuid
 from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, MutableMapping, Optional, Tuple, TypeVar
 
 import anyio
-import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -38,7 +37,8 @@ from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADE
 
 from . import config as cfg
 from .metrics import ProxyMetrics
-from .server import guarded_h11
+from .server import guarded
+from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client
 from .sse import SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
@@ -198,7 +198,7 @@ class Proxy:
         self._stamps: Dict[str, Tuple[int, int, int]] = {}
         self._reload_lock: Optional[asyncio.Lock] = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.client: Optional[httpx.AsyncClient] = None
+        self.client: Optional[Any] = None  # upstream_client.make_client(...), made on the serving loop
         # The first registration happens before serving: a bad plugin stops the start.
         for slot in config.slots.values():
             self._stamps[slot.hook] = _stamp(slot.path)
@@ -263,10 +263,8 @@ class Proxy:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._reload_lock = asyncio.Lock()
-        limits = httpx.Limits(max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections)
-        self.client = httpx.AsyncClient(limits=limits, timeout=self.config.upstream_timeout_s, follow_redirects=False)
-        for name in list(self.client.headers):  # httpx's defaults (user-agent, accept-encoding, ...): the
-            del self.client.headers[name]  # upstream gets the shaped headers and our credentials, nothing else
+        # The upstream gets the shaped headers and our credentials, nothing of the client's own.
+        self.client = make_client(self.config.upstream_client, self.config.max_connections, self.config.upstream_timeout_s)
         loop = asyncio.get_running_loop()
         # Signal handlers can only be set from the main thread (and Windows has no SIGHUP).
         on_main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP")
@@ -459,29 +457,28 @@ class Proxy:
             headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
             headers.append((b"x-forwarded-for", forwarded_for))
 
-            assert self.client is not None
             try:
-                answer = await self._send_unless_gone(receive, self.client.build_request(method, url, headers=headers, content=content))
+                answer = await self._send_unless_gone(receive, method, url, headers, content)
             except _ClientGone:  # nobody waits for this answer: the upstream request was cancelled
                 log.info("%s: the client left before upstream %r answered; request cancelled", request.id, upstream.name)
                 await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
                 return self._done(request, Response(status_code=499))
-            except httpx.TimeoutException as exc:  # nothing came back in time: the gateway timed out
-                log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, type(exc).__name__)
-                await self.observe(request, cw.ErrorEvent("upstream_timeout", f"{type(exc).__name__}: {exc}", "upstream"))
+            except UpstreamTimeout as exc:  # nothing came back in time: the gateway timed out
+                log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, exc)
+                await self.observe(request, cw.ErrorEvent("upstream_timeout", str(exc), "upstream"))
                 self.metrics.attempts.labels(upstream.name, "timeout").inc()
-                self._upstream_failed(upstream, f"timeout: {type(exc).__name__}")
+                self._upstream_failed(upstream, f"timeout: {exc}")
                 if not last:
                     continue
                 return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
-            except httpx.HTTPError as exc:
-                log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, type(exc).__name__)
-                await self.observe(request, cw.ErrorEvent("upstream_unreachable", f"{type(exc).__name__}: {exc}", "upstream"))
+            except UpstreamUnreachable as exc:
+                log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, exc)
+                await self.observe(request, cw.ErrorEvent("upstream_unreachable", str(exc), "upstream"))
                 self.metrics.attempts.labels(upstream.name, "unreachable").inc()
-                self._upstream_failed(upstream, f"unreachable: {type(exc).__name__}")
+                self._upstream_failed(upstream, f"unreachable: {exc}")
                 if not last:
                     continue
-                return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {type(exc).__name__}"))
+                return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {exc}"))
             if not last and (answer.status_code in RETRY_STATUSES or answer.status_code >= 500):
                 await answer.aclose()  # nothing of it was sent: the next upstream may do better
                 log.warning("%s: upstream %r answered %d; trying the next kept upstream", request.id, upstream.name, answer.status_code)
@@ -493,15 +490,15 @@ class Proxy:
             self._upstream_answered(upstream)
             request.upstream = upstream.name
             break
-        named = connection_named(answer.headers.raw)
-        response_headers = [h for h in answer.headers.raw if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
+        named = connection_named(answer.raw_headers)
+        response_headers = [h for h in answer.raw_headers if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
         response_headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
         transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
         if transforms:  # a cc-lb 1.0 shape plugin maps the answer back
             seen = cw.UpstreamResponse(answer.status_code, response_headers)
             call = (ctx, upstream.target, principal, seen)
-            sse = answer.headers.get("content-type", "").startswith("text/event-stream")
-            encoded = answer.headers.get("content-encoding", "identity").lower() != "identity"
+            sse = answer.header("content-type").startswith("text/event-stream")
+            encoded = answer.header("content-encoding", "identity").lower() != "identity"
             if sse and not encoded and "transform_sse_event" in transforms:
                 response = StreamingResponse(self._relay(request, answer, call), status_code=answer.status_code)
                 response.raw_headers = response_headers
@@ -512,11 +509,12 @@ class Proxy:
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
 
-    async def _send_unless_gone(self, receive: Any, upstream_request: httpx.Request) -> httpx.Response:
+    async def _send_unless_gone(self, receive: Any, method: str, url: str, headers: List[Tuple[bytes, bytes]],
+                                content: bytes) -> Answer:
         """``client.send``, cancelled (its connection closed) as soon as the client
         disconnects: a generation nobody will read is not paid for."""
         assert self.client is not None
-        sending = asyncio.ensure_future(self.client.send(upstream_request, stream=True))
+        sending = asyncio.ensure_future(self.client.send(method, url, headers, content))
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait({sending, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -525,11 +523,11 @@ class Proxy:
         if sending.done():
             return sending.result()
         sending.cancel()
-        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+        with contextlib.suppress(asyncio.CancelledError, UpstreamTimeout, UpstreamUnreachable):
             await sending
         raise _ClientGone()
 
-    async def _transform_buffered(self, request: _Request, answer: httpx.Response, call: Tuple[Any, ...]) -> Response:
+    async def _transform_buffered(self, request: _Request, answer: Answer, call: Tuple[Any, ...]) -> Response:
         """The whole answer, read (usage counted on the upstream's bytes), then through
         ``transform_response``; a failure sends the upstream's answer as it came."""
         chunks = []
@@ -547,19 +545,19 @@ class Proxy:
         response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
         return response
 
-    async def _relay(self, request: _Request, answer: httpx.Response, call: Optional[Tuple[Any, ...]] = None) -> AsyncIterator[bytes]:
+    async def _relay(self, request: _Request, answer: Answer, call: Optional[Tuple[Any, ...]] = None) -> AsyncIterator[bytes]:
         """The upstream's bytes as they come (raw: a compressed answer stays compressed,
         with its content-encoding), each chunk reported before it is passed on. With
         ``call`` (a streamed answer a cc-lb 1.0 shape plugin transforms), each complete event
         goes through ``transform_sse_event`` first; usage is read from the upstream's bytes."""
-        scanner = UsageScanner(answer.headers.get("content-type", ""), "content-encoding" in answer.headers)
+        scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
         stream = None if call is None else self.adapters["shape"].sse_stream(*call)
         reader = SseReader()
         outcome: Any = answer.status_code  # the requests metric's label
         try:
             try:
-                async for chunk in answer.aiter_raw():
+                async for chunk in answer.iter_raw():
                     events = chunk.count(b"\n\n") if scanner.sse else 1
                     await self.observe(request, cw.Chunk(index, events, len(chunk)))
                     scanner.feed(chunk)
@@ -587,13 +585,13 @@ class Proxy:
                             out.append(other_fields(raw) + b"".join(encode_event(e) for e in emitted))
                     if out:
                         yield b"".join(out)
-            except httpx.HTTPError as exc:  # the upstream stalled or broke off mid-answer
-                timeout = isinstance(exc, httpx.TimeoutException)
+            except UpstreamBroken as exc:  # the upstream stalled or broke off mid-answer
+                timeout = exc.timeout
                 outcome = "upstream_timeout" if timeout else "upstream_error"
                 request.broken = outcome
-                what = "stalled past upstream_timeout_s" if timeout else f"broke off ({type(exc).__name__})"
+                what = "stalled past upstream_timeout_s" if timeout else f"broke off ({exc.cause_name})"
                 log.warning("%s: the upstream's answer %s after %d chunks", request.id, what, index)
-                await self.observe(request, cw.ErrorEvent(outcome, f"{type(exc).__name__}: {exc}", "upstream"))
+                await self.observe(request, cw.ErrorEvent(outcome, str(exc), "upstream"))
                 if scanner.sse:  # the client learns why its stream ends, in the API's own way
                     error = {"type": "error", "error": {"type": "api_error", "message": f"the upstream's answer {what}"}}
                     yield encode_event(cw.SseEvent("error", json.dumps(error).encode()))
@@ -724,7 +722,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0,
                    shutdown_timeout_s: float = 30.0, header_timeout_s: float = 10.0,
-                   max_client_connections: int = 1024, lifespan: str = "on") -> uvicorn.Config:
+                   max_client_connections: int = 1024, lifespan: str = "on", parser: str = "httptools") -> uvicorn.Config:
     """No server/date headers of uvicorn's own: the upstream's pass through instead of
     being doubled. Idle connections are kept longer than clients keep them (httpx: 5 s),
     so a client never sends a request on a connection the server is closing. On SIGTERM,
@@ -735,7 +733,7 @@ def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0
                           date_header=False, timeout_keep_alive=int(keep_alive_s),
                           timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)),
                           # uvicorn counts the asking connection too: N open connections are served
-                          http=guarded_h11(header_timeout_s), limit_concurrency=max_client_connections + 1)
+                          http=guarded(parser, header_timeout_s), limit_concurrency=max_client_connections + 1)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -747,7 +745,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise (httpx client)
     try:
         config = cfg.load(args.config)
         proxy = Proxy(config)
@@ -773,7 +771,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"cclb-proxy admin listening on http://{admin_host}:{admin_port} (/healthz, /metrics)", flush=True)
     server = uvicorn.Server(uvicorn_config(
         proxy.app, args.log_level, config.keep_alive_s, config.shutdown_timeout_s, config.header_timeout_s,
-        config.max_client_connections,
+        config.max_client_connections, parser=config.http_parser,
     ))
     admin = _AdminServer(uvicorn_config(proxy.admin_app, args.log_level, header_timeout_s=config.header_timeout_s,
                                         lifespan="off"))
@@ -786,5 +784,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             admin.should_exit = True
             await admin_task
 
-    asyncio.run(serve())
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve())
+    else:
+        asyncio.run(serve())
     return 0

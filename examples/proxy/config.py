@@ -41,6 +41,9 @@ PRICE_FIELDS = (
 )
 
 
+#: uvloop has no Windows build: asyncio's own loop there.
+DEFAULT_EVENT_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+
 #: The proxy's default per-call deadline: hook calls run inline, on the event loop.
 INLINE_DEADLINE_S = 0.05
 
@@ -92,6 +95,12 @@ class ProxyConfig:
     #: The admin listener (/healthz, /metrics, /debug/*): loopback unless said otherwise.
     admin_host: str = "127.0.0.1"
     admin_port: int = 9090
+    #: The request parser: "httptools" (C, the default) or "h11" (pure Python).
+    http_parser: str = "httptools"
+    #: The event loop: "uvloop" (the default where it exists) or "asyncio".
+    event_loop: str = DEFAULT_EVENT_LOOP
+    #: The client to the upstreams: "aiohttp" (a third of httpx's CPU per request) or "httpx".
+    upstream_client: str = "aiohttp"
     #: One JSON line per request on the ``cclb_proxy.access`` logger.
     access_log: bool = False
     #: Upstreams tried per request (failover to the next kept one), at least 1.
@@ -142,6 +151,13 @@ def _get(table: Mapping[str, Any], name: str, kind: Any, where: str, default: An
 def _check_table(entry: Any, where: str) -> None:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where[:-1]}: expected a table")
+
+
+def _choice(table: Mapping[str, Any], name: str, choices: Tuple[str, ...], default: str) -> str:
+    value: str = _get(table, name, str, "server.", default)
+    if value not in choices:
+        raise ConfigError(f"server.{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:
@@ -313,6 +329,9 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
         max_attempts=_positive(server, "max_attempts", 2),
         access_log=_get(server, "access_log", bool, "server.", False),
+        upstream_client=_choice(server, "upstream_client", ("aiohttp", "httpx"), "aiohttp"),
+        http_parser=_choice(server, "http_parser", ("httptools", "h11"), "httptools"),
+        event_loop=_choice(server, "event_loop", ("uvloop", "asyncio"), DEFAULT_EVENT_LOOP),
         admin_host=_get(_table(data, "admin", ""), "host", str, "admin.", "127.0.0.1"),
         admin_port=_get(_table(data, "admin", ""), "port", int, "admin.", 9090),
         body_timeout_s=_seconds(server, "body_timeout_s", 60.0),

@@ -25,6 +25,15 @@ the hook time spent before the answer starts.
 
     python examples/proxy/loadtest.py            # 2,000 requests, concurrency 64, 20 swaps
     python examples/proxy/loadtest.py --quick    # 300 requests, concurrency 32, 5 swaps (CI)
+    python examples/proxy/loadtest.py --compare  # the speed contenders, interleaved (below)
+
+--compare measures the proxy's server and client choices side by side: the fake upstream
+alone, then proxies that differ in [server] upstream_client (httpx, aiohttp), http_parser
+(h11, httptools) and event_loop (asyncio, uvloop), with the three shipped plugins and
+without plugins. Every round runs every contender once, one after the other: non-streaming
+requests one at a time (latency; the proxy's added latency is its p50 minus the upstream's
+own, in the same round), then at concurrency 16 (throughput, and the proxy process's CPU
+per request from /proc). Figures are medians over rounds.
 """
 
 from __future__ import annotations
@@ -318,6 +327,99 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# name -> [server] overrides; None: no proxy, the fake upstream alone
+CONTENDERS = {
+    "upstream alone": None,
+    "httpx, h11, asyncio": {"upstream_client": "httpx", "http_parser": "h11", "event_loop": "asyncio"},
+    "aiohttp, h11, asyncio": {"upstream_client": "aiohttp", "http_parser": "h11", "event_loop": "asyncio"},
+    "aiohttp, httptools, uvloop": {"upstream_client": "aiohttp", "http_parser": "httptools", "event_loop": "uvloop"},
+    "aiohttp, httptools, uvloop, no plugins": {
+        "upstream_client": "aiohttp", "http_parser": "httptools", "event_loop": "uvloop", "_no_plugins": True,
+    },
+}
+BASELINE = "httpx, h11, asyncio"
+
+
+async def compare(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    with tempfile.TemporaryDirectory(prefix="cclb-proxy-compare-") as tmp:
+        directory = Path(tmp)
+        filter_path = directory / "filter.wasm"
+        filter_path.write_bytes((importlib.resources.files("cclb_wire.plugins") / "cache_aware_filter.wasm").read_bytes())
+        upstream, (upstream_url,) = start([str(HERE / "fake_upstream.py"), "--port", "0"], "fake upstream")
+        processes = {"upstream alone": upstream}
+        urls = {"upstream alone": upstream_url}
+        try:
+            for name, server in CONTENDERS.items():
+                if server is None:
+                    continue
+                config_path = write_config(directory, upstream_url, filter_path, upstream_url)
+                config = json.loads(config_path.read_text())
+                config["server"].update({k: v for k, v in server.items() if not k.startswith("_")})
+                config["keys"][0]["claims"]["keep_k"] = 1
+                if server.get("_no_plugins"):
+                    config["plugins"] = {}
+                path = directory / f"compare-{len(urls)}.json"
+                path.write_text(json.dumps(config))
+                process, (url, _admin) = start(
+                    [str(HERE), "--config", str(path), "--port", "0", "--admin-port", "0", "--log-level", "warning"], name, 2
+                )
+                processes[name], urls[name] = process, url
+            headers = {"x-api-key": PROXY_KEY, "content-type": "application/json", "anthropic-version": "2023-06-01"}
+            body = json.dumps({"model": "claude-fake", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
+            latency: dict = {name: [] for name in CONTENDERS}
+            throughput: dict = {name: [] for name in CONTENDERS}
+            cpu: dict = {name: [] for name in CONTENDERS}
+            connector = aiohttp.TCPConnector(limit=64)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async def one(url: str) -> float:
+                    started = time.perf_counter()
+                    async with session.post(url + "/v1/messages", data=body, headers=headers) as answer:
+                        await answer.read()
+                        if answer.status != 200:
+                            raise SystemExit(f"{url}: HTTP {answer.status}")
+                    return time.perf_counter() - started
+
+                for url in urls.values():  # warm every path (connections, plugins, JIT-free but caches)
+                    for _ in range(50):
+                        await one(url)
+                for _ in range(args.rounds):
+                    for name, url in urls.items():
+                        times = [await one(url) for _ in range(args.sequential)]
+                        latency[name].append(statistics.median(times))
+                        before = cpu_s(processes[name].pid)
+                        started = time.perf_counter()
+                        queue = iter(range(args.concurrent))
+
+                        async def worker() -> None:
+                            for _ in queue:
+                                await one(url)
+
+                        await asyncio.gather(*(worker() for _ in range(16)))
+                        throughput[name].append(args.concurrent / (time.perf_counter() - started))
+                        cpu[name].append((cpu_s(processes[name].pid) - before) / args.concurrent)
+        finally:
+            for process in processes.values():
+                process.terminate()
+                process.wait(30)
+    alone = latency["upstream alone"]
+    print(f"{'contender':42} {'p50 c1':>9} {'added':>9} {'req/s c16':>10} {'x base':>7} {'CPU/req':>9}")
+    verdicts = {}
+    for name in CONTENDERS:
+        added = statistics.median(l - a for l, a in zip(latency[name], alone)) * 1e3
+        ratio = statistics.median(t / b for t, b in zip(throughput[name], throughput[BASELINE]))
+        print(f"{name:42} {statistics.median(latency[name]) * 1e3:7.3f}ms {added:7.3f}ms {statistics.median(throughput[name]):10.0f} "
+              f"{ratio:6.2f}x {statistics.median(cpu[name]) * 1e3:7.3f}ms")
+        verdicts[name] = (added, ratio)
+    chosen = "aiohttp, httptools, uvloop"
+    added, ratio = verdicts[chosen]
+    print(f"targets ({chosen}, with plugins, against {BASELINE}; {args.rounds} rounds):")
+    print(f"  {'PASS' if added <= 0.5 else 'FAIL'}  added latency p50 at concurrency 1 <= 0.5 ms: {added:.3f} ms")
+    print(f"  {'PASS' if ratio >= 2 else 'FAIL'}  throughput at concurrency 16 >= 2x: {ratio:.2f}x")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -326,12 +428,16 @@ def main() -> int:
     parser.add_argument("--deltas", type=int, default=8, help="content_block_delta events per answer")
     parser.add_argument("--delay-ms", type=int, default=1, help="the fake upstream's pause between SSE events")
     parser.add_argument("--quick", action="store_true", help="300 requests, concurrency 32, 5 swaps (CI)")
+    parser.add_argument("--compare", action="store_true", help="the speed contenders, interleaved (see above)")
+    parser.add_argument("--rounds", type=int, default=7, help="--compare: interleaved rounds")
+    parser.add_argument("--sequential", type=int, default=200, help="--compare: requests one at a time per round")
+    parser.add_argument("--concurrent", type=int, default=800, help="--compare: requests at concurrency 16 per round")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.concurrency, args.swaps = 300, 32, 5
     if not sys.platform.startswith("linux"):
         raise SystemExit("the load test reads /proc/<pid>/status: Linux only")
-    return asyncio.run(run(args))
+    return asyncio.run(compare(args) if args.compare else run(args))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The HTTP/1.1 server side: uvicorn's h11 protocol with a request-head timeout.
+"""The HTTP/1.1 server side: uvicorn's protocols (h11, or httptools' C parser) with a
+request-head timeout.
 
 uvicorn closes a kept-alive connection that stays idle, but not one that never finishes a
 request head (a fresh connection that sends nothing, or half a request line): a slowloris
-client holds such connections forever. ``guarded_h11(header_timeout_s)`` is uvicorn's
-``H11Protocol`` with one more timer: a request head must arrive whole within
-``header_timeout_s`` of the connection opening, or of its first byte after an answer; else
-the connection is closed. Bodies are bounded by the app (``[server] body_timeout_s``) and
+client holds such connections forever. ``guarded(parser, header_timeout_s)`` is uvicorn's
+protocol for that parser with one more timer: a request head must arrive whole within
+``header_timeout_s`` of the connection opening, or of its first byte after an answer;
+else the connection is closed (both protocols keep their request cycle in
+``self.cycle``). Bodies are bounded by the app (``[server] body_timeout_s``) and
 connections by uvicorn's ``limit_concurrency`` (``[server] max_client_connections``).
 """
 
@@ -14,13 +16,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+#: The request parsers the proxy can serve with ("httptools" needs the httptools package).
+PARSERS = ("h11", "httptools")
 
 
-def guarded_h11(header_timeout_s: float) -> type:
-    """uvicorn's H11Protocol whose request heads must arrive within ``header_timeout_s``."""
+def guarded(parser: str, header_timeout_s: float) -> type:
+    """uvicorn's protocol for ``parser`` whose request heads must arrive within ``header_timeout_s``."""
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedProtocol(base):  # type: ignore[valid-type,misc]
         _head_timer: Optional[asyncio.TimerHandle] = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -53,4 +60,4 @@ def guarded_h11(header_timeout_s: float) -> type:
             if not self.transport.is_closing():
                 self.transport.close()
 
-    return GuardedH11Protocol
+    return GuardedProtocol
