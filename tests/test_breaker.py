@@ -98,3 +98,16 @@ def test_pass_through_warnings_are_rate_limited_per_slot(caplog):
         warnings = [r for r in caplog.records if "passing through" in r.getMessage()]
         assert len(warnings) == 1  # 50 failures in well under WARNING_INTERVAL_S
         assert host.stats()[("filter", "s")].pass_throughs == 50  # nothing lost from the counts
+
+
+def test_a_bad_argument_is_the_callers_error_even_while_the_circuit_is_open():
+    loop = wasmtime.wat2wasm((HOSTILE / "infinite_loop.wat").read_text())
+    with PluginHost(HostConfig(deadline_s=0.05, probe=False, breaker_failures=1, breaker_cooldown_s=60)) as host:
+        slot = host.register_filter("s", "loop", loop)
+        with pytest.raises(cw.FilterError):
+            slot.filter(CTX, PRINCIPAL, [])  # opens the circuit
+        with pytest.raises(cw.FilterError) as caught:
+            slot.filter(CTX, PRINCIPAL, [])
+        assert isinstance(caught.value.__cause__, cw.PluginCircuitOpen)
+        with pytest.raises(cw.InvalidInputType, match=r"candidates\[0\]"):
+            slot.filter(CTX, PRINCIPAL, ["not a candidate"])  # type: ignore[list-item]

@@ -131,18 +131,32 @@ def _cause(call):
     return caught.value.__cause__
 
 
+def wait_for_saturation(adapter, seconds: float = 10.0) -> bool:
+    """Whether a valid call gets PluginPoolSaturated within ``seconds`` (polled, not timed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            adapter.filter(CTX, PRINCIPAL, [])
+        except cw.FilterError as exc:
+            if isinstance(exc.__cause__, cw.PluginPoolSaturated):
+                return True
+        time.sleep(0.005)
+    return False
+
+
 def test_a_bad_argument_is_the_callers_error_whatever_state_the_host_is_in():
     # The request is measured before the stack check, the gate and the instance, on both
     # call paths: a full pool never turns a bad argument into a plugin failure (which
     # PASS_THROUGH would then "pass through"), and an empty slot never crashes the policy.
     bogus = ["not a candidate"]
-    config = HostConfig(pool_size=1, deadline_s=1.0, probe=False)
+    config = HostConfig(pool_size=1, deadline_s=1.0, probe=False, breaker_failures=0)
     with PluginHost(config) as host:
         spinning = host.register_filter("spin", "spin", fixture("infinite_loop"))
         adapter = host.register_filter("ok", "ok", variant(0))
         worker = threading.Thread(target=spin_then_time_out, args=(spinning, []))
         worker.start()
-        time.sleep(0.3)  # the one pool slot is taken
+        # The premise: the one pool slot is taken (a valid call is refused for it).
+        assert wait_for_saturation(adapter), "the spinning call never took the pool's slot"
         for call in (adapter.filter, adapter.filter_with_policy):
             with pytest.raises(cw.InvalidInputType, match=r"candidates\[0\]: expected a cclb_wire.UpstreamCandidate, got str"):
                 call(CTX, PRINCIPAL, bogus)
@@ -187,7 +201,8 @@ def test_a_child_forked_during_a_call_gets_a_whole_pool():
         serving = host.register_filter("ok", "ok", variant(0))
         worker = threading.Thread(target=lambda: spinning.filter_with_policy(CTX, PRINCIPAL, []))
         worker.start()
-        time.sleep(0.3)  # the spinning call holds one of the two slots
+        while host._gate.active == 0:  # the premise: the spinning call holds one of the two slots
+            time.sleep(0.001)
         pid = os.fork()
         if pid == 0:
             # One slot for a spinning call of the child's own, one for the serving calls.
@@ -199,7 +214,8 @@ def test_a_child_forked_during_a_call_gets_a_whole_pool():
                     results.append(type(exc.__cause__).__name__)
             child_worker = threading.Thread(target=spin)
             child_worker.start()
-            time.sleep(0.3)
+            while host._gate.active == 0:  # the child's own spinning call is in
+                time.sleep(0.001)
             served = [len(serving.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids) for _ in range(3)]
             child_worker.join()
             print("child served", served, results, host.slot("filter", "ok").plugin_id == serving.plugin_id, flush=True)
@@ -255,11 +271,12 @@ for name, overrides in json.loads({calls!r}):
                     cause = exc.__cause__
                     results.append([type(exc).__name__, str(exc), type(cause).__name__, str(cause),
                                     getattr(cause, "trap_code", ""), cause.phase])
-print(json.dumps(results))
+from cclb_wire import runtime
+print(json.dumps({{"path": "ctypes" if runtime.binding.NATIVE is None else "native", "results": results}}))
 """
 
 
-def _outcomes(native: bool) -> list:
+def _outcomes(native: bool) -> dict:
     code = OUTCOMES.format(calls=json.dumps(HOSTILE_CALLS))
     env_value = None if native else "0"
     previous = os.environ.get(runtime.NATIVE_CALLS_ENV)
@@ -277,8 +294,12 @@ def _outcomes(native: bool) -> list:
 
 
 def test_both_call_paths_answer_every_hostile_guest_alike():
-    native, ctypes_path = _outcomes(True), _outcomes(False)
-    assert len(native) == 4 * len(HOSTILE_CALLS)
+    native_run, ctypes_run = _outcomes(True), _outcomes(False)
+    # Each child says which path it ran: the native one wherever the extension is loaded.
+    assert native_run["path"] == ("native" if cw.BACKEND == "cython" else "ctypes")
+    assert ctypes_run["path"] == "ctypes"
+    native, ctypes_path = native_run["results"], ctypes_run["results"]
+    assert len(native) == len(ctypes_path) == 4 * len(HOSTILE_CALLS)
     for index, (ours, theirs) in enumerate(zip(native, ctypes_path)):
         name, overrides = HOSTILE_CALLS[index // 4]
         assert ours == theirs, (name, overrides, index % 4)

@@ -23,13 +23,9 @@ from cclb_wire.runtime.wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT, Wa
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "hostile"
 PLUGIN_DIR = resources.files("cclb_wire") / "plugins"
 PLUGINS = {p.name: p.read_bytes() for p in PLUGIN_DIR.iterdir() if p.name.endswith(".wasm")}
-FIXTURES = sorted(p.stem for p in HOSTILE.glob("*.wat"))
+# Every hostile fixture, of both contracts: each is a valid module the rewrite must instrument.
+FIXTURES = sorted(str(p.relative_to(HOSTILE.parent)) for d in (HOSTILE, HOSTILE.parent / "hostile_1_0") for p in d.glob("*.wat"))
 PAGE = 65536
-
-# Hostile fixtures that are not valid modules on purpose (name -> why): skipped, not instrumented.
-INVALID_FIXTURES: Dict[str, str] = {}
-# Valid fixtures the rewrite must refuse (name -> the WasmRewriteError text expected).
-UNINSTRUMENTABLE_FIXTURES: Dict[str, str] = {}
 
 
 def make_engine() -> wasmtime.Engine:
@@ -291,25 +287,14 @@ def test_bundled_plugins_instrument(name: str) -> None:
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_hostile_fixtures_instrument(name: str) -> None:
-    if name in INVALID_FIXTURES:
-        pytest.skip(f"not a valid module on purpose: {INVALID_FIXTURES[name]}")
-    original = wat((HOSTILE / f"{name}.wat").read_text())
-    assert valid(original), f"{name} is not valid: {rejection(original)} (list it in INVALID_FIXTURES)"
-    if name in UNINSTRUMENTABLE_FIXTURES:
-        with pytest.raises(WasmRewriteError, match=UNINSTRUMENTABLE_FIXTURES[name]):
-            instrument_memory_grow(original)
-        return
+    original = wat((HOSTILE.parent / name).read_text())
+    assert valid(original), f"{name} is not valid: {rejection(original)}"
     assert_instrumented(original, instrument_memory_grow(original))
 
 
-def test_fixture_lists_are_accurate() -> None:
-    assert len(FIXTURES) > 0
-    for name in INVALID_FIXTURES:
-        try:
-            original = wat((HOSTILE / f"{name}.wat").read_text())
-        except Exception:
-            continue
-        assert not valid(original), f"{name} is valid: take it off INVALID_FIXTURES"
+def test_both_fixture_sets_are_there() -> None:
+    assert any(name.startswith("hostile/") for name in FIXTURES)
+    assert any(name.startswith("hostile_1_0/") for name in FIXTURES)
 
 
 def describe(t: object) -> str:

@@ -13,7 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple
 
 from .._validate import type_name
-from .. import host_1_0
+from .. import encode_filter_request, encode_observe_event, encode_shape_request, host_1_0
 from ..errors import (
     DecodeError,
     DialectError,
@@ -148,7 +148,10 @@ class FilterPlugin(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
-            self._breaker.before_call(loaded.name, "filter")
+            if self._breaker.open_until:  # a bad argument stays the caller's error, open or not
+                validate = host_1_0.filter_request if loaded.contract is CONTRACT_1_0 else encode_filter_request
+                validate(ctx, principal, candidates, cookie_redaction=host.config.cookie_redaction)
+                self._breaker.before_call(loaded.name, "filter")
             if loaded.contract is CONTRACT_1_0:
                 request = host_1_0.filter_request(ctx, principal, candidates, cookie_redaction=host.config.cookie_redaction)
                 output = self._call_wire(loaded, "filter", request)
@@ -209,7 +212,9 @@ class UpstreamDialect(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
-            self._breaker.before_call(loaded.name, "shape")
+            if self._breaker.open_until:  # a bad argument stays the caller's error, open or not
+                encode_shape_request(ctx, principal, upstream, cookie_redaction=host.config.cookie_redaction)
+                self._breaker.before_call(loaded.name, "shape")
             if loaded.native is not None:
                 output = loaded.native.shape(ctx, principal, upstream)
             else:
@@ -378,7 +383,9 @@ class ObservabilityHook(_Adapter):
         started = clock_ns()
         try:
             loaded = self._loaded()
-            self._breaker.before_call(loaded.name, "observe")
+            if self._breaker.open_until:  # a bad argument stays the caller's error, open or not
+                encode_observe_event(event)
+                self._breaker.before_call(loaded.name, "observe")
             if loaded.native is not None:
                 loaded.native.observe(event)
             else:
