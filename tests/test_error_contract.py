@@ -14,6 +14,8 @@ nothing new can skip the contract. The names each case expects come from the con
 
 from __future__ import annotations
 
+import argparse
+
 import datetime
 import enum
 import inspect
@@ -1116,7 +1118,17 @@ CLI_CASES: List[Tuple[str, Callable[[Any], Tuple[List[str], bytes]], Optional[st
     ("usage-huge-indent", lambda d: (["decode", "--type", "FilterResponse", "--indent", "9" * 20], b""), "--indent"),
     ("usage-negative-indent", lambda d: (["decode", "--type", "FilterResponse", "--indent", "-1"], b""), "--indent"),
     ("usage-unknown-sample", lambda d: (["sample", "Nope"], b""), "Nope"),
+    ("sample-extra-argument", lambda d: (["sample", "FilterResponse", "extra"], b""), "extra"),
+    ("demo-unknown-option", lambda d: (["demo", "--bogus"], b""), "--bogus"),
+    ("schema-extra-argument", lambda d: (["schema", "extra"], b""), "extra"),
 ]
+
+
+def test_every_cli_command_has_a_bad_input_case():
+    # A new subcommand of the parser fails this until it has a case above.
+    (commands,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    covered = {case_id.split("-")[0] for case_id, _, _ in CLI_CASES}
+    assert set(commands.choices) <= covered, set(commands.choices) - covered
 
 
 def _write(directory, name: str, content: bytes) -> str:
