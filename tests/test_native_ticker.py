@@ -382,3 +382,4 @@ def test_the_ticker_stops_at_exit_and_the_engines_left_registered_are_never_tick
         "running 50",
         "at exit False the native epoch ticker has stopped: the interpreter is exiting",
     ], out
+

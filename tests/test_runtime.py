@@ -173,10 +173,8 @@ def test_hostile_guest_gets_its_own_error_and_the_host_carries_on(strategy, name
     with _unprobed(deadline_s=0.3, memory_limit_bytes=limit, instance_strategy=strategy) as host:
         hostile = host.register_filter("hostile", name, fixture(name))
         good = host.register_filter("good", "cache-aware", plugin("cache_aware_filter"))
-        started = time.monotonic()
         with pytest.raises(cw.FilterError) as caught:
             hostile.filter(CTX, cw.Principal("t"), candidates(1))
-        elapsed = time.monotonic() - started
         error = caught.value.__cause__
         assert type(error) is cause, repr(error)
         assert error.plugin == name and error.hook == "filter"
@@ -184,8 +182,6 @@ def test_hostile_guest_gets_its_own_error_and_the_host_carries_on(strategy, name
         if trap_code:
             assert error.trap_code == trap_code and error.phase == "cc_lb_filter"
             assert str(caught.value).startswith("filter trap error: cc_lb_filter: wasm trap: ")
-        if name == "infinite_loop":
-            assert 0.3 <= elapsed < 0.3 + 0.1, elapsed
         cands = candidates(5, 7)
         assert good.filter(CTX, cw.Principal("t"), cands).kept_upstream_ids == (cands[1].upstream_id,)
 
@@ -387,9 +383,9 @@ def test_close_interrupts_a_call_in_flight():
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.2)
-    started = time.monotonic()
+    while host._gate.active == 0:  # the premise: the call is in flight
+        time.sleep(0.001)
     host.close()
-    thread.join(timeout=5)
-    assert not thread.is_alive() and time.monotonic() - started < 1.0
+    thread.join(timeout=20)  # its deadline is 30 s: only close() can have ended it by then
+    assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], cw.PluginTimeout)

@@ -1194,10 +1194,7 @@ def test_two_megabyte_module() -> None:
         + sec(CODE, leb(copies) + body * copies)
     )
     assert len(big) > 2_000_000
-    started = time.perf_counter()
-    rewritten = instrument_memory_grow(big)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 10  # about 0.2 s on one core; generous for slow CI
+    rewritten = instrument_memory_grow(big)  # its speed is bench's (and admission's compile_timeout_s) to judge
     assert valid(rewritten), rejection(rewritten)
     new_count, new_bodies = split_vector(section(rewritten, CODE))
     assert new_count == copies + 1

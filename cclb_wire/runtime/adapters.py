@@ -22,6 +22,7 @@ from ..errors import (
     ObservabilityError,
     PluginCircuitOpen,
     PluginError,
+    PluginPoolSaturated,
     PluginRejected,
     PluginTrap,
     TransformError,
@@ -116,8 +117,10 @@ class _Adapter:
         """A failure the plugin caused counts toward the slot's breaker (a caller's bad
         argument does not, nor a call the open circuit refused)."""
         if isinstance(exc, DecodeError) or (
-            isinstance(exc, PluginError) and exc.plugin and not isinstance(exc, (PluginCircuitOpen, PluginRejected))
-        ):  # an empty slot's error names no plugin
+            isinstance(exc, PluginError)
+            and exc.plugin
+            and not isinstance(exc, (PluginCircuitOpen, PluginRejected, PluginPoolSaturated))
+        ):  # an empty slot's error names no plugin; a full pool is the host's, not the plugin's
             self._breaker.failed()
 
     def _call_wire(self, loaded: Loaded, hook: str, request: object) -> Any:
