@@ -538,3 +538,22 @@ def test_a_port_in_use_is_one_line_naming_the_address(tmp_path, upstream):
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert lines == [f"{name}: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr
+
+
+def test_a_loop_or_parser_that_is_not_installed_is_a_config_error(tmp_path, upstream, monkeypatch):
+    import importlib.util
+
+    _, server = upstream
+    config = json.loads(write_config(tmp_path, server.url).read_text())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("uvloop", "httptools") else real(name, *a))
+    for key, value, others in (("event_loop", "uvloop", {"http_parser": "h11"}),
+                               ("http_parser", "httptools", {"event_loop": "asyncio"})):
+        config["server"].update(others, **{key: value})
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(config))
+        with pytest.raises(proxy_config.ConfigError, match=f"server.{key}: '{value}' is not installed"):
+            proxy_config.load(path)
+    config["server"].update(event_loop="asyncio", http_parser="h11")  # what is always there
+    path.write_text(json.dumps(config))
+    assert proxy_config.load(path).event_loop == "asyncio"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -41,8 +42,9 @@ PRICE_FIELDS = (
 )
 
 
-#: uvloop has no Windows build: asyncio's own loop there.
-DEFAULT_EVENT_LOOP = "asyncio" if sys.platform == "win32" else "uvloop"
+#: uvloop where it is installed (the proxy extra installs it; it has no Windows build),
+#: else asyncio's own loop.
+DEFAULT_EVENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 #: The proxy's default per-call deadline: hook calls run inline, on the event loop.
 INLINE_DEADLINE_S = 0.05
@@ -158,6 +160,13 @@ def _choice(table: Mapping[str, Any], name: str, choices: Tuple[str, ...], defau
     if value not in choices:
         raise ConfigError(f"server.{name}: {value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def _installed(module: str, name: str) -> str:
+    """``module`` if it can be imported (asyncio and h11 always can); else a ConfigError."""
+    if module not in ("asyncio", "h11") and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"server.{name}: {module!r} is not installed (pip install {module}, or pip install '.[proxy]')")
+    return module
 
 
 def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:
@@ -330,8 +339,8 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         max_attempts=_positive(server, "max_attempts", 2),
         access_log=_get(server, "access_log", bool, "server.", False),
         upstream_client=_choice(server, "upstream_client", ("aiohttp", "httpx"), "aiohttp"),
-        http_parser=_choice(server, "http_parser", ("httptools", "h11"), "httptools"),
-        event_loop=_choice(server, "event_loop", ("uvloop", "asyncio"), DEFAULT_EVENT_LOOP),
+        http_parser=_installed(_choice(server, "http_parser", ("httptools", "h11"), "httptools"), "http_parser"),
+        event_loop=_installed(_choice(server, "event_loop", ("uvloop", "asyncio"), DEFAULT_EVENT_LOOP), "event_loop"),
         admin_host=_get(_table(data, "admin", ""), "host", str, "admin.", "127.0.0.1"),
         admin_port=_get(_table(data, "admin", ""), "port", int, "admin.", 9090),
         body_timeout_s=_seconds(server, "body_timeout_s", 60.0),
