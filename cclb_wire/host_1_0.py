@@ -46,6 +46,7 @@ __all__ = [
     "check_transform_args",
     "transform_head",
     "sse_event_request",
+    "response_request",
     "PROBE_SAMPLES",
 ]
 
@@ -119,7 +120,12 @@ def transform_response_request(
     ctx: RequestContext, principal: Principal, upstream: AnthropicDirect, response: UpstreamResponse
 ) -> Any:
     """The ``TransformResponseRequest`` for the upstream's buffered ``response``."""
-    return _TransformResponseRequest(*transform_head(ctx, principal, upstream, response), response.body)
+    return response_request(transform_head(ctx, principal, upstream, response), response.body)
+
+
+def response_request(head: Tuple[Any, ...], body: Any) -> Any:
+    """The ``TransformResponseRequest`` of a buffered body under its ``transform_head``."""
+    return _TransformResponseRequest(*head, body)
 
 
 def transform_sse_event_request(

@@ -302,8 +302,6 @@ class UpstreamDialect(_Adapter):
     ) -> object:
         # Bad arguments are the caller's error whatever plugin the slot holds.
         host_1_0.check_transform_args(hook, ctx, principal, upstream, response, event)
-        if event is None:
-            return self._transform_call(hook, (ctx, principal, upstream, response), None, None)
         return self._transform_call(hook, (ctx, principal, upstream, response), None, event)
 
     def _transform_call(
@@ -320,7 +318,7 @@ class UpstreamDialect(_Adapter):
             if head is None:
                 head = host_1_0.transform_head(*args)
             if event is None:
-                request = host_1_0.transform_response_request(*args)
+                request = host_1_0.response_request(head, args[3].body)
             else:
                 request = host_1_0.sse_event_request(head, event)
             answer = self._call_wire(loaded, hook, request)
