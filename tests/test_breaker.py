@@ -111,3 +111,22 @@ def test_a_bad_argument_is_the_callers_error_even_while_the_circuit_is_open():
         assert isinstance(caught.value.__cause__, cw.PluginCircuitOpen)
         with pytest.raises(cw.InvalidInputType, match=r"candidates\[0\]"):
             slot.filter(CTX, PRINCIPAL, ["not a candidate"])  # type: ignore[list-item]
+
+
+def test_a_probe_that_ends_in_the_callers_error_lets_the_next_call_probe():
+    from importlib import resources
+
+    shape = (resources.files("cclb_wire") / "plugins" / "tool_rename_shape_1_0.wasm").read_bytes()
+    config = HostConfig(breaker_failures=1, breaker_cooldown_s=0.05, memory_limit_bytes=4 << 20)
+    with PluginHost(config) as host:
+        dialect = host.register_shape("s", "rename", shape)
+        upstream = cw.AnthropicDirect("https://api.anthropic.com")
+        stream = cw.UpstreamResponse(200, [("content-type", "text/event-stream")])
+        with pytest.raises(cw.TransformError):  # an event over the memory limit: opens the circuit
+            dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("x", b"a" * (8 << 20)))
+        time.sleep(0.06)  # past the cool-down (a premise)
+        with pytest.raises(cw.EncodeError):  # the probe's own argument is bad: no verdict on the plugin
+            dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("\ud800", b"{}"))
+        assert not host._breakers[("shape", "s")].probing
+        ping = dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("ping", b"{}"))
+        assert ping.action is cw.SseAction.DROP  # the next call probed the plugin, and closed the circuit

@@ -114,14 +114,16 @@ class _Adapter:
         _log.warning(message + "%s", exc, suffix)
 
     def _plugin_failed(self, exc: BaseException) -> None:
-        """A failure the plugin caused counts toward the slot's breaker (a caller's bad
-        argument does not, nor a call the open circuit refused)."""
+        """A failure the plugin caused counts toward the slot's breaker; any other (a
+        caller's bad argument, a full pool, the open circuit) releases a probe it was."""
         if isinstance(exc, DecodeError) or (
             isinstance(exc, PluginError)
             and exc.plugin
             and not isinstance(exc, (PluginCircuitOpen, PluginRejected, PluginPoolSaturated))
         ):  # an empty slot's error names no plugin; a full pool is the host's, not the plugin's
             self._breaker.failed()
+        else:
+            self._breaker.released()
 
     def _call_wire(self, loaded: Loaded, hook: str, request: object) -> Any:
         """A call of a 1.0 hook on either call path."""

@@ -54,6 +54,13 @@ class Breaker:
                 self.open_until = 0.0
                 self.probing = False
 
+    def released(self) -> None:
+        """The call ended without a verdict on the plugin (a caller's bad argument, a full
+        pool): a probe it was lets the next call probe instead of holding the circuit open."""
+        if self.probing:
+            with self._lock:
+                self.probing = False
+
     def failed(self) -> None:
         if not self.threshold:
             return
