@@ -126,3 +126,14 @@ def test_a_stream_fails_open_before_and_ends_with_an_error_after_a_transformed_e
     error = json.loads(answer.content.split(b"event: error\ndata: ")[1].split(b"\n")[0])
     assert error["error"]["type"] == "api_error" and "failed mid-stream" in error["error"]["message"]
     assert any(isinstance(e, cw.ErrorEvent) and e.code == "transform_failed" for e in proxy.events)
+
+
+def test_a_model_json_has_but_utf8_does_not_is_left_unset(tmp_path, upstream, start_proxy):
+    # JSON admits a lone surrogate ("\ud800"); the wire cannot carry it: the routing field
+    # is left unset and the request is served (it was a 500 with a traceback).
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    answer = proxy.post({**body(), "model": "\ud800", "service_tier": "\udfff"})
+    assert answer.status_code == 200
+    (ctx,) = proxy.contexts
+    assert (ctx.canonical_model_id, ctx.service_tier, ctx.cache_pricing) == (None, None, None)

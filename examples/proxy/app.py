@@ -379,10 +379,10 @@ class Proxy:
             document = None
         if isinstance(document, dict):
             model, tier = document.get("model"), document.get("service_tier")
-            if isinstance(model, str):
+            if _utf8_text(model):
                 routing["canonical_model_id"] = model
                 routing["cache_pricing"] = self.config.prices.get(model)
-            if isinstance(tier, str):
+            if _utf8_text(tier):
                 routing["service_tier"] = tier
         return routing
 
@@ -692,6 +692,17 @@ async def _wait_for_disconnect(receive: Any) -> None:
     has nothing else to give)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _utf8_text(value: Any) -> bool:
+    """Whether a JSON value is a str the wire can carry (JSON admits lone surrogates, UTF-8 does not)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _latin1(text: Any) -> bytes:
