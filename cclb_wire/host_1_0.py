@@ -183,6 +183,9 @@ def sse_transform(answer: Any, bounds: WireBounds, size: int = 0) -> SseTransfor
         return UNCHANGED_EVENT
     if kind is wire.TransformSseEventResult.Drop:
         return SseTransform(SseAction.DROP)
+    for name, _data in answer.events:
+        if "\r" in name or "\n" in name:  # written as an `event:` line: a line end would inject fields
+            raise TransformError.invalid_output(f"event name {host_rules.shown(name)} has a line end")
     return SseTransform(SseAction.REPLACE, tuple(SseEvent(name, data) for name, data in answer.events))
 
 

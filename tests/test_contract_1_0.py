@@ -295,3 +295,13 @@ def test_a_stream_fails_open_until_a_transformed_event_was_sent(host):
     with pytest.raises(TransformError):
         stream.events(cw.SseEvent("content_block_delta", b"{}"))  # too late to fail open
     assert dialect.stats().pass_throughs == 1
+
+
+def test_a_replaced_event_whose_name_has_a_line_end_is_refused():
+    bounds = cw.WireBounds()
+    answer = cw.wire.TransformSseEventResult.Replace((cw.wire.SseEvent("a\nevent: injected", b"x"),))
+    with pytest.raises(TransformError, match="has a line end") as caught:
+        cw.host_1_0.sse_transform(answer, bounds)
+    assert caught.value.kind == "invalid_output"
+    fine = cw.wire.TransformSseEventResult.Replace((cw.wire.SseEvent("content_block_delta", b"a\nb"),))
+    assert cw.host_1_0.sse_transform(fine, bounds).events == (cw.SseEvent("content_block_delta", b"a\nb"),)
