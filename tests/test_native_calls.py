@@ -98,7 +98,7 @@ def test_a_full_pool_fails_at_once_with_a_typed_error_and_recovers():
         for thread in threads:
             thread.start()
         # The premise: both spinning guests hold a pool slot each (a valid call is refused).
-        assert wait_for_saturation(serving), "the spinning calls never took both slots"
+        assert wait_for_saturation(serving, spinning=2), "the spinning calls never took both slots"
         with pytest.raises(cw.FilterError) as caught:
             serving.filter(CTX, PRINCIPAL, candidates(2))
         cause = caught.value.__cause__
@@ -132,9 +132,14 @@ def _cause(call):
     return caught.value.__cause__
 
 
-def wait_for_saturation(adapter, seconds: float = 10.0) -> bool:
-    """Whether a valid call gets PluginPoolSaturated within ``seconds`` (polled, not timed)."""
+def wait_for_saturation(adapter, spinning: int = 1, seconds: float = 10.0) -> bool:
+    """Whether a valid call gets PluginPoolSaturated within ``seconds`` (polled, not timed),
+    once ``spinning`` calls are inside the host: polling before they are could take the
+    slot a spinning call is about to take."""
     deadline = time.monotonic() + seconds
+    while adapter._host._gate.active < spinning and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.01)  # from the gate to the pool slot: microseconds
     while time.monotonic() < deadline:
         try:
             adapter.filter(CTX, PRINCIPAL, [])
