@@ -95,6 +95,16 @@ class ServerThread:
         self.sock.close()
 
 
+async def served_lifespan(scope: Dict[str, Any], receive: Any, send: Any) -> bool:
+    """For a test's bare ASGI upstream: answers the lifespan protocol; True if ``scope`` was it."""
+    if scope["type"] != "lifespan":
+        return False
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+    return True
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every server, executor and deadline ticker these tests start is gone at the end."""

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from test_proxy_e2e import PROXY_KEY, proxy_config, start_proxy, upstream, write_config  # noqa: F401
+from test_proxy_e2e import PROXY_KEY, proxy_config, served_lifespan, start_proxy, upstream, write_config  # noqa: F401
 
 
 def raw_request(url: str, head: bytes, body: bytes = b"", *, read_until_close: bool = True, timeout: float = 10) -> bytes:
@@ -429,10 +429,7 @@ def _failover_config(tmp_path: Path, first_url: str, second_url: str, **server: 
 
 
 async def _always_529(scope: Dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+    if await served_lifespan(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass

@@ -39,7 +39,7 @@ from . import config as cfg
 from .metrics import ProxyMetrics
 from .server import guarded
 from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client
-from .sse import SseReader, encode_event, other_fields
+from .sse import SseEventTooLarge, SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
 #: One JSON line per request when ``[server] access_log`` is on.
@@ -585,11 +585,14 @@ class Proxy:
                             out.append(other_fields(raw) + b"".join(encode_event(e) for e in emitted))
                     if out:
                         yield b"".join(out)
-            except UpstreamBroken as exc:  # the upstream stalled or broke off mid-answer
-                timeout = exc.timeout
+            except (UpstreamBroken, SseEventTooLarge) as exc:  # the upstream stalled, broke off or never ended an event
+                timeout = isinstance(exc, UpstreamBroken) and exc.timeout
                 outcome = "upstream_timeout" if timeout else "upstream_error"
                 request.broken = outcome
-                what = "stalled past upstream_timeout_s" if timeout else f"broke off ({exc.cause_name})"
+                if isinstance(exc, SseEventTooLarge):
+                    what = f"sent {exc}"
+                else:
+                    what = "stalled past upstream_timeout_s" if timeout else f"broke off ({exc.cause_name})"
                 log.warning("%s: the upstream's answer %s after %d chunks", request.id, what, index)
                 await self.observe(request, cw.ErrorEvent(outcome, str(exc), "upstream"))
                 if scanner.sse:  # the client learns why its stream ends, in the API's own way

@@ -16,6 +16,7 @@ import cclb_wire as cw
 # An event ends at the first blank line: two line ends in a row, of any of the three kinds.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
 
 
 def parse_event(raw: bytes) -> Optional[cw.SseEvent]:
@@ -57,26 +58,42 @@ def encode_event(event: cw.SseEvent) -> bytes:
     return b"\n".join(lines) + b"\n\n"
 
 
+class SseEventTooLarge(ValueError):
+    """One event grew past the reader's limit without ending: the upstream is broken."""
+
+
 class SseReader:
     """Complete events out of a stream's chunks; a partial event waits for the next chunk.
     ``limit`` bounds one event's bytes (a stream that never ends an event is not buffered
-    without end): past it, ``feed`` raises ValueError."""
+    without end): past it, ``feed`` raises SseEventTooLarge.
+
+    Each byte is scanned once or twice, never once per chunk: a scan resumes three bytes
+    before where the last one stopped (an event end is at most four bytes). A CR that ends
+    the buffer waits for the next chunk, since an LF after it would make it a CRLF."""
 
     def __init__(self, limit: int = 16 << 20) -> None:
         self.limit = limit
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer searched for an event end, without a match
+        self._first = True  # a UTF-8 BOM may start the stream (WHATWG: it is skipped)
 
     def feed(self, chunk: bytes) -> List[Tuple[bytes, Optional[cw.SseEvent]]]:
         self._buffer += chunk
         events = []
         start = 0
-        for match in _EVENT_END.finditer(self._buffer):
-            raw = bytes(self._buffer[start : match.end()])
-            events.append((raw, parse_event(bytes(self._buffer[start : match.start()]))))
+        for match in _EVENT_END.finditer(self._buffer, max(0, self._scanned - 3)):
+            if match.end() == len(self._buffer) and self._buffer[-1] == 0x0D:
+                break  # a CR last: maybe the first half of a CRLF
+            block = bytes(self._buffer[start : match.start()])
+            if self._first and block.startswith(_BOM):
+                block = block[len(_BOM) :]
+            self._first = False
+            events.append((bytes(self._buffer[start : match.end()]), parse_event(block)))
             start = match.end()
         del self._buffer[:start]
+        self._scanned = len(self._buffer)
         if len(self._buffer) > self.limit:
-            raise ValueError(f"an SSE event over {self.limit} bytes")
+            raise SseEventTooLarge(f"an SSE event over {self.limit} bytes")
         return events
 
     def rest(self) -> bytes:
