@@ -20,6 +20,7 @@ __all__ = [
     "check_number",
     "check_bool",
     "check_str",
+    "utf8_problem",
     "plain_int",
     "plain_str",
     "plain_bytes",
@@ -118,4 +119,19 @@ def check_str(value: Any, field: str, *, optional: bool = False) -> Optional[str
     if not isinstance(value, str):
         expected = "a str or None" if optional else "a str"
         raise InvalidInputType(field, f"expected {expected}, got {type_name(value)}")
-    return plain_str(value)
+    text = plain_str(value)
+    problem = utf8_problem(text)
+    if problem:
+        raise InvalidInput(field, problem)
+    return text
+
+
+def utf8_problem(text: str) -> Optional[str]:
+    """Why ``text`` can't be sent (it is sent as UTF-8: a lone surrogate has no form), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a str with a lone surrogate ({text[exc.start]!r} at index {exc.start}) has no UTF-8 form"
+    return None

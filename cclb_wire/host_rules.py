@@ -18,7 +18,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import ada_url
 
 from ._reasons import PerCandidateReason
-from ._validate import plain_bytes, plain_int, plain_str, type_name
+from ._validate import plain_bytes, plain_int, plain_str, type_name, utf8_problem
 from .errors import InvalidInput, InvalidInputType
 
 __all__ = [
@@ -141,13 +141,9 @@ def _plain_datetime(value: datetime.datetime) -> datetime.datetime:
 def _json_string(text: str, path: str) -> str:
     if type(text) is not str:
         text = plain_str(text)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise _Unsendable(
-                f"a str with a lone surrogate ({text[exc.start]!r} at index {exc.start}) has no UTF-8 form", path
-            ) from None
+    problem = utf8_problem(text)
+    if problem:
+        raise _Unsendable(problem, path)
     escaped = _JSON_NEEDS_ESCAPE.sub(lambda m: _JSON_ESCAPES.get(m.group(), f"\\u{ord(m.group()):04x}"), text)
     return f'"{escaped}"'
 

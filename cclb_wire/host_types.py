@@ -183,9 +183,8 @@ class RequestContext:
     cache_pricing: Optional["CachePricing"] = None
 
     def __post_init__(self) -> None:
-        if not (type(self.request_id) is str and type(self.method) is str and type(self.path) is str):
-            for name in ("request_id", "method", "path"):
-                _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
+        for name in ("request_id", "method", "path"):
+            _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
         for name in ("thread_id", "service_tier", "canonical_model_id"):
             if getattr(self, name) is not None:
                 _keep(self, name, check_str(getattr(self, name), f"RequestContext.{name}"))
@@ -365,6 +364,8 @@ class UpstreamCandidate:
             ratio = float.__float__(ratio) if isinstance(ratio, float) else int.__float__(ratio)
         except OverflowError:
             raise InvalidInput("UpstreamCandidate.plan_capacity_ratio", "the int is too large for a float") from None
+        if not (math.isfinite(ratio) and ratio >= 0):
+            raise InvalidInput("UpstreamCandidate.plan_capacity_ratio", f"{ratio!r} is out of range (a finite number >= 0)")
         object.__setattr__(self, "plan_capacity_ratio", ratio)
         for name in ("organization_type", "rate_limit_tier", "seat_tier"):
             _keep(self, name, check_str(getattr(self, name), f"UpstreamCandidate.{name}"))
@@ -501,13 +502,15 @@ ObserveEventInput = Union[RequestStarted, AuthnComplete, UpstreamChosen, Chunk, 
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
-    """One server-sent event: its name (``event:``; ``""`` for none) and its data bytes."""
+    """One server-sent event: its name (``event:``; ``""`` for none; no line end) and its data bytes."""
 
     event: str
     data: bytes
 
     def __post_init__(self) -> None:
         _keep(self, "event", check_str(self.event, "SseEvent.event"))
+        if "\r" in self.event or "\n" in self.event:
+            raise InvalidInput("SseEvent.event", f"the event name {host_rules.shown(self.event)} has a line end")
         if type(self.data) is not bytes:
             object.__setattr__(self, "data", bytes(_body(self.data, "SseEvent.data")))
 
@@ -515,7 +518,8 @@ class SseEvent:
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     """The upstream's answer as a transform sees it: the status (0..65535), the headers
-    (pairs as for RequestContext, stored as ``(name, value)`` tuples) and the body (for a
+    (pairs as for RequestContext, stored as ``(name, value)`` tuples; as in an HTTP answer,
+    each name a token and no value with a control byte but tab) and the body (for a
     streamed answer, ``b""``: the events come one at a time)."""
 
     status: int
@@ -530,12 +534,22 @@ class UpstreamResponse:
         pairs = _header_pairs(self.headers, "UpstreamResponse.headers")
         object.__setattr__(self, "headers", pairs)
         object.__setattr__(self, "wire_headers", tuple(
-            (host_rules.header_name_bytes(name, "UpstreamResponse.headers").decode("ascii"),
-             host_rules.header_value_bytes(value, "UpstreamResponse.headers"))
-            for name, value in pairs
+            _response_header(name, value, f"UpstreamResponse.headers[{index}]") for index, (name, value) in enumerate(pairs)
         ))
         if type(self.body) is not bytes:
             object.__setattr__(self, "body", bytes(_body(self.body, "UpstreamResponse.body")))
+
+
+def _response_header(name: Any, value: Any, field: str) -> Tuple[str, bytes]:
+    """A header of an HTTP answer: a token name and a value without control bytes but tab
+    (what ``http::HeaderValue`` holds; a CR or LF would split the header when it is sent)."""
+    text = host_rules.header_name_bytes(name, field).decode("ascii")
+    if not host_rules.is_header_name(text):
+        raise InvalidInput(field, f"invalid header name {host_rules.shown(text)}")
+    raw = host_rules.header_value_bytes(value, field)
+    if not host_rules.is_header_value(raw):
+        raise InvalidInput(field, f"the value of header `{text}` has a control byte (CR, LF, NUL, ...)")
+    return text, raw
 
 
 def _drop_headers(headers: Tuple[Tuple[Any, Any], ...], names: Tuple[bytes, ...]) -> Tuple[Tuple[Any, Any], ...]:

@@ -125,8 +125,10 @@ def test_a_probe_that_ends_in_the_callers_error_lets_the_next_call_probe():
         with pytest.raises(cw.TransformError):  # an event over the memory limit: opens the circuit
             dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("x", b"a" * (8 << 20)))
         time.sleep(0.06)  # past the cool-down (a premise)
+        unsendable = cw.SseEvent("x", b"{}")
+        object.__setattr__(unsendable, "event", "\ud800")  # behind the constructor's check: the encoder refuses it
         with pytest.raises(cw.EncodeError):  # the probe's own argument is bad: no verdict on the plugin
-            dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("\ud800", b"{}"))
+            dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, unsendable)
         assert not host._breakers[("shape", "s")].probing
         ping = dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("ping", b"{}"))
         assert ping.action is cw.SseAction.DROP  # the next call probed the plugin, and closed the circuit

@@ -305,3 +305,42 @@ def test_a_replaced_event_whose_name_has_a_line_end_is_refused():
     assert caught.value.kind == "invalid_output"
     fine = cw.wire.TransformSseEventResult.Replace((cw.wire.SseEvent("content_block_delta", b"a\nb"),))
     assert cw.host_1_0.sse_transform(fine, bounds).events == (cw.SseEvent("content_block_delta", b"a\nb"),)
+
+
+# --- host input that could not be sent is refused where it is made, naming the field ----------
+
+
+def _context(**fields):
+    base = dict(request_id="r", method="POST", path="/v1/messages", query=None, headers=[], body=b"{}")
+    return cw.RequestContext(**{**base, **fields})
+
+
+@pytest.mark.parametrize("field", ["request_id", "method", "path", "thread_id", "service_tier", "canonical_model_id"])
+def test_a_lone_surrogate_in_a_context_string_is_refused_naming_the_field(field):
+    with pytest.raises(cw.InvalidInput, match=rf"^RequestContext\.{field}: a str with a lone surrogate \('\\ud800' at index 2\)"):
+        _context(**{field: "ab\ud800"})
+    assert getattr(_context(**{field: "ab\u00e9"}), field) == "ab\u00e9"  # any other non-ASCII text is kept
+
+
+@pytest.mark.parametrize("name, why", [("a\ud800", "lone surrogate"), ("a\nb", "line end"), ("a\rb", "line end")])
+def test_an_sse_event_name_that_could_not_be_written_is_refused(name, why):
+    with pytest.raises(cw.InvalidInput, match=rf"^SseEvent\.event: .*{why}"):
+        cw.SseEvent(name, b"x")
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [(("x-a", "v\r\nset-cookie: a=b"), "control byte"), ((b"x-a", b"v\nx"), "control byte"), ((b"x-a", b"v\0"), "control byte"),
+     (("x a", "v"), "invalid header name"), ((b"", b"v"), "invalid header name")],
+)
+def test_an_upstream_response_header_that_could_not_be_sent_is_refused(header, why):
+    with pytest.raises(cw.InvalidInput, match=rf"^UpstreamResponse\.headers\[1\]: .*{why}"):
+        cw.UpstreamResponse(200, [("content-type", "text/plain"), header])
+    assert cw.UpstreamResponse(200, [("x-a", "tab\tand latin-1 \u00e9")]).wire_headers == (("x-a", b"tab\tand latin-1 \xe9"),)
+
+
+@pytest.mark.parametrize("ratio", [float("nan"), float("inf"), float("-inf"), -0.5, -1])
+def test_a_plan_capacity_ratio_that_is_not_a_finite_non_negative_number_is_refused(ratio):
+    with pytest.raises(cw.InvalidInput, match=r"^UpstreamCandidate\.plan_capacity_ratio: .* out of range"):
+        cw.UpstreamCandidate(uuid.uuid4(), "a", "api_key", 0, plan_capacity_ratio=ratio)
+    assert cw.UpstreamCandidate(uuid.uuid4(), "a", "api_key", 0, plan_capacity_ratio=2).plan_capacity_ratio == 2.0
