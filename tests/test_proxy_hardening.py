@@ -466,6 +466,26 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     assert health["secondary"]["consecutive_failures"] == 0 and health["secondary"]["last_error"] is None
 
 
+def test_a_dead_upstream_is_one_warning_per_interval_and_the_next_says_how_many_were_held(tmp_path, upstream, start_proxy,
+                                                                                          caplog, monkeypatch):
+    from test_proxy_e2e import proxy_app
+
+    _, server = upstream
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    proxy = start_proxy(_failover_config(tmp_path, dead, server.url))
+    for _ in range(3):
+        assert proxy.post({"model": "m"}).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "'primary' unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and "more since" not in warnings[0]
+    assert _attempts(proxy)[("primary", "unreachable")] == 3.0  # every attempt still counted
+    monkeypatch.setattr(proxy_app, "WARNING_INTERVAL_S", 0.0)
+    assert proxy.post({"model": "m"}).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "'primary' unreachable" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[1].endswith("(2 more since the last warning for 'primary')")
+
+
 def test_an_overloaded_first_upstream_fails_over_and_one_attempt_passes_it_through(tmp_path, upstream, start_proxy):
     from test_proxy_e2e import ServerThread
 

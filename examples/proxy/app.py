@@ -97,6 +97,8 @@ HOOK_SAMPLES = 100_000
 REQUEST_ID_HEADER = b"x-cclb-request-id"
 #: Statuses that send a request to the next kept upstream (with 5xx), before any byte reached the client.
 RETRY_STATUSES = frozenset({429, 529})
+#: An upstream's failure warnings are logged at most once per this many seconds.
+WARNING_INTERVAL_S = 5.0
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -198,6 +200,7 @@ class Proxy:
         self._stamps: Dict[str, Tuple[int, int, int]] = {}
         self._reload_lock: Optional[asyncio.Lock] = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warned: Dict[str, Tuple[Optional[float], int]] = {}  # key -> (last warning, held back since)
         self.client: Optional[Any] = None  # upstream_client.make_client(...), made on the serving loop
         # The first registration happens before serving: a bad plugin stops the start.
         for slot in config.slots.values():
@@ -464,27 +467,22 @@ class Proxy:
                 await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
                 return self._done(request, Response(status_code=499))
             except UpstreamTimeout as exc:  # nothing came back in time: the gateway timed out
-                log.warning("%s: upstream %r timed out before answering (%s)", request.id, upstream.name, exc)
-                await self.observe(request, cw.ErrorEvent("upstream_timeout", str(exc), "upstream"))
-                self.metrics.attempts.labels(upstream.name, "timeout").inc()
-                self._upstream_failed(upstream, f"timeout: {exc}")
+                await self._attempt_failed(request, upstream, "upstream_timeout", "timeout", str(exc),
+                                           f"timed out before answering ({exc})", "timeout: ")
                 if not last:
                     continue
                 return self._done(request, api_error(504, "api_error", f"upstream {upstream.name!r} timed out before answering"))
             except UpstreamUnreachable as exc:
-                log.warning("%s: upstream %r unreachable (%s)", request.id, upstream.name, exc)
-                await self.observe(request, cw.ErrorEvent("upstream_unreachable", str(exc), "upstream"))
-                self.metrics.attempts.labels(upstream.name, "unreachable").inc()
-                self._upstream_failed(upstream, f"unreachable: {exc}")
+                await self._attempt_failed(request, upstream, "upstream_unreachable", "unreachable", str(exc),
+                                           f"unreachable ({exc})", "unreachable: ")
                 if not last:
                     continue
                 return self._done(request, api_error(502, "api_error", f"upstream {upstream.name!r} unreachable: {exc}"))
             if not last and (answer.status_code in RETRY_STATUSES or answer.status_code >= 500):
                 await answer.aclose()  # nothing of it was sent: the next upstream may do better
-                log.warning("%s: upstream %r answered %d; trying the next kept upstream", request.id, upstream.name, answer.status_code)
-                await self.observe(request, cw.ErrorEvent("upstream_retry", f"status {answer.status_code}", "upstream"))
-                self.metrics.attempts.labels(upstream.name, str(answer.status_code)).inc()
-                self._upstream_failed(upstream, f"status {answer.status_code}")
+                status = answer.status_code
+                await self._attempt_failed(request, upstream, "upstream_retry", str(status), f"status {status}",
+                                           f"answered {status}; trying the next kept upstream")
                 continue
             self.metrics.attempts.labels(upstream.name, "answered").inc()
             self._upstream_answered(upstream)
@@ -508,6 +506,26 @@ class Proxy:
         response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
+
+    async def _attempt_failed(self, request: _Request, upstream: Any, code: str, outcome: str, detail: str, what: str,
+                              health_prefix: str = "") -> None:
+        """An attempt that got no answer worth sending: logged (at most one line per upstream
+        every WARNING_INTERVAL_S), observed, counted, and held against the upstream's health."""
+        self._warn(upstream.name, f"{request.id}: upstream {upstream.name!r} {what}")
+        await self.observe(request, cw.ErrorEvent(code, detail, "upstream"))
+        self.metrics.attempts.labels(upstream.name, outcome).inc()
+        self._upstream_failed(upstream, health_prefix + detail)
+
+    def _warn(self, key: str, message: str) -> None:
+        """A warning, at most one per ``key`` every WARNING_INTERVAL_S (a dead upstream under
+        load would flood the log): the next one says how many were held back."""
+        now = time.monotonic()
+        last, held = self._warned.get(key, (None, 0))
+        if last is not None and now - last < WARNING_INTERVAL_S:
+            self._warned[key] = (last, held + 1)
+            return
+        self._warned[key] = (now, 0)
+        log.warning("%s%s", message, f" ({held} more since the last warning for {key!r})" if held else "")
 
     async def _send_unless_gone(self, receive: Any, method: str, url: str, headers: List[Tuple[bytes, bytes]],
                                 content: bytes) -> Answer:
@@ -593,7 +611,7 @@ class Proxy:
                     what = f"sent {exc}"
                 else:
                     what = "stalled past upstream_timeout_s" if timeout else f"broke off ({exc.cause_name})"
-                log.warning("%s: the upstream's answer %s after %d chunks", request.id, what, index)
+                self._warn(f"{request.upstream}", f"{request.id}: the upstream's answer {what} after {index} chunks")
                 await self.observe(request, cw.ErrorEvent(outcome, str(exc), "upstream"))
                 if scanner.sse:  # the client learns why its stream ends, in the API's own way
                     error = {"type": "error", "error": {"type": "api_error", "message": f"the upstream's answer {what}"}}
