@@ -466,6 +466,15 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     assert health["secondary"]["consecutive_failures"] == 0 and health["secondary"]["last_error"] is None
 
 
+def test_x_forwarded_for_gets_the_peers_address_appended_and_cannot_replace_it(tmp_path, upstream, start_proxy):
+    """A loopback client's own X-Forwarded-For must not become the address the proxy appends
+    (uvicorn trusts such headers from 127.0.0.1 by default)."""
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    assert proxy.post({"model": "m"}, **{"x-forwarded-for": "203.0.113.7"}).status_code == 200
+    assert [v for k, v in fake.received[-1].headers if k == b"x-forwarded-for"] == [b"203.0.113.7, 127.0.0.1"]
+
+
 def test_a_dead_upstream_is_one_warning_per_interval_and_the_next_says_how_many_were_held(tmp_path, upstream, start_proxy,
                                                                                           caplog, monkeypatch):
     from test_proxy_e2e import proxy_app

@@ -760,8 +760,9 @@ def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0
     so a client never sends a request on a connection the server is closing. On SIGTERM,
     requests in flight get ``shutdown_timeout_s`` to finish; then the process exits. A
     request head must arrive within ``header_timeout_s`` (server.py); past
-    ``max_client_connections`` open connections, requests get 503."""
-    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan, server_header=False,
+    ``max_client_connections`` open connections, requests get 503. The peer's address is
+    the one a socket gives (uvicorn would take a loopback client's X-Forwarded-For for it)."""
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan, server_header=False, proxy_headers=False,
                           date_header=False, timeout_keep_alive=int(keep_alive_s),
                           timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)),
                           # uvicorn counts the asking connection too: N open connections are served
