@@ -466,6 +466,43 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     assert health["secondary"]["consecutive_failures"] == 0 and health["secondary"]["last_error"] is None
 
 
+async def _json_that_breaks_off(scope: Dict[str, Any], receive: Any, send: Any) -> None:
+    """A JSON answer that declares 100 bytes and sends 10."""
+    if await served_lifespan(scope, receive, send):
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"id":"ms_', "more_body": True})
+    raise RuntimeError("the upstream fell over mid-answer")
+
+
+def test_a_small_json_answer_that_breaks_off_is_a_502_not_a_truncated_200(tmp_path, start_proxy):
+    from test_proxy_e2e import ServerThread
+
+    with ServerThread(_json_that_breaks_off) as broken:
+        proxy = start_proxy(write_config(tmp_path, broken.url))
+        answer = proxy.post({"model": "m"})
+    assert answer.status_code == 502
+    assert answer.json()["error"]["type"] == "api_error" and "broke off (upstream_error)" in answer.json()["error"]["message"]
+    assert _requests_metric(proxy) == {"upstream_error": 1.0}  # its own label, not a 200
+
+
+def test_a_proxy_bug_is_one_logged_traceback_and_a_500_in_the_apis_error_shape(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("injected bug")
+
+    proxy.proxy.build_context = broken
+    answer = proxy.client.post("/v1/messages", content=b"{}", headers={"x-api-key": PROXY_KEY})
+    assert answer.status_code == 500 and answer.json()["error"] == {"type": "api_error", "message": "internal proxy error"}
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1 and "injected bug" in str(logged[0].exc_info[1])
+
+
 def test_x_forwarded_for_gets_the_peers_address_appended_and_cannot_replace_it(tmp_path, upstream, start_proxy):
     """A loopback client's own X-Forwarded-For must not become the address the proxy appends
     (uvicorn trusts such headers from 127.0.0.1 by default)."""

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, MutableMapping, Optional, Tuple, TypeVar
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, List, MutableMapping, Optional, Tuple, TypeVar, Union
 
 import anyio
 import uvicorn
@@ -97,6 +97,10 @@ HOOK_SAMPLES = 100_000
 REQUEST_ID_HEADER = b"x-cclb-request-id"
 #: Statuses that send a request to the next kept upstream (with 5xx), before any byte reached the client.
 RETRY_STATUSES = frozenset({429, 529})
+#: A non-streamed answer of at most this Content-Length is read whole, then sent at once.
+BUFFERED_ANSWER_BYTES = 1 << 20
+#: The methods the public listener forwards (under /v1/).
+FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 #: An upstream's failure warnings are logged at most once per this many seconds.
 WARNING_INTERVAL_S = 5.0
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -210,18 +214,31 @@ class Proxy:
         self.upstream_health: Dict[str, Dict[str, Any]] = {
             upstream.name: {"consecutive_failures": 0, "last_error": None, "last_error_at": None} for upstream in config.upstreams
         }
-        public = [Route("/v1/{rest:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+        public = [Route("/v1/{rest:path}", self.forward, methods=sorted(FORWARDED_METHODS))]
         admin = [Route("/healthz", self.health), Route("/metrics", self.metrics_endpoint)]
         if config.debug_endpoints:
             admin += [Route("/debug/hook-times", self.hook_times),
                       Route("/debug/hook-times/reset", self.reset_hook_times, methods=["POST"])]
         handlers = {HTTPException: http_error}
-        #: The public listener: the Messages API and nothing else.
-        self.app = Starlette(routes=public, lifespan=self._lifespan, exception_handlers=handlers)
+        self._routed = Starlette(routes=public, lifespan=self._lifespan, exception_handlers=handlers)
         #: The admin listener ([admin] host/port, loopback by default): health, metrics, debug.
         self.admin_app = Starlette(routes=admin, exception_handlers=handlers)
-        for app in (self.app, self.admin_app):
+        for app in (self._routed, self.admin_app):
             app.router.redirect_slashes = False  # no redirect may take its Location from the Host header
+
+    async def app(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """The public listener: the Messages API and nothing else. A request the route takes
+        goes straight to ``forward`` (Starlette's router and middleware stack cost tens of
+        microseconds per request); the rest (lifespan, 404, 405) goes through Starlette."""
+        if scope["type"] == "http" and scope["method"] in FORWARDED_METHODS and scope["path"].startswith("/v1/"):
+            try:
+                response = await self.forward(Request(scope, receive, send))
+            except Exception:  # a bug: one logged traceback, and the client gets the API's error shape
+                log.exception("the request failed")
+                response = api_error(500, "api_error", "internal proxy error")
+            await response(scope, receive, send)
+            return
+        await self._routed(scope, receive, send)
 
     # --- plugins and reloads -----------------------------------------------------------
 
@@ -503,9 +520,27 @@ class Proxy:
                 return response
             if not sse and not encoded and "transform_response" in transforms:
                 return await self._transform_buffered(request, answer, call)
-        response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
+        length = answer.header("content-length")
+        if length.isdigit() and int(length) <= BUFFERED_ANSWER_BYTES and not answer.header("content-type").startswith("text/event-stream"):
+            # A small answer of known length: read whole, then sent in one write (a streamed
+            # relay costs a task group and a write per chunk).
+            whole = await self._read_whole(request, answer)
+            if isinstance(whole, Response):
+                return whole
+            response = Response(whole, status_code=answer.status_code)
+        else:
+            response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
+
+    async def _read_whole(self, request: _Request, answer: Answer) -> Union[bytes, Response]:
+        """The whole answer through ``_relay`` (each chunk observed, usage counted), or the
+        error to send if it broke off (a part of an answer is not sent as if whole)."""
+        chunks = [chunk async for chunk in self._relay(request, answer)]
+        if request.broken is not None:
+            status = 504 if request.broken == "upstream_timeout" else 502
+            return api_error(status, "api_error", f"the upstream's answer broke off ({request.broken})")
+        return b"".join(chunks)
 
     async def _attempt_failed(self, request: _Request, upstream: Any, code: str, outcome: str, detail: str, what: str,
                               health_prefix: str = "") -> None:
@@ -548,14 +583,11 @@ class Proxy:
     async def _transform_buffered(self, request: _Request, answer: Answer, call: Tuple[Any, ...]) -> Response:
         """The whole answer, read (usage counted on the upstream's bytes), then through
         ``transform_response``; a failure sends the upstream's answer as it came."""
-        chunks = []
-        async for chunk in self._relay(request, answer):
-            chunks.append(chunk)
-        if request.broken is not None:  # a part of an answer is not transformed (nor sent as if whole)
-            status = 504 if request.broken == "upstream_timeout" else 502
-            return api_error(status, "api_error", f"the upstream's answer broke off ({request.broken})")
+        whole = await self._read_whole(request, answer)
+        if isinstance(whole, Response):  # a part of an answer is not transformed
+            return whole
         ctx, target, principal, seen = call
-        upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, b"".join(chunks))
+        upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, whole)
         result = await self._call(request, "shape", self.adapters["shape"].transform_response_with_policy, ctx, target, principal, upstream_answer)
         sent = result.apply(upstream_answer)
         response = Response(sent.body, status_code=sent.status)
@@ -762,7 +794,7 @@ def uvicorn_config(app: Any, log_level: str = "info", keep_alive_s: float = 75.0
     request head must arrive within ``header_timeout_s`` (server.py); past
     ``max_client_connections`` open connections, requests get 503. The peer's address is
     the one a socket gives (uvicorn would take a loopback client's X-Forwarded-For for it)."""
-    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan, server_header=False, proxy_headers=False,
+    return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan=lifespan, server_header=False, proxy_headers=False, interface="asgi3",
                           date_header=False, timeout_keep_alive=int(keep_alive_s),
                           timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)),
                           # uvicorn counts the asking connection too: N open connections are served
