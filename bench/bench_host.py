@@ -47,6 +47,10 @@ and:
   sse event [fresh|reuse]  cc-lb 1.0: SseStream.events of one content_block_delta event
                      (~100 B of JSON) through the shipped tool_rename_shape_1_0.wasm, which
                      reads the event and answers Unchanged: a streamed event's round trip
+  sse stream x500    a whole 500-event streamed answer through the same plugin: in one
+                     InstanceScope (opened and closed per stream, as the proxy does), as
+                     one fresh call then 499 calls of a reused instance (the target's
+                     yardstick), and as 500 fresh calls (cc-lb's way)
   1 MiB filter       ours/reuse, constant guest, the request with a 1 MiB body
   1 MiB copy         one copy of the 1 MiB body into a preallocated bytearray (one memcpy)
   threads            ours/reuse from 1, 2 and 4 threads at once (cache-aware guest) and
@@ -327,11 +331,36 @@ def build(batch_seconds: float):
         "content_block_delta",
         b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Refactoring the retry loop now."}}',
     )
+    streams = {}
     for strategy, plugin_host in (("reuse", reuse_host), ("fresh", fresh_host)):
         dialect = plugin_host.register_shape("sse", "tool-rename", shipped_plugin("tool_rename_shape_1_0.wasm"))
         stream = dialect.sse_stream(ctx, upstream, principal, stream_head)  # what a proxy holds per answer
         assert stream.events(event) == (event,) and not stream.transformed
         contenders.append(per_call(f"sse event [{strategy}]", "other", lambda s=stream: s.events(event), batch_seconds))
+        streams[strategy] = (dialect, stream)
+    fresh_dialect, fresh_stream = streams["fresh"]
+    _, reused_stream = streams["reuse"]
+
+    def stream_in_a_scope() -> None:
+        with fresh_dialect.instance_scope() as scope:  # what the proxy does per streamed answer
+            stream = fresh_dialect.sse_stream(ctx, upstream, principal, stream_head, scope)
+            for _ in range(STREAM_EVENTS):
+                stream.events(event)
+
+    def fresh_then_reused() -> None:  # the yardstick: one fresh call, then reused calls
+        fresh_stream.events(event)
+        for _ in range(STREAM_EVENTS - 1):
+            reused_stream.events(event)
+
+    def fresh_each() -> None:  # cc-lb's way: a fresh instance per event
+        for _ in range(STREAM_EVENTS):
+            fresh_stream.events(event)
+
+    contenders += [
+        per_call(f"sse stream x{STREAM_EVENTS} [scope]", "other", stream_in_a_scope, batch_seconds),
+        per_call(f"sse stream x{STREAM_EVENTS} [1 fresh + reuse]", "other", fresh_then_reused, batch_seconds),
+        per_call(f"sse stream x{STREAM_EVENTS} [fresh each]", "other", fresh_each, batch_seconds),
+    ]
     constant = reuse_plugins["constant"]
     assert constant.filter(*big_request) == constant.filter(*request)
     big_body = big_request[0].body
@@ -410,6 +439,10 @@ def machine() -> Dict[str, object]:
     }
 
 
+#: Events of the streamed answers the scope contenders send through one shape slot.
+STREAM_EVENTS = 500
+
+
 @dataclass(frozen=True)
 class Target:
     text: str
@@ -432,6 +465,8 @@ TARGETS = (
     Target("observe Chunk round trip, reuse: <= 3 us", "observe Chunk [reuse]", None, at_most=3.0),
     Target("cc-lb 1.0: a streamed event through a fresh transform <= 2x an observe Chunk through a fresh instance",
            "sse event [fresh]", "observe Chunk [fresh]", at_most=2),
+    Target(f"a {STREAM_EVENTS}-event stream in one instance scope <= 1.3x one fresh call + {STREAM_EVENTS - 1} reused calls",
+           f"sse stream x{STREAM_EVENTS} [scope]", f"sse stream x{STREAM_EVENTS} [1 fresh + reuse]", at_most=1.3),
     Target("reuse, constant guest: >= 5x faster than extism, same payload",
            "extism [constant]", "ours/reuse [constant]", at_least=5),
     Target("1 MiB body filter call <= 1.5x one copy of the body", "1 MiB filter [constant, reuse]", "1 MiB copy", at_most=1.5),
@@ -452,6 +487,7 @@ RATIOS = (
     ("sse event fresh / observe Chunk fresh", "sse event [fresh]", "observe Chunk [fresh]"),
     ("sse event reuse / observe Chunk reuse", "sse event [reuse]", "observe Chunk [reuse]"),
     ("sse event fresh / sse event reuse", "sse event [fresh]", "sse event [reuse]"),
+    (f"sse stream x{STREAM_EVENTS}: scope / fresh each", f"sse stream x{STREAM_EVENTS} [scope]", f"sse stream x{STREAM_EVENTS} [fresh each]"),
     ("throughput x2 / x1 [cache-aware]", "threads x2 [cache-aware]", "threads x1 [cache-aware]"),
     ("throughput x4 / x1 [cache-aware]", "threads x4 [cache-aware]", "threads x1 [cache-aware]"),
     ("throughput x2 / x1 [spin]", "threads x2 [spin]", "threads x1 [spin]"),

@@ -199,6 +199,43 @@ cdef class ReusedGuest:
             self.g.store = NULL
 
 
+cdef class PinnedGuest:
+    """One instance that a stream's calls share (an InstanceScope): opened by its first
+    call, released by ``close()`` or with this object; after a failed call, the next one
+    opens a fresh instance. One call at a time: a second one meanwhile is refused (two
+    threads in one store would abort the process)."""
+
+    cdef Guest g
+    cdef object owners  # keeps the engine alive while the store exists
+    cdef object plugin  # the NativePlugin whose instances this holds
+    cdef bint busy, closed
+    cdef object __weakref__
+
+    def __cinit__(self, plugin):
+        self.plugin = plugin
+        self.owners = (<NativePlugin?>plugin).owners
+
+    cdef void _release(self) noexcept:
+        if self.g.store != NULL:
+            _WT.store_delete(self.g.store)
+            self.g.store = NULL
+
+    def close(self):
+        """Release the instance (its pool slot); later calls through this scope are refused."""
+        if self.busy:
+            raise (<NativePlugin>self.plugin).faults.scope_in_call()
+        self.closed = True
+        self._release()
+
+    @property
+    def holds_instance(self):
+        """Whether an instance is open (taken by a call, not yet released)."""
+        return self.g.store != NULL
+
+    def __dealloc__(self):
+        self._release()
+
+
 cdef class NativePlugin:
     """The native call path of one admitted plugin (see the top of this file)."""
 
@@ -430,17 +467,35 @@ cdef class NativePlugin:
                 return _fallback.decode_filter_output(data, self.bounds)
             return _fallback.decode_shaped_request(data, upstream, origin_policy=self.origin_policy, bounds=self.bounds)
 
-    cdef object _run(self, int hook, Job* job, bytes encoded, object upstream):
-        """A whole call; ``job`` is measured, or ``encoded`` holds the fallback's archive."""
+    cdef object _run(self, int hook, Job* job, bytes encoded, object upstream, PinnedGuest pinned=None):
+        """A whole call; ``job`` is measured, or ``encoded`` holds the fallback's archive.
+        With ``pinned``, the call takes (or opens) that scope's instance."""
         cdef Guest fresh
         cdef Guest* g
         cdef ReusedGuest reused = None
+        cdef bint keep
         cdef uint32_t pointer, size, length
         cdef const uint8_t* output
         memset(&fresh, 0, sizeof(Guest))
-        self._enter(hook)
+        if pinned is not None:
+            if pinned.plugin is not self or pinned.closed or pinned.busy:
+                raise self.faults.scope(_HOOK_NAMES[hook], pinned.plugin is not self, pinned.closed)
+            pinned.busy = True
         try:
-            if self.reuse:
+            self._enter(hook)
+        except BaseException:
+            if pinned is not None:
+                pinned.busy = False
+            raise
+        keep = self.reuse or pinned is not None
+        try:
+            if pinned is not None:
+                if pinned.g.store == NULL:
+                    self._open(&pinned.g, hook)  # on failure the half-open store is released below
+                else:
+                    self._clear_refused_grow(&pinned.g, hook)
+                g = &pinned.g
+            elif self.reuse:
                 reused = getattr(self.local, "instance", None)
                 if reused is None:
                     reused = ReusedGuest()
@@ -458,17 +513,38 @@ cdef class NativePlugin:
                 self._request(g, hook, job, encoded, &pointer, &size)
                 output = self._hook(g, hook, pointer, size, &length)
                 result = None if output == NULL or hook == HOOK_OBSERVE else self._convert(hook, output, length, upstream)
-                if self.reuse and output != NULL:
+                if keep and output != NULL:
                     self._free(g, hook, length)
                 return result
             except BaseException:
-                if self.reuse:
+                if self.reuse and pinned is None:
                     self.local.instance = None  # a failed instance is never reused
                 raise
+        except BaseException:
+            if pinned is not None:
+                pinned._release()  # nor a pinned one, nor a half-open one
+            raise
         finally:
-            if not self.reuse and fresh.store != NULL:
+            if fresh.store != NULL:
                 _WT.store_delete(fresh.store)
+            if pinned is not None:
+                pinned.busy = False
             self.gate.leave()
+
+    def pin(self, str hook):
+        """A PinnedGuest holding a new instance of this plugin, opened now (``hook`` names
+        the call its errors are reported for)."""
+        cdef PinnedGuest pinned = PinnedGuest(self)
+        cdef int index = _HOOK_NAMES.index(hook)
+        self._enter(index)
+        try:
+            self._open(&pinned.g, index)
+        except BaseException:
+            pinned._release()
+            raise
+        finally:
+            self.gate.leave()
+        return pinned
 
     # -- the hooks -----------------------------------------------------------------
 
@@ -501,7 +577,7 @@ cdef class NativePlugin:
             encoded = _fallback.encode_shape_request(ctx, principal, upstream, cookie_redaction=self.cookie_redaction)
         return self._run(HOOK_SHAPE, &job, encoded, upstream)
 
-    def observe(self, event):
+    def observe(self, event, PinnedGuest pinned=None):
         """ObservabilityHook.observe's machinery."""
         cdef Job job
         cdef bytes encoded = None
@@ -511,9 +587,9 @@ cdef class NativePlugin:
             _measure(&job)
         except (_Refused, TypeError, ValueError):
             encoded = _fallback.encode_observe_event(event)
-        self._run(HOOK_OBSERVE, &job, encoded, None)
+        self._run(HOOK_OBSERVE, &job, encoded, None, pinned)
 
-    def call_wire(self, str hook, value):
+    def call_wire(self, str hook, value, PinnedGuest pinned=None):
         """A call whose request is a wire root value (the cc-lb 1.0 hooks): a filter answers
         its FilterOutput, a transform the wire answer value (DecodeError for an archive
         rkyv would refuse)."""
@@ -525,4 +601,4 @@ cdef class NativePlugin:
             _measure(&job)
         except _Refused:
             encoded = _fallback.encode(value)  # the canonical error, or the fallback's archive
-        return self._run(index, &job, encoded, None)
+        return self._run(index, &job, encoded, None, pinned)

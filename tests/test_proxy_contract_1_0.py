@@ -105,11 +105,11 @@ def test_a_stream_fails_open_before_and_ends_with_an_error_after_a_transformed_e
     real = shape._transform_call  # the one call a stream makes per event (where a guest would fail)
     calls = []
 
-    def flaky(hook: str, args: Any, head: Any, event: cw.SseEvent) -> cw.SseTransform:
+    def flaky(hook: str, args: Any, head: Any, event: cw.SseEvent, scope: Any = None) -> cw.SseTransform:
         calls.append(event.event)
         if len(calls) == 1:
             raise cw.TransformError.runtime("injected before anything was transformed")
-        result = real(hook, args, head, event)
+        result = real(hook, args, head, event, scope)
         if event.event == "content_block_stop" and b'"index":1' in event.data:
             raise cw.TransformError.runtime("injected after the tool_use event")
         return result
@@ -137,3 +137,53 @@ def test_a_model_json_has_but_utf8_does_not_is_left_unset(tmp_path, upstream, st
     assert answer.status_code == 200
     (ctx,) = proxy.contexts
     assert (ctx.canonical_model_id, ctx.service_tier, ctx.cache_pricing) == (None, None, None)
+
+
+def _spy_scopes(proxy: Any) -> Dict[str, list]:
+    """Each slot's opened instance scopes, and the scope each observe call ran in."""
+    seen: Dict[str, list] = {"observe": [], "shape": [], "calls": []}
+    for hook in ("observe", "shape"):
+        adapter = proxy.proxy.adapters[hook]
+
+        def opened(adapter: Any = adapter, real: Any = adapter.instance_scope, hook: str = hook) -> Any:
+            seen[hook].append(real())
+            return seen[hook][-1]
+
+        adapter.instance_scope = opened
+    observe = proxy.proxy.adapters["observe"]
+    real_observe = observe.observe_with_policy
+    observe.observe_with_policy = lambda event, scope=None: seen["calls"].append((type(event).__name__, scope)) or real_observe(event, scope)
+    return seen
+
+
+def test_a_streamed_answer_runs_its_calls_in_one_instance_per_slot_released_at_the_end(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    seen = _spy_scopes(proxy)
+    for _ in range(2):
+        answer = proxy.post(body(stream=True))
+        assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None
+    observe_scopes, shape_scopes = seen["observe"], seen["shape"]
+    assert len(observe_scopes) == len(shape_scopes) == 2  # one per stream and slot
+    assert observe_scopes[0] is not observe_scopes[1] and shape_scopes[0] is not shape_scopes[1]
+    chunk_scopes = [scope for name, scope in seen["calls"] if name == "Chunk"]
+    assert len(chunk_scopes) > 2 and {id(s) for s in chunk_scopes} == {id(s) for s in observe_scopes}
+    assert all(scope is None for name, scope in seen["calls"] if name != "Chunk")  # the request's own events: fresh
+    assert not any(scope.holds_instance for scope in observe_scopes + shape_scopes)  # released when each stream ended
+    assert not proxy.stats("shape").errors and not proxy.stats("observe").errors
+
+
+def test_a_stream_that_gets_no_instance_of_its_own_runs_each_call_fresh(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    shape = proxy.proxy.adapters["shape"]
+
+    def full_pool() -> Any:
+        raise cw.PluginPoolSaturated("instantiate: the pool is full (test)", plugin="rename", hook="transform_sse_event")
+
+    shape.instance_scope = full_pool
+    answer = proxy.post(body(stream=True))
+    assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None  # still transformed
+    assert [r.getMessage() for r in caplog.records if "fresh instances" in r.getMessage()] == [
+        "shape slot: a stream's calls run in fresh instances (plugin 'rename' hook transform_sse_event: instantiate: the pool is full (test))"
+    ]

@@ -179,9 +179,9 @@ class Running:
             self.contexts.append(ctx)
             return ctx
 
-        async def observe_spy(request: Any, event: Any) -> None:
+        async def observe_spy(request: Any, event: Any, *scope: Any) -> None:
             self.events.append(event)
-            await observe(request, event)
+            await observe(request, event, *scope)
 
         self.proxy.build_context = build_spy  # type: ignore[method-assign]
         self.proxy.observe = observe_spy  # type: ignore[method-assign]

@@ -18,7 +18,8 @@ This package is the policy layer, one module per concern:
   and exports; ``wasm_rewrite``: the memory.grow rewrite; ``modules``: compiling and
   caching it);
 - ``host``: PluginHost (slots, swaps, close, fork); ``adapters``: FilterPlugin,
-  UpstreamDialect, ObservabilityHook and their failure policies;
+  UpstreamDialect, ObservabilityHook and their failure policies; ``scope``:
+  InstanceScope, one instance that a stream's calls share;
 - ``faults``: the typed errors of every way a call fails; ``counters``: per-slot stats;
 - ``binding``: loading wasmtime and choosing the call path. The per-call machinery
   lives in the extension (``_codec.NativePlugin``: one C call allocates in the guest,
@@ -37,6 +38,7 @@ from .admission import PROBE_SAMPLES
 from .binding import NATIVE_CALLS_ENV
 from .config import FailurePolicy, HostConfig, InstanceStrategy
 from .host import PluginHost
+from .scope import InstanceScope
 
 __all__ = [
     "FailurePolicy",
@@ -46,6 +48,7 @@ __all__ = [
     "FilterPlugin",
     "UpstreamDialect",
     "SseStream",
+    "InstanceScope",
     "ObservabilityHook",
     "SlotStats",
     "PROBE_SAMPLES",

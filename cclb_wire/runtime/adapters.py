@@ -18,6 +18,7 @@ from ..errors import (
     DecodeError,
     DialectError,
     FilterError,
+    InvalidInput,
     InvalidInputType,
     ObservabilityError,
     PluginCircuitOpen,
@@ -48,6 +49,7 @@ from .admission import Loaded
 from .config import FailurePolicy
 from .counters import clock_ns
 from .ctypes_calls import call_filter, call_observe, call_shape, call_wire
+from .scope import InstanceScope
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -125,11 +127,22 @@ class _Adapter:
         else:
             self._breaker.released()
 
-    def _call_wire(self, loaded: Loaded, hook: str, request: object) -> Any:
-        """A call of a 1.0 hook on either call path."""
+    def _call_wire(self, loaded: Loaded, hook: str, request: object, scope: Optional[InstanceScope] = None) -> Any:
+        """A call of a 1.0 hook on either call path (in the scope's instance, if given)."""
+        pinned = None if scope is None else scope.pinned
         if loaded.native is not None:
-            return loaded.native.call_wire(hook, request)
-        return call_wire(self._host._engine, self._host._gate, loaded, hook, request)
+            return loaded.native.call_wire(hook, request, pinned)
+        return call_wire(self._host._engine, self._host._gate, loaded, hook, request, pinned)
+
+    def _scope_of(self, scope: Optional[InstanceScope], where: str) -> Loaded:
+        """The plugin a call runs: the scope's (a stream keeps its plugin across a swap), else the slot's."""
+        if scope is None:
+            return self._loaded()
+        if not isinstance(scope, InstanceScope):
+            raise InvalidInputType(where, f"expected a cclb_wire.runtime.InstanceScope or None, got {type_name(scope)}")
+        if scope.slot != self._slot or scope.host is not self._host:
+            raise InvalidInput(where, f"the scope was opened by slot {scope.slot!r}, not by this one ({self._slot!r})")
+        return scope.loaded
 
     def stats(self) -> SlotStats:
         """This slot's call statistics (``PluginHost.stats`` for every slot)."""
@@ -290,13 +303,23 @@ class UpstreamDialect(_Adapter):
         return self._transform("transform_sse_event", ctx, upstream, principal, response, event)  # type: ignore[return-value]
 
     def sse_stream(
-        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse
+        self, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal, response: UpstreamResponse,
+        scope: Optional[InstanceScope] = None,
     ) -> "SseStream":
         """A transformer for one streamed answer, with cc-lb's policy: it fails open (the
         event as it came) until a transformed event was emitted, and after that a failure
-        ends the stream (TransformError)."""
+        ends the stream (TransformError). With ``scope`` (``instance_scope()``), every
+        event of the stream runs in the scope's instance instead of a fresh one each."""
         host_1_0.check_transform_args("sse_stream", ctx, principal, upstream, response)
-        return SseStream(self, ctx, upstream, principal, response)
+        if scope is not None:
+            self._scope_of(scope, "sse_stream.scope")
+        return SseStream(self, ctx, upstream, principal, response, scope)
+
+    def instance_scope(self) -> InstanceScope:
+        """A fresh instance of the slot's plugin for one stream's transform calls (see
+        ``cclb_wire.runtime.scope``); raises the typed PluginError if it can't be opened
+        (a full pool: PluginPoolSaturated)."""
+        return InstanceScope(self, "transform_sse_event")
 
     def _transform(
         self, hook: str, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal,
@@ -307,13 +330,14 @@ class UpstreamDialect(_Adapter):
         return self._transform_call(hook, (ctx, principal, upstream, response), None, event)
 
     def _transform_call(
-        self, hook: str, args: Tuple[Any, ...], head: Optional[Tuple[Any, ...]], event: Optional[SseEvent]
+        self, hook: str, args: Tuple[Any, ...], head: Optional[Tuple[Any, ...]], event: Optional[SseEvent],
+        scope: Optional[InstanceScope] = None,
     ) -> object:
         """One transform call: ``args`` (ctx, principal, upstream, response) are checked;
         ``head`` is their transform_head when the caller has it (a stream)."""
         started = clock_ns()
         try:
-            loaded = self._loaded()
+            loaded = self._loaded() if scope is None else scope.loaded
             if hook not in loaded.hooks:  # a 0.2 plugin, or a noop hook: never called
                 return UNCHANGED_RESPONSE if event is None else UNCHANGED_EVENT
             self._breaker.before_call(loaded.name, hook)
@@ -323,7 +347,7 @@ class UpstreamDialect(_Adapter):
                 request = host_1_0.response_request(head, args[3].body)
             else:
                 request = host_1_0.sse_event_request(head, event)
-            answer = self._call_wire(loaded, hook, request)
+            answer = self._call_wire(loaded, hook, request, scope)
             bounds = self._host.config.bounds
             result = host_1_0.response_transform(answer, bounds) if event is None else host_1_0.sse_transform(answer, bounds)
         except BaseException as exc:
@@ -346,9 +370,11 @@ class SseStream:
 
     def __init__(
         self, dialect: UpstreamDialect, ctx: RequestContext, upstream: AnthropicDirect, principal: Principal,
-        response: UpstreamResponse,
+        response: UpstreamResponse, scope: Optional[InstanceScope] = None,
     ):
         self._dialect = dialect
+        #: The instance every event runs in (None: a fresh one per event).
+        self.scope = scope
         self._args = (ctx, principal, upstream, response)
         self._head = host_1_0.transform_head(*self._args)  # once per stream, not per event
         self.transformed = False
@@ -361,7 +387,7 @@ class SseStream:
             raise InvalidInputType("SseStream.events.event", f"expected a cclb_wire.SseEvent, got {type_name(event)}")
         try:
             result: SseTransform = self._dialect._transform_call(  # type: ignore[assignment]
-                "transform_sse_event", self._args, self._head, event
+                "transform_sse_event", self._args, self._head, event, self.scope
             )
         except TransformError as exc:
             if self.transformed:
@@ -379,20 +405,22 @@ class SseStream:
 class ObservabilityHook(_Adapter):
     """An observe slot: ``observe(event)``; the plugin's output is ignored."""
 
-    def observe(self, event: ObserveEventInput) -> None:
+    def observe(self, event: ObserveEventInput, scope: Optional[InstanceScope] = None) -> None:
         """Raises ObservabilityError (dropped) for anything the plugin did wrong, an empty
-        slot or a closed host; the typed error is its __cause__."""
+        slot or a closed host; the typed error is its __cause__. With ``scope``
+        (``instance_scope()``), the call runs in the scope's instance."""
         host = self._host
         started = clock_ns()
         try:
-            loaded = self._loaded()
+            loaded = self._scope_of(scope, "observe.scope")
+            pinned = None if scope is None else scope.pinned
             if self._breaker.open_until:  # a bad argument stays the caller's error, open or not
                 encode_observe_event(event)
                 self._breaker.before_call(loaded.name, "observe")
             if loaded.native is not None:
-                loaded.native.observe(event)
+                loaded.native.observe(event, pinned)
             else:
-                call_observe(host._engine, host._gate, loaded, event)
+                call_observe(host._engine, host._gate, loaded, event, pinned)
         except BaseException as exc:
             self._counters.record_error_since(started, type(exc).__name__)
             self._plugin_failed(exc)
@@ -402,12 +430,12 @@ class ObservabilityHook(_Adapter):
         self._counters.record_since(started)
         self._breaker.succeeded()
 
-    def observe_with_policy(self, event: ObserveEventInput) -> bool:
+    def observe_with_policy(self, event: ObserveEventInput, scope: Optional[InstanceScope] = None) -> bool:
         """``observe`` under the slot's failure policy: PASS_THROUGH logs and counts a
         failure and answers False (the event is dropped); FAIL_CLOSED raises the
         ObservabilityError. True when the plugin took the event."""
         try:
-            self.observe(event)
+            self.observe(event, scope)
         except ObservabilityError as exc:
             if self.failure_policy is FailurePolicy.FAIL_CLOSED:
                 raise
@@ -415,3 +443,8 @@ class ObservabilityHook(_Adapter):
             self._warn("observe plugin failed, event dropped: %s", exc)
             return False
         return True
+
+    def instance_scope(self) -> InstanceScope:
+        """A fresh instance of the slot's plugin for one stream's observe calls (see
+        ``cclb_wire.runtime.scope``); raises the typed PluginError if it can't be opened."""
+        return InstanceScope(self, "observe")

@@ -290,8 +290,54 @@ class Instance:
         self._call(self.free, 3, "cc_lb_free", hook)
 
 
+class PinnedInstance:
+    """One instance that a stream's calls share (the ctypes path's PinnedGuest): opened
+    now, released by ``close()`` or with this object; after a failed call, the next one
+    opens a fresh instance. One call at a time."""
+
+    def __init__(self, engine: Any, gate: CallGate, loaded: Any, hook: str):
+        self.loaded = loaded
+        self.calling = threading.Lock()  # held by the call in the scope: a check and a claim in one step
+        self.closed = False
+        self.instance: Optional[Instance] = None
+        engine.check_thread_stack(loaded.name, hook)
+        if not gate.enter():
+            raise loaded.faults.closed(hook)
+        try:
+            self.instance = _new_instance(engine, loaded, hook)
+        finally:
+            gate.leave()
+
+    def release(self) -> None:
+        instance, self.instance = self.instance, None
+        if instance is not None:
+            instance.close()
+
+    def close(self) -> None:
+        """Release the instance (its pool slot); later calls through this scope are refused."""
+        if self.calling.locked():
+            raise self.loaded.faults.scope_in_call()
+        self.closed = True
+        self.release()
+
+    @property
+    def holds_instance(self) -> bool:
+        return self.instance is not None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _new_instance(engine: Any, loaded: Any, hook: str) -> Instance:
+    try:
+        return Instance(engine, loaded, hook)
+    except engine.wt.errors as exc:
+        raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
+
+
 def run_call(
-    engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable[[Into], int], convert: Callable[[Optional[memoryview]], Any]
+    engine: Any, gate: CallGate, loaded: Any, hook: str, write: Callable[[Into], int], convert: Callable[[Optional[memoryview]], Any],
+    pinned: Optional[PinnedInstance] = None,
 ) -> Any:
     """One hook call, in the native path's order: ``write(into)`` measures the request
     first, so a bad argument is the caller's error whatever state the plugin, the host or
@@ -301,24 +347,36 @@ def run_call(
     is done with is closed here, not when the last traceback holding it dies: it holds a
     slot of the instance pool. (Views of guest memory in such a traceback stay readable:
     a pool slot's memory stays mapped; without a pool the store is left to the last
-    reference.)"""
+    reference.) With ``pinned``, the call takes (or opens) that scope's instance."""
     instance: Optional[Instance] = None
-    entered = False
+    entered = claimed = False
     pointer = 0
+    keep = engine.reuse or pinned is not None
 
     def into(size: int) -> Tuple[memoryview, int]:
-        nonlocal instance, entered, pointer
+        nonlocal instance, entered, claimed, pointer
+        if pinned is not None:
+            if pinned.loaded is not loaded or pinned.closed or not pinned.calling.acquire(blocking=False):
+                raise loaded.faults.scope(hook, pinned.loaded is not loaded, pinned.closed)
+            claimed = True
         engine.check_thread_stack(loaded.name, hook)
         if not gate.enter():
             raise loaded.faults.closed(hook)
         entered = True
-        instance = getattr(loaded.local, "instance", None) if engine.reuse else None
-        if instance is None:
-            instance = Instance(engine, loaded, hook)
-            if engine.reuse:
-                loaded.local.instance = instance
-        elif engine.reuse:
-            instance.clear_refused_grow()
+        if pinned is not None:
+            instance = pinned.instance
+            if instance is None:
+                instance = pinned.instance = Instance(engine, loaded, hook)
+            else:
+                instance.clear_refused_grow()
+        else:
+            instance = getattr(loaded.local, "instance", None) if engine.reuse else None
+            if instance is None:
+                instance = Instance(engine, loaded, hook)
+                if engine.reuse:
+                    loaded.local.instance = instance
+            elif engine.reuse:
+                instance.clear_refused_grow()
         instance.arm()
         view, pointer = instance.allocate(size, hook)
         return view, pointer
@@ -328,18 +386,22 @@ def run_call(
         assert instance is not None  # into() ran, or write() raised
         output = instance.call_hook(hook, pointer, size)
         result = convert(output)
-        if engine.reuse and output is not None:
+        if keep and output is not None:
             instance.free_output(len(output), hook)
         return result
     except BaseException as exc:
-        if engine.reuse and entered:
+        if claimed:
+            pinned.release()  # type: ignore[union-attr]  # a failed instance is never reused
+        elif engine.reuse and entered:
             loaded.local.instance = None
         if isinstance(exc, engine.wt.errors):
             raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
         raise
     finally:
-        if engine.pooled and instance is not None:  # pooled: FRESH, so the store is done with
+        if engine.pooled and instance is not None and pinned is None:  # pooled: FRESH, so the store is done with
             instance.close()
+        if claimed:
+            pinned.calling.release()  # type: ignore[union-attr]
         if entered:
             gate.leave()
 
@@ -368,11 +430,11 @@ def call_shape(engine: Any, gate: CallGate, loaded: Any, ctx: Any, principal: An
     return run_call(engine, gate, loaded, "shape", write, convert)
 
 
-def call_observe(engine: Any, gate: CallGate, loaded: Any, event: Any) -> None:
-    run_call(engine, gate, loaded, "observe", lambda into: encode_observe_event(event, into=into), lambda output: None)
+def call_observe(engine: Any, gate: CallGate, loaded: Any, event: Any, pinned: Optional[PinnedInstance] = None) -> None:
+    run_call(engine, gate, loaded, "observe", lambda into: encode_observe_event(event, into=into), lambda output: None, pinned)
 
 
-def call_wire(engine: Any, gate: CallGate, loaded: Any, hook: str, value: Any) -> Any:
+def call_wire(engine: Any, gate: CallGate, loaded: Any, hook: str, value: Any, pinned: Optional[PinnedInstance] = None) -> Any:
     """A call whose request is a wire root value (the cc-lb 1.0 hooks), as
     NativePlugin.call_wire: a filter answers its FilterOutput, a transform its wire answer."""
     config = engine.config
@@ -387,4 +449,4 @@ def call_wire(engine: Any, gate: CallGate, loaded: Any, hook: str, value: Any) -
             return decode_filter_output(output, config.bounds)
         return decode(loaded.contract.hook_responses[hook], output)
 
-    return run_call(engine, gate, loaded, hook, write, convert)
+    return run_call(engine, gate, loaded, hook, write, convert, pinned)

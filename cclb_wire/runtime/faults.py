@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ..errors import (
+    InvalidInput,
     PluginError,
     PluginMemoryLimit,
     PluginOutOfFuel,
@@ -229,6 +230,20 @@ class Faults:
 
     def closed(self, hook: str) -> PluginError:
         return closed_error(self.plugin, hook)
+
+    def scope(self, hook: str, foreign: bool, closed: bool) -> InvalidInput:
+        """An instance scope used where it can't be: another plugin's, closed, or in a call."""
+        if foreign:
+            why = f"it holds an instance of another plugin than {self.plugin!r}"
+        elif closed:
+            why = "it is closed"
+        else:
+            why = "another call is in it (a scope's calls must not overlap)"
+        return InvalidInput("scope", f"{hook}: the instance scope can't take this call: {why}")
+
+    def scope_in_call(self) -> InvalidInput:
+        """An instance scope closed while a call is in it."""
+        return InvalidInput("scope", "the instance scope is in a call: close it once the call returns")
 
 
 # --- which call path: the extension's, or ctypes ------------------------------------------

@@ -318,13 +318,27 @@ class Proxy:
         finally:
             request.hook_s += time.perf_counter() - started
 
-    async def observe(self, request: _Request, event: Any) -> None:
+    async def observe(self, request: _Request, event: Any, scope: Optional[Any] = None) -> None:
         """PASS_THROUGH: a failure is logged and counted by the host. FAIL_CLOSED raises
-        ObservabilityError: a request that cannot be observed is not served."""
+        ObservabilityError: a request that cannot be observed is not served. With
+        ``scope``, the call runs in the stream's instance of the observe plugin."""
         adapter = self.adapters.get("observe")
         if adapter is not None:
             self.events_reported += 1
-            await self._call(request, "observe", adapter.observe_with_policy, event)
+            await self._call(request, "observe", adapter.observe_with_policy, event, scope)
+
+    def _instance_scope(self, hook: str) -> Optional[Any]:
+        """One instance of a slot's plugin for a streamed answer's calls (its chunks, its
+        events), or None (no such slot, or no instance to be had: a full pool; the stream
+        then runs each call in a fresh instance, as cc-lb does)."""
+        adapter = self.adapters.get(hook)
+        if adapter is None:
+            return None
+        try:
+            return adapter.instance_scope()
+        except cw.PluginError as exc:
+            self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances ({exc})")
+            return None
 
     # --- requests -------------------------------------------------------------------------
 
@@ -602,14 +616,17 @@ class Proxy:
         goes through ``transform_sse_event`` first; usage is read from the upstream's bytes."""
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
-        stream = None if call is None else self.adapters["shape"].sse_stream(*call)
+        # A streamed answer's calls run in one instance per slot, taken here, released at the end.
+        observe_scope = self._instance_scope("observe") if scanner.sse else None
+        shape_scope = None if call is None else self._instance_scope("shape")
+        stream = None if call is None else self.adapters["shape"].sse_stream(*call, shape_scope)
         reader = SseReader()
         outcome: Any = answer.status_code  # the requests metric's label
         try:
             try:
                 async for chunk in answer.iter_raw():
                     events = chunk.count(b"\n\n") if scanner.sse else 1
-                    await self.observe(request, cw.Chunk(index, events, len(chunk)))
+                    await self.observe(request, cw.Chunk(index, events, len(chunk)), observe_scope)
                     scanner.feed(chunk)
                     self.metrics.chunks.inc()
                     index += 1
@@ -658,6 +675,12 @@ class Proxy:
             duration_ms = int((time.perf_counter() - request.started) * 1000)
             await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
         finally:
+            for scope in (observe_scope, shape_scope):
+                if scope is not None:
+                    # A call still running in a thread (the client left mid-call) keeps its
+                    # instance: the scope is then released once that call lets go of it.
+                    with contextlib.suppress(cw.InvalidInput):
+                        scope.close()
             with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
                 await answer.aclose()
                 if not finished:

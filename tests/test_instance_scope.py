@@ -1,0 +1,190 @@
+"""InstanceScope: one instance that a stream's calls share, released on close, on a failed
+call and when the scope is collected; two open scopes never share an instance, and what
+one stream leaves in its instance is not seen by the next.
+
+The observe guest answers "nothing" (0) the first time it runs in an instance and an
+invalid answer (pointer 0, length 8: PluginOutputError) once it finds the global an
+earlier call set: so a call's outcome says whether its instance was fresh."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import cclb_wire as cw
+from cclb_wire.runtime import HostConfig, InstanceScope, PluginHost
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "hostile"))
+import gen_fixtures  # noqa: E402  (the hostile fixtures' WAT toolkit)
+
+EVENT = cw.RequestStarted("req_1", None)
+
+
+def stateful_observe() -> bytes:
+    body = """(if (result i64) (global.get $seen)
+      (then (i64.const 8))  ;; an earlier call in this instance: an invalid answer
+      (else (global.set $seen (i32.const 1)) (i64.const 0)))"""
+    parts = [
+        "  (global $seen (mut i32) (i32.const 0))",
+        '  (memory (export "memory") 1)',
+        (gen_fixtures.bump_allocator(1024) + gen_fixtures.NOOP_FREE).rstrip(),
+        gen_fixtures.hook_func("$hook", "cc_lb_observe", body),
+    ]
+    hooks = {"observe": {"wire_version": 1, "description": "Remembers its instance.", "usage": "Tests only."}}
+    customs = [("cc_lb.plugin.v1", gen_fixtures.metadata(hooks)), ("cc_lb.schema.observe.v1", gen_fixtures.fingerprints()["observe"])]
+    return wasmtime.wat2wasm(gen_fixtures.module_text("stateful-observe", "Remembers its instance.", parts, customs))
+
+
+GUEST = stateful_observe()
+
+
+def spinning_observe() -> bytes:
+    parts = [
+        '  (memory (export "memory") 1)',
+        (gen_fixtures.bump_allocator(1024) + gen_fixtures.NOOP_FREE).rstrip(),
+        gen_fixtures.hook_func("$hook", "cc_lb_observe", f"{gen_fixtures.SPIN} (i64.const 0)"),
+    ]
+    hooks = {"observe": {"wire_version": 1, "description": "Spins.", "usage": "Tests only."}}
+    customs = [("cc_lb.plugin.v1", gen_fixtures.metadata(hooks)), ("cc_lb.schema.observe.v1", gen_fixtures.fingerprints()["observe"])]
+    return wasmtime.wat2wasm(gen_fixtures.module_text("spinning-observe", "Spins.", parts, customs))
+
+
+def host(pool_size: int = 8) -> PluginHost:
+    # The breaker off: the state-finding calls fail on purpose, again and again.
+    return PluginHost(HostConfig(pool_size=pool_size, breaker_failures=0))
+
+
+def outcome(slot, scope=None) -> str:
+    try:
+        slot.observe(EVENT, scope)
+        return "fresh"
+    except cw.ObservabilityError as exc:
+        return type(exc.__cause__).__name__
+
+
+def test_calls_in_a_scope_share_its_instance_and_the_next_scope_starts_fresh():
+    with host() as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        assert [outcome(slot) for _ in range(3)] == ["fresh"] * 3  # unscoped: a fresh instance each
+        with slot.instance_scope() as scope:
+            assert scope.holds_instance and scope.plugin == "stateful"
+            assert outcome(slot, scope) == "fresh"
+            assert outcome(slot, scope) == "PluginOutputError"  # the same instance: it found its state
+            assert not scope.holds_instance  # a failed instance is released ...
+            assert outcome(slot, scope) == "fresh"  # ... and the scope's next call opens a fresh one
+        with slot.instance_scope() as following:
+            assert outcome(slot, following) == "fresh"  # nothing of the last stream's state
+        assert slot.stats().calls == 7
+
+
+def test_two_open_scopes_never_share_an_instance():
+    with host() as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        first, second = slot.instance_scope(), slot.instance_scope()
+        assert [outcome(slot, first), outcome(slot, second)] == ["fresh", "fresh"]
+        assert [outcome(slot, first), outcome(slot, second)] == ["PluginOutputError"] * 2
+        first.close()
+        second.close()
+
+
+def test_a_scope_holds_a_pool_slot_until_it_is_closed():
+    with host(pool_size=1) as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        scope = slot.instance_scope()
+        assert outcome(slot) == "PluginPoolSaturated"  # the pool's one slot is the scope's
+        scope.close()
+        assert not scope.holds_instance and outcome(slot) == "fresh"
+        with pytest.raises(cw.InvalidInput, match=r"^scope: observe: the instance scope can't take this call: it is closed"):
+            slot.observe(EVENT, scope)
+
+
+def test_an_abandoned_scope_releases_its_instance_when_collected():
+    with host(pool_size=1) as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        scope = slot.instance_scope()
+        assert outcome(slot, scope) == "fresh"
+        del scope  # a stream dropped mid-way, never closed
+        gc.collect()
+        assert outcome(slot) == "fresh"
+
+
+def test_a_failed_call_gives_the_pool_slot_back_while_the_scope_stays_open():
+    with host(pool_size=1) as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        with slot.instance_scope() as scope:
+            assert [outcome(slot, scope), outcome(slot, scope)] == ["fresh", "PluginOutputError"]
+            assert outcome(slot) == "fresh"  # the scope's failed instance no longer holds the slot
+
+
+def test_a_scope_is_refused_by_another_slot_and_a_non_scope_is_a_type_error():
+    with host() as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        other = plugins.register_observe("p", "stateful", GUEST)
+        with slot.instance_scope() as scope:
+            with pytest.raises(cw.InvalidInput, match=r"^observe\.scope: the scope was opened by slot \('observe', 'o'\)"):
+                other.observe(EVENT, scope)
+        with pytest.raises(cw.InvalidInputType, match=r"^observe\.scope: expected a cclb_wire\.runtime\.InstanceScope"):
+            slot.observe(EVENT, "scope")
+        assert isinstance(scope, InstanceScope)
+
+
+def test_a_scope_keeps_the_plugin_it_opened_with_across_a_swap():
+    with host() as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        with slot.instance_scope() as scope:
+            assert outcome(slot, scope) == "fresh"
+            plugins.register_observe("o", "swapped", GUEST)  # the slot now holds another plugin
+            assert scope.plugin == "stateful"
+            assert outcome(slot, scope) == "PluginOutputError"  # still the stream's own instance
+        assert outcome(slot) == "fresh"
+
+
+def _sse_events():
+    blocks = [("message_start", {"type": "message_start"}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "tool_use", "id": "t", "name": "Bash", "input": {}}}),
+              ("ping", {"type": "ping"}),
+              ("message_stop", {"type": "message_stop"})]
+    return [cw.SseEvent(name, json.dumps(data).encode()) for name, data in blocks]
+
+
+def test_a_stream_through_a_scope_transforms_each_event_as_fresh_calls_do():
+    shape = (resources.files("cclb_wire") / "plugins" / "tool_rename_shape_1_0.wasm").read_bytes()
+    ctx = cw.RequestContext("r", "POST", "/v1/messages", body=b"{}")
+    upstream = cw.AnthropicDirect("https://api.anthropic.com")
+    principal = cw.Principal("p")
+    answer = cw.UpstreamResponse(200, [("content-type", "text/event-stream")])
+    with host() as plugins:
+        dialect = plugins.register_shape("s", "rename", shape)
+        fresh = dialect.sse_stream(ctx, upstream, principal, answer)
+        expected = [fresh.events(event) for event in _sse_events()]
+        with dialect.instance_scope() as scope:
+            pinned = dialect.sse_stream(ctx, upstream, principal, answer, scope)
+            assert [pinned.events(event) for event in _sse_events()] == expected
+        assert b'"name": "bash"' in expected[1][0].data and expected[2] == ()  # renamed back; the ping dropped
+        assert dialect.stats().calls == 2 * len(_sse_events()) and not dialect.stats().errors
+
+
+def test_calls_in_one_scope_must_not_overlap():
+    outcomes = []
+    with PluginHost(HostConfig(probe=False, deadline_s=30.0, breaker_failures=0)) as plugins:
+        slot = plugins.register_observe("o", "spin", spinning_observe())
+        scope = slot.instance_scope()
+        thread = threading.Thread(target=lambda: outcomes.append(outcome(slot, scope)))
+        thread.start()
+        while plugins._gate.active == 0:  # the premise: the first call is in the scope's instance
+            time.sleep(0.001)
+        with pytest.raises(cw.InvalidInput, match=r"^scope: observe: .* another call is in it"):
+            slot.observe(EVENT, scope)
+        with pytest.raises(cw.InvalidInput, match=r"^scope: the instance scope is in a call: close it once the call returns"):
+            scope.close()
+    thread.join(20)  # closing the host ended the spinning call
+    assert outcomes == ["PluginTimeout"]
