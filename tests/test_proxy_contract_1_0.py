@@ -187,3 +187,19 @@ def test_a_stream_that_gets_no_instance_of_its_own_runs_each_call_fresh(tmp_path
     assert [r.getMessage() for r in caplog.records if "fresh instances" in r.getMessage()] == [
         "shape slot: a stream's calls run in fresh instances (plugin 'rename' hook transform_sse_event: instantiate: the pool is full (test))"
     ]
+
+
+def test_streams_hold_at_most_half_the_pool(tmp_path, upstream, start_proxy, caplog):
+    _, server = upstream
+    path = config_1_0(tmp_path, server.url)
+    config = json.loads(path.read_text())
+    config["host"]["pool_size"] = 2  # one instance for streams, one for the calls that need a fresh one
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
+    seen = _spy_scopes(proxy)
+    answer = proxy.post(body(stream=True))
+    assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None
+    assert len(seen["observe"]) == 1 and seen["shape"] == []  # the observe slot's stream scope took the half
+    assert any("streams hold half the pool already: 1 instances" in r.getMessage() for r in caplog.records)
+    assert not proxy.stats("shape").errors and not proxy.stats("observe").errors  # nothing starved
+    assert proxy.proxy._open_scopes == 0

@@ -205,6 +205,7 @@ class Proxy:
         self._reload_lock: Optional[asyncio.Lock] = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: Dict[str, Tuple[Optional[float], int]] = {}  # key -> (last warning, held back since)
+        self._open_scopes = 0  # instance scopes held by streams in flight
         self.client: Optional[Any] = None  # upstream_client.make_client(...), made on the serving loop
         # The first registration happens before serving: a bad plugin stops the start.
         for slot in config.slots.values():
@@ -329,16 +330,25 @@ class Proxy:
 
     def _instance_scope(self, hook: str) -> Optional[Any]:
         """One instance of a slot's plugin for a streamed answer's calls (its chunks, its
-        events), or None (no such slot, or no instance to be had: a full pool; the stream
-        then runs each call in a fresh instance, as cc-lb does)."""
+        events), or None: no such slot, or no instance to be had. Streams may hold at most
+        half the instance pool, so the calls that need a fresh instance always find one;
+        past that, or with a full pool, a stream runs each call in a fresh instance, as
+        cc-lb does."""
         adapter = self.adapters.get(hook)
         if adapter is None:
             return None
+        pool_size = self.config.host.pool_size
+        if pool_size and self._open_scopes >= pool_size // 2:
+            self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances "
+                                        f"(streams hold half the pool already: {self._open_scopes} instances)")
+            return None
         try:
-            return adapter.instance_scope()
+            scope = adapter.instance_scope()
         except cw.PluginError as exc:
             self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances ({exc})")
             return None
+        self._open_scopes += 1
+        return scope
 
     # --- requests -------------------------------------------------------------------------
 
@@ -677,6 +687,7 @@ class Proxy:
         finally:
             for scope in (observe_scope, shape_scope):
                 if scope is not None:
+                    self._open_scopes -= 1
                     # A call still running in a thread (the client left mid-call) keeps its
                     # instance: the scope is then released once that call lets go of it.
                     with contextlib.suppress(cw.InvalidInput):
