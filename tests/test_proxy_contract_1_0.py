@@ -156,7 +156,8 @@ def _spy_scopes(proxy: Any) -> Dict[str, list]:
     return seen
 
 
-def test_a_streamed_answer_runs_its_calls_in_one_instance_per_slot_released_at_the_end(tmp_path, upstream, start_proxy):
+def test_a_requests_events_and_a_streams_transforms_each_run_in_one_instance_released_at_the_end(tmp_path, upstream,
+                                                                                                   start_proxy):
     _, server = upstream
     proxy = start_proxy(config_1_0(tmp_path, server.url))
     seen = _spy_scopes(proxy)
@@ -164,12 +165,15 @@ def test_a_streamed_answer_runs_its_calls_in_one_instance_per_slot_released_at_t
         answer = proxy.post(body(stream=True))
         assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None
     observe_scopes, shape_scopes = seen["observe"], seen["shape"]
-    assert len(observe_scopes) == len(shape_scopes) == 2  # one per stream and slot
+    assert len(observe_scopes) == len(shape_scopes) == 2  # one per request and slot
     assert observe_scopes[0] is not observe_scopes[1] and shape_scopes[0] is not shape_scopes[1]
-    chunk_scopes = [scope for name, scope in seen["calls"] if name == "Chunk"]
-    assert len(chunk_scopes) > 2 and {id(s) for s in chunk_scopes} == {id(s) for s in observe_scopes}
-    assert all(scope is None for name, scope in seen["calls"] if name != "Chunk")  # the request's own events: fresh
-    assert not any(scope.holds_instance for scope in observe_scopes + shape_scopes)  # released when each stream ended
+    names = [name for name, _ in seen["calls"]]
+    assert names.count("RequestStarted") == 2 and names.count("Chunk") > 4
+    # Every event of a request, from RequestStarted to RequestFinished, ran in its request's instance.
+    half = len(seen["calls"]) // 2
+    assert [scope for _, scope in seen["calls"]] == [observe_scopes[0]] * half + [observe_scopes[1]] * half
+    assert not any(scope.holds_instance for scope in observe_scopes + shape_scopes)  # released when each request ended
+    assert proxy.proxy._open_scopes == 0
     assert not proxy.stats("shape").errors and not proxy.stats("observe").errors
 
 
@@ -193,13 +197,13 @@ def test_streams_hold_at_most_half_the_pool(tmp_path, upstream, start_proxy, cap
     _, server = upstream
     path = config_1_0(tmp_path, server.url)
     config = json.loads(path.read_text())
-    config["host"]["pool_size"] = 2  # one instance for streams, one for the calls that need a fresh one
+    config["host"]["pool_size"] = 2  # one instance for scopes, one for the calls that need a fresh one
     path.write_text(json.dumps(config))
     proxy = start_proxy(path)
     seen = _spy_scopes(proxy)
     answer = proxy.post(body(stream=True))
     assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None
-    assert len(seen["observe"]) == 1 and seen["shape"] == []  # the observe slot's stream scope took the half
-    assert any("streams hold half the pool already: 1 instances" in r.getMessage() for r in caplog.records)
+    assert len(seen["observe"]) == 1 and seen["shape"] == []  # the request's observe scope took the half
+    assert any("scopes hold half the pool already: 1 instances" in r.getMessage() for r in caplog.records)
     assert not proxy.stats("shape").errors and not proxy.stats("observe").errors  # nothing starved
     assert proxy.proxy._open_scopes == 0

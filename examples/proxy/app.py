@@ -126,7 +126,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens")
+    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens", "observe_scope")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
@@ -140,6 +140,8 @@ class _Request:
         #: For the access log: who asked (None: unauthenticated), and the usage read from the answer.
         self.principal: Optional[str] = None
         self.tokens: Tuple[Optional[int], ...] = (None,) * len(TOKEN_FIELDS)
+        #: The observe plugin's instance for this request's events (None: a fresh one each).
+        self.observe_scope: Optional[Any] = None
 
 
 class UsageScanner:
@@ -319,28 +321,28 @@ class Proxy:
         finally:
             request.hook_s += time.perf_counter() - started
 
-    async def observe(self, request: _Request, event: Any, scope: Optional[Any] = None) -> None:
+    async def observe(self, request: _Request, event: Any) -> None:
         """PASS_THROUGH: a failure is logged and counted by the host. FAIL_CLOSED raises
-        ObservabilityError: a request that cannot be observed is not served. With
-        ``scope``, the call runs in the stream's instance of the observe plugin."""
+        ObservabilityError: a request that cannot be observed is not served. The call runs
+        in the request's instance of the observe plugin, if it has one."""
         adapter = self.adapters.get("observe")
         if adapter is not None:
             self.events_reported += 1
-            await self._call(request, "observe", adapter.observe_with_policy, event, scope)
+            await self._call(request, "observe", adapter.observe_with_policy, event, request.observe_scope)
 
     def _instance_scope(self, hook: str) -> Optional[Any]:
-        """One instance of a slot's plugin for a streamed answer's calls (its chunks, its
-        events), or None: no such slot, or no instance to be had. Streams may hold at most
-        half the instance pool, so the calls that need a fresh instance always find one;
-        past that, or with a full pool, a stream runs each call in a fresh instance, as
-        cc-lb does."""
+        """One instance of a slot's plugin for a request's observe events or a streamed
+        answer's transform calls, or None: no such slot, or no instance to be had. Scopes
+        may hold at most half the instance pool, so the calls that need a fresh instance
+        always find one; past that, or with a full pool, each call runs in a fresh
+        instance, as cc-lb does."""
         adapter = self.adapters.get(hook)
         if adapter is None:
             return None
         pool_size = self.config.host.pool_size
         if pool_size and self._open_scopes >= pool_size // 2:
             self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances "
-                                        f"(streams hold half the pool already: {self._open_scopes} instances)")
+                                        f"(scopes hold half the pool already: {self._open_scopes} instances)")
             return None
         try:
             scope = adapter.instance_scope()
@@ -463,6 +465,7 @@ class Proxy:
 
     async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
                        receive: Any, forwarded_for: bytes) -> Response:
+        request.observe_scope = self._instance_scope("observe")  # the request's events share one instance
         await self.observe(request, cw.RequestStarted(request.id, agent))
         await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
 
@@ -626,8 +629,7 @@ class Proxy:
         goes through ``transform_sse_event`` first; usage is read from the upstream's bytes."""
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
-        # A streamed answer's calls run in one instance per slot, taken here, released at the end.
-        observe_scope = self._instance_scope("observe") if scanner.sse else None
+        # A streamed answer's transform calls run in one instance, taken here, released at the end.
         shape_scope = None if call is None else self._instance_scope("shape")
         stream = None if call is None else self.adapters["shape"].sse_stream(*call, shape_scope)
         reader = SseReader()
@@ -636,7 +638,7 @@ class Proxy:
             try:
                 async for chunk in answer.iter_raw():
                     events = chunk.count(b"\n\n") if scanner.sse else 1
-                    await self.observe(request, cw.Chunk(index, events, len(chunk)), observe_scope)
+                    await self.observe(request, cw.Chunk(index, events, len(chunk)))
                     scanner.feed(chunk)
                     self.metrics.chunks.inc()
                     index += 1
@@ -685,13 +687,7 @@ class Proxy:
             duration_ms = int((time.perf_counter() - request.started) * 1000)
             await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
         finally:
-            for scope in (observe_scope, shape_scope):
-                if scope is not None:
-                    self._open_scopes -= 1
-                    # A call still running in a thread (the client left mid-call) keeps its
-                    # instance: the scope is then released once that call lets go of it.
-                    with contextlib.suppress(cw.InvalidInput):
-                        scope.close()
+            self._close_scope(shape_scope)
             with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
                 await answer.aclose()
                 if not finished:
@@ -711,7 +707,17 @@ class Proxy:
         self._finish(request, response.status_code, record=record)
         return response
 
+    def _close_scope(self, scope: Optional[Any]) -> None:
+        if scope is not None:
+            self._open_scopes -= 1
+            # A call still running in a thread (the client left mid-call) keeps its
+            # instance: the scope is then released once that call lets go of it.
+            with contextlib.suppress(cw.InvalidInput):
+                scope.close()
+
     def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
+        scope, request.observe_scope = request.observe_scope, None
+        self._close_scope(scope)  # the request's last event was observed
         if self.config.access_log:
             self._access_line(request, status)
         self.metrics.requests.labels(str(status)).inc()

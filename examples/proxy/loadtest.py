@@ -112,7 +112,7 @@ def write_config(directory: Path, upstream_url: str, filter_path: Path, doomed_u
     config = {
         "server": {"reload_poll_s": 0, "debug_endpoints": True, "max_connections": 256, "upstream_timeout_s": 60,
                    "header_timeout_s": 2},
-        "host": {"deadline_s": 0.25, "memory_limit_bytes": 16 << 20, "pool_size": 272},  # streams pin up to half (2 each)
+        "host": {"deadline_s": 0.25, "memory_limit_bytes": 16 << 20, "pool_size": 272},  # requests pin up to half (1-2 each)
         "keys": [{"key": PROXY_KEY, "principal": "loadtest", "claims": {"keep_k": 2}}],
         "upstreams": [  # the filter keeps both, the doomed one first (more predicted cache reads)
             {"id": "6f1c2d3e-0000-4000-8000-000000000001", "name": "doomed", "base_url": doomed_url,
