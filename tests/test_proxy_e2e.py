@@ -652,3 +652,22 @@ def test_config_errors_name_the_key(tmp_path):
     example = proxy_config.load(PROXY_DIR / "config.example.toml")
     assert set(example.slots) == {"filter", "shape", "observe"}
     assert example.host.origin_policy is cw.ShapeOriginPolicy.SELECTED_UPSTREAM_ORIGIN
+
+
+@pytest.mark.parametrize(
+    "table, key, value, message",
+    [
+        ("server", "reload_pol_s", 5, r"^server\.reload_pol_s: unknown key \(expected one of access_log, "),
+        ("admin", "prot", 9, r"^admin\.prot: unknown key \(expected one of host, port\)"),
+        (None, "sever", {"port": 9}, r"^sever: unknown key \(expected one of admin, host, keys, "),
+        ("server", "reload_poll_s", -1, r"^server\.reload_poll_s: must be 0 or a positive number of seconds, got -1\.0"),
+        ("server", "upstream_timeout_s", 0, r"^server\.upstream_timeout_s: must be a positive number of seconds, got 0\.0"),
+    ],
+)
+def test_a_misspelt_key_or_a_bad_time_stops_the_start_naming_it(tmp_path, table, key, value, message):
+    path = write_config(tmp_path, "http://127.0.0.1:1")
+    config = json.loads(path.read_text())
+    (config if table is None else config.setdefault(table, {}))[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(proxy_config.ConfigError, match=message):
+        proxy_config.load(path)

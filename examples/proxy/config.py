@@ -27,6 +27,13 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 HOOKS = ("filter", "shape", "observe")
+#: The tables a config file may have, and the keys [server] may have.
+TOP_LEVEL_TABLES = ("server", "admin", "host", "keys", "upstreams", "plugins", "prices")
+SERVER_KEYS = (
+    "host", "port", "reload_poll_s", "upstream_timeout_s", "keep_alive_s", "max_connections", "debug_endpoints",
+    "thread_id_header", "max_body_bytes", "shutdown_timeout_s", "header_timeout_s", "max_attempts", "access_log",
+    "upstream_client", "http_parser", "event_loop", "body_timeout_s", "max_client_connections",
+)
 
 
 #: An upstream's cache predictions besides predicted_cache_read_tokens (cc-lb 1.0 filters see them).
@@ -167,6 +174,20 @@ def _installed(module: str, name: str) -> str:
     if module not in ("asyncio", "h11") and importlib.util.find_spec(module) is None:
         raise ConfigError(f"server.{name}: {module!r} is not installed (pip install {module}, or pip install '.[proxy]')")
     return module
+
+
+def _known_keys(table: Mapping[str, Any], where: str, known: Any) -> None:
+    """A key the proxy does not read is a mistake (a typo would silently keep the default)."""
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (expected one of {', '.join(sorted(known))})")
+
+
+def _non_negative_seconds(table: Mapping[str, Any], name: str, default: float) -> float:
+    value = float(_get(table, name, (int, float), "server.", default))
+    if not value >= 0:
+        raise ConfigError(f"server.{name}: must be 0 or a positive number of seconds, got {value}")
+    return value
 
 
 def _seconds(table: Mapping[str, Any], name: str, default: float) -> float:
@@ -323,26 +344,30 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         except ValueError as exc:
             raise ConfigError(f"{where[:-1]}: {exc}") from exc
 
+    admin = _table(data, "admin", "")
+    _known_keys(data, "", TOP_LEVEL_TABLES)
+    _known_keys(server, "server.", SERVER_KEYS)
+    _known_keys(admin, "admin.", ("host", "port"))
     config = ProxyConfig(
         source=source,
         listen_host=_get(server, "host", str, "server.", "127.0.0.1"),
         listen_port=_get(server, "port", int, "server.", 8080),
-        reload_poll_s=float(_get(server, "reload_poll_s", (int, float), "server.", 1.0)),
-        upstream_timeout_s=float(_get(server, "upstream_timeout_s", (int, float), "server.", 600.0)),
-        keep_alive_s=float(_get(server, "keep_alive_s", (int, float), "server.", 75.0)),
+        reload_poll_s=_non_negative_seconds(server, "reload_poll_s", 1.0),
+        upstream_timeout_s=_seconds(server, "upstream_timeout_s", 600.0),
+        keep_alive_s=_seconds(server, "keep_alive_s", 75.0),
         max_connections=_get(server, "max_connections", int, "server.", 256),
         debug_endpoints=_get(server, "debug_endpoints", bool, "server.", False),
         thread_id_header=_get(server, "thread_id_header", str, "server.", "x-claude-code-session-id").lower(),
         max_body_bytes=_positive(server, "max_body_bytes", 32 * 1024 * 1024),
-        shutdown_timeout_s=float(_get(server, "shutdown_timeout_s", (int, float), "server.", 30.0)),
+        shutdown_timeout_s=_non_negative_seconds(server, "shutdown_timeout_s", 30.0),
         header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
         max_attempts=_positive(server, "max_attempts", 2),
         access_log=_get(server, "access_log", bool, "server.", False),
         upstream_client=_choice(server, "upstream_client", ("aiohttp", "httpx"), "aiohttp"),
         http_parser=_installed(_choice(server, "http_parser", ("httptools", "h11"), "httptools"), "http_parser"),
         event_loop=_installed(_choice(server, "event_loop", ("uvloop", "asyncio"), DEFAULT_EVENT_LOOP), "event_loop"),
-        admin_host=_get(_table(data, "admin", ""), "host", str, "admin.", "127.0.0.1"),
-        admin_port=_get(_table(data, "admin", ""), "port", int, "admin.", 9090),
+        admin_host=_get(admin, "host", str, "admin.", "127.0.0.1"),
+        admin_port=_get(admin, "port", int, "admin.", 9090),
         body_timeout_s=_seconds(server, "body_timeout_s", 60.0),
         max_client_connections=_positive(server, "max_client_connections", 1024),
         prices=prices,
