@@ -31,7 +31,7 @@ def _stack_address() -> int: ...
 
 # -- the native call path (cclb_wire.runtime binds and drives it) --------------------------
 
-WASMTIME_MAJOR: int
+SUPPORTED_WASMTIME_MAJORS: Tuple[int, ...]
 _WASMTIME_LAYOUTS: Dict[str, Tuple[int, Dict[str, int]]]
 _WASMTIME_SYMBOLS: Tuple[str, ...]
 

@@ -50,8 +50,11 @@ cdef extern from *:
 cdef WasmtimeApi _WT
 cdef bint _WT_BOUND = False
 
-#: wasmtime's major version this file's struct layouts and prototypes are written for.
-WASMTIME_MAJOR = 50
+#: wasmtime's major versions this file's struct layouts and prototypes are written for. Their
+#: C APIs agree on every function and struct used here (compared in wasmtime-py's ctypes
+#: declarations of each, 50.0.1 and 51.0.0); a major whose C API differs needs its own
+#: prototypes here before it joins. bind_wasmtime() still checks each layout and symbol.
+SUPPORTED_WASMTIME_MAJORS = (50, 51)
 
 #: C API symbol -> struct layout this file assumes: (size, {field: offset}).
 _WASMTIME_LAYOUTS = {
@@ -82,8 +85,9 @@ def bind_wasmtime(version, addresses, layouts):
     global _WT, _WT_BOUND
     cdef WasmtimeApi api
     major = str(version).split(".")[0]
-    if major != str(WASMTIME_MAJOR):
-        raise RuntimeError(f"wasmtime {version} is not the major version {WASMTIME_MAJOR} the native call path is built for")
+    if major not in [str(supported) for supported in SUPPORTED_WASMTIME_MAJORS]:
+        majors = ", ".join(str(supported) for supported in SUPPORTED_WASMTIME_MAJORS)
+        raise RuntimeError(f"wasmtime {version} is not a major version the native call path is built for ({majors})")
     for name, (size, fields) in _WASMTIME_LAYOUTS.items():
         theirs = layouts.get(name)
         if theirs is None or theirs[0] != size or any(theirs[1].get(f) != offset for f, offset in fields.items()):

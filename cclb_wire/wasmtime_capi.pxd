@@ -1,4 +1,5 @@
-# The part of wasmtime's C API (wasmtime.h, wasmtime 50) the native call path uses.
+# The part of wasmtime's C API (wasmtime.h, wasmtime 50 and 51: the same in both) the native
+# call path uses.
 #
 # Nothing here is linked: the functions are reached through pointers that
 # cclb_wire._codec.bind_wasmtime() takes from the libwasmtime wasmtime-py has loaded,

@@ -316,12 +316,14 @@ def test_both_call_paths_answer_every_hostile_guest_alike():
 # --- binding to wasmtime ----------------------------------------------------------------------------
 
 
-def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it():
+# Just below and just above the supported majors (pyproject.toml: wasmtime>=50,<52).
+@pytest.mark.parametrize("unsupported", ["49.0.0", "52.0.0"])
+def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it(unsupported):
     out = run_isolated(
         """
         import warnings
         os.environ.pop("CCLB_WIRE_NATIVE_CALLS", None)  # the path is chosen at the first host
-        wasmtime.__version__ = "99.0.0"
+        wasmtime.__version__ = "%s"
         from cclb_wire import runtime
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -332,14 +334,38 @@ def test_another_wasmtime_major_version_falls_back_with_a_warning_naming_it():
         print(runtime.binding.NATIVE_REASON)
         print([str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])
         """
+        % unsupported
     )
     served, fallen_back, reason, warned = out.splitlines()
     assert served == "1" and fallen_back == "True"
     if cw.BACKEND == "cython":
-        assert "wasmtime 99.0.0 is not the major version 50" in reason
-        assert "ctypes path" in warned and "99.0.0" in warned
+        assert f"wasmtime {unsupported} is not a major version the native call path is built for (50, 51)" in reason
+        assert "ctypes path" in warned and unsupported in warned
     else:
         assert reason == "the pure-Python backend is loaded" and warned == "[]"
+
+
+@pytest.mark.skipif(cw.BACKEND != "cython", reason="binds the extension")
+def test_the_binding_takes_every_supported_major_and_no_other():
+    import ctypes
+
+    from cclb_wire import _codec
+
+    wt = runtime.binding.load_wasmtime()
+    assert _codec.SUPPORTED_WASMTIME_MAJORS == (50, 51)
+    assert int(wt.version.split(".")[0]) in _codec.SUPPORTED_WASMTIME_MAJORS, wt.version
+    layouts = {
+        name: (ctypes.sizeof(struct), {field: getattr(struct, field).offset for field, *_ in struct._fields_})
+        for name in _codec._WASMTIME_LAYOUTS
+        for struct in [getattr(wt.ffi, name)]
+    }
+    addresses = {symbol: ctypes.cast(getattr(wt.dll, symbol), ctypes.c_void_p).value for symbol in _codec._WASMTIME_SYMBOLS}
+    # The loaded libwasmtime's own addresses and layouts: binding again changes nothing.
+    for version in ("50.0.0", "50.0.1", "51.0.0", "51.2.3"):
+        _codec.bind_wasmtime(version, addresses, layouts)
+    for version in ("49.0.1", "52.0.0", "5.0.0", "500.0.0", ""):
+        with pytest.raises(RuntimeError, match="is not a major version the native call path is built for"):
+            _codec.bind_wasmtime(version, addresses, layouts)
 
 
 @pytest.mark.skipif(cw.BACKEND != "cython", reason="binds the extension")

@@ -52,7 +52,8 @@ class Wasmtime:
         self.wasmtime = wasmtime
         self.ffi = _ffi
         # The raw C entry points (ctypes functions), without wasmtime-py's Python wrappers:
-        # the hot path calls them directly. wasmtime is pinned to one major version.
+        # the hot path calls them directly. Their prototypes are the same in every wasmtime
+        # major pyproject.toml allows (50 and 51).
         self.call_unchecked = _bindings._wasmtime_func_call_unchecked
         self.memory_data = _bindings._wasmtime_memory_data
         self.memory_data_size = _bindings._wasmtime_memory_data_size
