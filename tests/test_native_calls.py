@@ -381,3 +381,16 @@ def test_the_binding_refuses_a_missing_symbol_or_another_layout():
     }
     with pytest.raises(RuntimeError, match="does not export wasmtime_store_new"):
         _codec.bind_wasmtime(wt.version, {}, good_layouts)
+
+
+@pytest.mark.skipif(cw.BACKEND != "cython", reason="reads the extension's supported majors")
+def test_the_wasmtime_pin_is_the_range_of_supported_majors():
+    import re
+
+    from cclb_wire import _codec
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pin = re.search(r'"wasmtime>=(\d+),<(\d+)"', pyproject)
+    assert pin is not None, "pyproject.toml pins wasmtime as >=N,<M"
+    majors = _codec.SUPPORTED_WASMTIME_MAJORS
+    assert list(majors) == list(range(int(pin[1]), int(pin[2])))  # every major the pin admits is bound, and no other
