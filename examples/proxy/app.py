@@ -330,7 +330,7 @@ class Proxy:
             self.events_reported += 1
             await self._call(request, "observe", adapter.observe_with_policy, event, request.observe_scope)
 
-    def _instance_scope(self, hook: str) -> Optional[Any]:
+    def _instance_scope(self, request: _Request, hook: str) -> Optional[Any]:
         """One instance of a slot's plugin for a request's observe events or a streamed
         answer's transform calls, or None: no such slot, or no instance to be had. Scopes
         may hold at most half the instance pool, so the calls that need a fresh instance
@@ -344,11 +344,14 @@ class Proxy:
             self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances "
                                         f"(scopes hold half the pool already: {self._open_scopes} instances)")
             return None
+        started = time.perf_counter()
         try:
             scope = adapter.instance_scope()
         except cw.PluginError as exc:
             self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances ({exc})")
             return None
+        finally:
+            request.hook_s += time.perf_counter() - started  # an instantiation is hook time too
         self._open_scopes += 1
         return scope
 
@@ -465,7 +468,7 @@ class Proxy:
 
     async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
                        receive: Any, forwarded_for: bytes) -> Response:
-        request.observe_scope = self._instance_scope("observe")  # the request's events share one instance
+        request.observe_scope = self._instance_scope(request, "observe")  # the request's events share one instance
         await self.observe(request, cw.RequestStarted(request.id, agent))
         await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
 
@@ -630,7 +633,7 @@ class Proxy:
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
         # A streamed answer's transform calls run in one instance, taken here, released at the end.
-        shape_scope = None if call is None else self._instance_scope("shape")
+        shape_scope = None if call is None else self._instance_scope(request, "shape")
         stream = None if call is None else self.adapters["shape"].sse_stream(*call, shape_scope)
         reader = SseReader()
         outcome: Any = answer.status_code  # the requests metric's label
@@ -687,7 +690,7 @@ class Proxy:
             duration_ms = int((time.perf_counter() - request.started) * 1000)
             await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
         finally:
-            self._close_scope(shape_scope)
+            self._close_scope(request, shape_scope)
             with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
                 await answer.aclose()
                 if not finished:
@@ -707,17 +710,19 @@ class Proxy:
         self._finish(request, response.status_code, record=record)
         return response
 
-    def _close_scope(self, scope: Optional[Any]) -> None:
+    def _close_scope(self, request: _Request, scope: Optional[Any]) -> None:
         if scope is not None:
             self._open_scopes -= 1
+            started = time.perf_counter()
             # A call still running in a thread (the client left mid-call) keeps its
             # instance: the scope is then released once that call lets go of it.
             with contextlib.suppress(cw.InvalidInput):
                 scope.close()
+            request.hook_s += time.perf_counter() - started
 
     def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
         scope, request.observe_scope = request.observe_scope, None
-        self._close_scope(scope)  # the request's last event was observed
+        self._close_scope(request, scope)  # the request's last event was observed
         if self.config.access_log:
             self._access_line(request, status)
         self.metrics.requests.labels(str(status)).inc()
