@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,22 @@ def test_a_probe_that_ends_in_the_callers_error_lets_the_next_call_probe():
         assert not host._breakers[("shape", "s")].probing
         ping = dialect.transform_sse_event(CTX, upstream, PRINCIPAL, stream, cw.SseEvent("ping", b"{}"))
         assert ping.action is cw.SseAction.DROP  # the next call probed the plugin, and closed the circuit
+
+
+def test_a_full_pool_is_the_hosts_failure_not_the_plugins():
+    """The pool's one slot is held (an instance scope of another slot): the filter's calls
+    fail with PluginPoolSaturated, yet its breaker (one failure trips it) stays closed, and
+    the first call after the slot is free runs the plugin."""
+    filter_wasm = (resources.files("cclb_wire") / "plugins" / "cache_aware_filter.wasm").read_bytes()
+    observe_wasm = (resources.files("cclb_wire") / "plugins" / "observe_counter.wasm").read_bytes()
+    with PluginHost(HostConfig(pool_size=1, breaker_failures=1, breaker_cooldown_s=60)) as host:
+        keep = host.register_filter("f", "cache-aware", filter_wasm)
+        observe = host.register_observe("o", "counter", observe_wasm)
+        scope = observe.instance_scope()  # holds the pool's only slot
+        for _ in range(3):
+            with pytest.raises(cw.FilterError) as caught:
+                keep.filter(CTX, PRINCIPAL, [])
+            assert isinstance(caught.value.__cause__, cw.PluginPoolSaturated)
+        scope.close()
+        assert keep.filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
+        assert keep.stats().breaker_trips == 0

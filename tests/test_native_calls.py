@@ -70,6 +70,26 @@ def test_the_gil_is_released_while_guest_code_runs(strategy):
     assert progress > 10_000, progress
 
 
+@pytest.mark.parametrize("strategy", ["fresh", "reuse_per_thread"])
+def test_this_thread_keeps_running_python_while_a_guest_spins(strategy):
+    """The guest spins until the host closes (its deadline is 30 s). Had the call kept the
+    GIL while guest code ran, this thread could not come back from its sleeps before the
+    call ended: the call would be over by the time it checks."""
+    with PluginHost(HostConfig(deadline_s=30.0, probe=False, instance_strategy=strategy)) as host:
+        adapter = host.register_filter("s", "spin", fixture("infinite_loop"))
+        results: list = []
+        worker = threading.Thread(target=spin_then_time_out, args=(adapter, results))
+        worker.start()
+        while host._gate.active == 0:  # the call is inside the host
+            time.sleep(0.001)
+        time.sleep(0.5)  # the call reaches its guest (a GIL held from here on keeps this thread asleep)
+        for _ in range(100):
+            time.sleep(0.001)  # each wake-up needs the GIL
+        assert worker.is_alive() and results == []  # came back while the guest still spins
+    worker.join(20)  # closing the host ended the call
+    assert results == ["PluginTimeout"]
+
+
 def test_two_threads_run_two_guests_at_once():
     # Both calls are inside the host at once: a call that held the GIL while its guest spun
     # would keep the other thread from even entering until it ended.

@@ -186,6 +186,24 @@ def test_hostile_guest_gets_its_own_error_and_the_host_carries_on(strategy, name
         assert good.filter(CTX, cw.Principal("t"), cands).kept_upstream_ids == (cands[1].upstream_id,)
 
 
+@pytest.mark.parametrize("deadline_s", [0.05, 0.3])
+def test_a_deadline_never_ends_a_call_early(deadline_s):
+    """A deadline may run long under load, never short: the call took at least its
+    deadline (a lower bound only: a busy box can only make it later)."""
+    host = _unprobed(deadline_s=deadline_s)
+    try:
+        adapter = host.register_filter("slot", "loop", fixture("infinite_loop"))
+        for _ in range(3):
+            started = time.perf_counter()
+            with pytest.raises(cw.FilterError) as caught:
+                adapter.filter(CTX, cw.Principal("t"), [])
+            elapsed = time.perf_counter() - started
+            assert isinstance(caught.value.__cause__, cw.PluginTimeout)
+            assert elapsed >= deadline_s, f"the call ended after {elapsed:.4f} s, before its {deadline_s} s deadline"
+    finally:
+        host.close()
+
+
 def test_fuel_runs_out_with_its_own_error():
     with _unprobed(deadline_s=None, fuel=100_000) as host:
         with pytest.raises(cw.FilterError) as caught:
