@@ -229,6 +229,7 @@ def test_a_child_forked_during_a_call_gets_a_whole_pool():
         worker.start()
         while host._gate.active == 0:  # the premise: the spinning call holds one of the two slots
             time.sleep(0.001)
+        time.sleep(0.1)  # from the gate to its pool slot: microseconds (its deadline is 1 s)
         pid = os.fork()
         if pid == 0:
             # One slot for a spinning call of the child's own, one for the serving calls.
@@ -242,6 +243,7 @@ def test_a_child_forked_during_a_call_gets_a_whole_pool():
             child_worker.start()
             while host._gate.active == 0:  # the child's own spinning call is in
                 time.sleep(0.001)
+            time.sleep(0.1)  # and holds its pool slot
             served = [len(serving.filter(CTX, PRINCIPAL, candidates(3)).kept_upstream_ids) for _ in range(3)]
             child_worker.join()
             print("child served", served, results, host.slot("filter", "ok").plugin_id == serving.plugin_id, flush=True)
