@@ -930,12 +930,15 @@ METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]
     ),
     **{
         method: (
-            lambda: {"ctx": CTX, "upstream": UPSTREAM, "principal": PRINCIPAL, "response": RESPONSE},
+            lambda method=method: {"ctx": CTX, "upstream": UPSTREAM, "principal": PRINCIPAL, "response": RESPONSE,
+                                   **({"scope": None} if method == "sse_stream" else {})},
             {
                 "ctx": [T("none", lambda: None, "ctx", False)],
                 "upstream": [T("str", lambda: "https://api.anthropic.com", "upstream", False)],
                 "principal": [T("int", lambda: 1, "principal", False)],
                 "response": [T("tuple", lambda: (200, (), b""), "response", False), T("deep-list", deep_list, "response", False)],
+                **({"scope": [T("str", lambda: "scope", "sse_stream.scope"), T("int", lambda: 1, "sse_stream.scope")]}
+                   if method == "sse_stream" else {}),
             },
         )
         for method in ("transform_response", "transform_response_with_policy", "sse_stream")
@@ -948,13 +951,15 @@ METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]
         },
     ),
     "observe": (
-        lambda: {"event": cw.Chunk(1, 2, 3)},
+        lambda: {"event": cw.Chunk(1, 2, 3), "scope": None},
         {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False),
-                   T("deep-dict", deep_dict, "event", False)]},
+                   T("deep-dict", deep_dict, "event", False)],
+         "scope": [T("str", lambda: "scope", "observe.scope"), T("int", lambda: 1, "observe.scope")]},
     ),
     "observe_with_policy": (
-        lambda: {"event": cw.Chunk(1, 2, 3)},
-        {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False)]},
+        lambda: {"event": cw.Chunk(1, 2, 3), "scope": None},
+        {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False)],
+         "scope": [T("str", lambda: "scope", "observe.scope")]},
     ),
 }
 
