@@ -333,7 +333,12 @@ def _new_instance(engine: Any, loaded: Any, hook: str) -> Instance:
     try:
         return Instance(engine, loaded, hook)
     except engine.wt.errors as exc:
-        raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
+        raise _wasmtime_failure(exc, loaded, hook) from exc
+
+
+def _wasmtime_failure(exc: BaseException, loaded: Any, hook: str) -> PluginError:
+    """A wasmtime error no typed fault took, as the plugin's PluginError."""
+    return PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook)
 
 
 def run_call(
@@ -396,7 +401,7 @@ def run_call(
         elif engine.reuse and entered:
             loaded.local.instance = None
         if isinstance(exc, engine.wt.errors):
-            raise PluginError(f"{hook}: {trap_text(str(exc))}", plugin=loaded.name, hook=hook) from exc
+            raise _wasmtime_failure(exc, loaded, hook) from exc
         raise
     finally:
         if engine.pooled and instance is not None and pinned is None:  # pooled: FRESH, so the store is done with

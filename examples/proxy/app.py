@@ -539,10 +539,10 @@ class Proxy:
         response_headers = [h for h in answer.raw_headers if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
         response_headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
         transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
+        sse = answer.header("content-type").startswith("text/event-stream")
         if transforms:  # a cc-lb 1.0 shape plugin maps the answer back
             seen = cw.UpstreamResponse(answer.status_code, response_headers)
             call = (ctx, upstream.target, principal, seen)
-            sse = answer.header("content-type").startswith("text/event-stream")
             encoded = answer.header("content-encoding", "identity").lower() != "identity"
             if sse and not encoded and "transform_sse_event" in transforms:
                 response = StreamingResponse(self._relay(request, answer, call), status_code=answer.status_code)
@@ -551,7 +551,7 @@ class Proxy:
             if not sse and not encoded and "transform_response" in transforms:
                 return await self._transform_buffered(request, answer, call)
         length = answer.header("content-length")
-        if length.isdigit() and int(length) <= BUFFERED_ANSWER_BYTES and not answer.header("content-type").startswith("text/event-stream"):
+        if length.isdigit() and int(length) <= BUFFERED_ANSWER_BYTES and not sse:
             # A small answer of known length: read whole, then sent in one write (a streamed
             # relay costs a task group and a write per chunk).
             whole = await self._read_whole(request, answer)
