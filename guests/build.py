@@ -97,6 +97,12 @@ LDFLAGS = [
     "-Wl,-z,stack-size=65536",
     "-s",  # no name, producers or debug sections
 ]
+#: The memory layout rustc's wasm32 targets give a plugin, for the benchmark's Rust-laid-out
+#: guest: the stack first, 1 MiB of it (its top at the 1 MiB mark), then static data, then
+#: the heap, in 17 initial pages. zig's linker already puts the stack first.
+RUST_LAYOUT_LDFLAGS = ["-Wl,--no-entry", "-Wl,-z,stack-size=1048576", "-Wl,--initial-memory=1114112", "-s"]
+RUST_LAYOUT_PAGES = 17
+RUST_LAYOUT_STACK_TOP = 1024 * 1024
 
 
 class BuildError(Exception):
@@ -212,6 +218,17 @@ class _Reader:
             if not b & 0x80:
                 return value
             shift += 7
+            if shift > 28:
+                raise BuildError("bad LEB128 in wasm module")
+
+    def s32(self) -> int:
+        value = shift = 0
+        while True:
+            b = self.byte()
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value - (1 << shift) if b & 0x40 else value
             if shift > 28:
                 raise BuildError("bad LEB128 in wasm module")
 
@@ -369,10 +386,11 @@ def prepare(out_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
     return fps, fps_1_0
 
 
-def compile_source(src: Path, wasm: Path, exports: list[str], out_dir: Path) -> None:
+def compile_source(src: Path, wasm: Path, exports: list[str], out_dir: Path, ldflags: list[str] | None = None) -> None:
     """Compile one C source into `wasm` with the pinned flags, exporting `cc_lb_alloc`,
-    `cc_lb_free` and `exports` (`prepare(out_dir)` must have run). No post-link check: the
-    callers do theirs (tests use this for test-only guests)."""
+    `cc_lb_free` and `exports` (`prepare(out_dir)` must have run); `ldflags` replaces the
+    linker flags (RUST_LAYOUT_LDFLAGS). No post-link check: the callers do theirs (tests use
+    this for test-only guests)."""
     env = dict(os.environ)
     env["SOURCE_DATE_EPOCH"] = "0"
     cmd = (
@@ -386,7 +404,7 @@ def compile_source(src: Path, wasm: Path, exports: list[str], out_dir: Path) -> 
             "-I",
             str(out_dir / "gen"),
         ]
-        + LDFLAGS
+        + (LDFLAGS if ldflags is None else ldflags)
         + [f"-Wl,--export={e}" for e in ["cc_lb_alloc", "cc_lb_free"] + exports]
         + [str(src), "-o", str(wasm)]
     )
@@ -408,6 +426,49 @@ def build(out_dir: Path) -> list[Path]:
         check(wasm)
         built.append(wasm)
     return built
+
+
+def build_rust_layout(out_dir: Path) -> Path:
+    """cache_aware_filter.c laid out as rustc lays out a plugin (RUST_LAYOUT_LDFLAGS), checked
+    like the shipped plugins and for that layout: what bench/bench_host.py's fresh-instance
+    target is measured on. Not shipped."""
+    fps, _ = prepare(out_dir)
+    wasm = out_dir / "cache_aware_filter_rust_layout.wasm"
+    compile_source(PLUGINS_SRC / "cache_aware_filter.c", wasm, [HOOK_EXPORT["filter"]], out_dir, RUST_LAYOUT_LDFLAGS)
+    check_module(wasm, PLUGINS["cache_aware_filter"], fps)
+    pages, stack_top, data_at = memory_layout(wasm.read_bytes())
+    if (pages, stack_top) != (RUST_LAYOUT_PAGES, RUST_LAYOUT_STACK_TOP) or data_at < RUST_LAYOUT_STACK_TOP:
+        raise BuildError(f"{wasm.name}: {pages} initial pages, stack top {stack_top}, data at {data_at}: not Rust's layout")
+    return wasm
+
+
+def memory_layout(module: bytes) -> tuple[int, int, int]:
+    """(initial memory pages, the first global's initial value (the stack pointer), the
+    lowest data segment offset) of a linked module: what RUST_LAYOUT_LDFLAGS decides."""
+    pages = stack_top = -1
+    data_at = 1 << 32
+    reader = _Reader(module, 8)
+    while reader.pos < reader.end:
+        section_id = reader.byte()
+        size = reader.u32()
+        body = _Reader(module, reader.pos, reader.pos + size)
+        reader.take(size)
+        if section_id == 5:  # memory: count, then flags and the initial pages
+            body.u32()
+            body.byte()
+            pages = body.u32()
+        elif section_id == 6 and body.u32():  # globals: the first is (i32, mut, i32.const N, end)
+            body.take(2)
+            if body.byte() == 0x41:
+                stack_top = body.s32()
+        elif section_id == 11:  # active data segments of memory 0: (0, i32.const N, end, bytes)
+            for _ in range(body.u32()):
+                if body.u32() != 0 or body.byte() != 0x41:
+                    raise BuildError("memory_layout: a data segment that is not active in memory 0")
+                data_at = min(data_at, body.s32())
+                body.byte()
+                body.take(body.u32())
+    return pages, stack_top, data_at
 
 
 def install(built: list[Path]) -> None:

@@ -24,6 +24,7 @@ import re
 import struct
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -1021,16 +1022,20 @@ def load_build() -> Any:
     return build
 
 
-@pytest.fixture(scope="session")
-def writer_guest(tmp_path_factory) -> Guest:
+def require_zig(what: str) -> None:
     try:
         importlib.metadata.version("ziglang")
     except importlib.metadata.PackageNotFoundError:
         # CI installs the pinned zig and sets CCLB_WIRE_REQUIRE_ZIG=1 for this module, so the
-        # writer tests run there on every change.
+        # tests of built guests run there on every change.
         if os.environ.get("CCLB_WIRE_REQUIRE_ZIG") == "1":
             pytest.fail("CCLB_WIRE_REQUIRE_ZIG=1 but the pinned ziglang is not installed")
-        pytest.skip("the pinned ziglang is not installed (pip install ziglang==0.17.1): the test-only writer guest cannot be built")
+        pytest.skip(f"the pinned ziglang is not installed (pip install ziglang==0.17.1): {what} cannot be built")
+
+
+@pytest.fixture(scope="session")
+def writer_guest(tmp_path_factory) -> Guest:
+    require_zig("the test-only writer guest")
     build = load_build()
     out = tmp_path_factory.mktemp("writer-guest")
     src = out / "writer_guest.c"
@@ -1103,3 +1108,40 @@ def test_build_check_refuses_exactly_the_fixtures_the_1_0_rules_refuse(tmp_path,
             build.check_module_1_0(path, modes, build.fingerprints_1_0())
     else:
         assert build.check_module_1_0(path, modes, build.fingerprints_1_0())["hooks"].keys() == modes.keys()
+
+
+# --- the benchmark's Rust-laid-out guest (guests/build.py build_rust_layout) ---------------
+
+
+def test_the_rust_laid_out_guest_has_rusts_layout_and_answers_as_the_shipped_filter(tmp_path):
+    """bench_host.py's fresh-instance target is measured on this build: 17 pages, the stack
+    pointer at 1 MiB, data above it, and the same answers as the shipped cache_aware_filter,
+    call after fresh call; where the page-resetting pool serves, its dirty pages near the
+    1 MiB mark are all kept resident (no decommit)."""
+    require_zig("the Rust-laid-out guest")
+    import cclb_wire as cw
+    from cclb_wire.runtime import HostConfig, PluginHost
+
+    build = load_build()
+    wasm = build.build_rust_layout(tmp_path).read_bytes()
+    pages, stack_top, data_at = build.memory_layout(wasm)
+    assert (pages, stack_top) == (17, 1024 * 1024) and data_at >= 1024 * 1024
+    assert build.memory_layout((build.INSTALL_DIR / "cache_aware_filter.wasm").read_bytes())[:2] == (2, 65536)
+    shipped = (build.INSTALL_DIR / "cache_aware_filter.wasm").read_bytes()
+    ctx = cw.RequestContext("r", "POST", "/v1/messages", None, [(b"content-type", b"application/json")], b'{"a":1}')
+    principal = cw.Principal("p", claims={"keep_k": 2})
+    candidates = [
+        cw.UpstreamCandidate(uuid.UUID(int=i + 1), f"u{i}", "anthropic_api_key", 1767225600, cw.CacheScore(tokens))
+        for i, tokens in enumerate((5, 50, 0, 20))
+    ]
+    with PluginHost(HostConfig(probe=False)) as host:
+        rust_layout = host.register_filter("rust", "rust-layout", wasm)
+        reference = host.register_filter("shipped", "shipped", shipped)
+        before = host.memory_pool_stats()
+        answers = [rust_layout.filter(ctx, principal, candidates) for _ in range(5)]
+        after = host.memory_pool_stats()
+        expected = reference.filter(ctx, principal, candidates)
+    assert expected.kept_upstream_ids == (candidates[1].upstream_id, candidates[3].upstream_id)
+    assert answers == [expected] * 5
+    if before is not None and after is not None:
+        assert after.resets - before.resets == 5 and after.decommits == before.decommits
