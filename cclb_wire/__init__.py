@@ -70,7 +70,7 @@ from .host_types import (
     UpstreamResponse,
     WireBounds,
 )
-from .host_stats import SlotStats
+from .host_stats import MemoryPoolStats, SlotStats
 from .jsonvalue import decode_json, encode_json
 from .schema import FINGERPRINTS, WIRE_VERSION
 
@@ -262,6 +262,7 @@ __all__ = [
     "PluginTrap",
     "PluginOutputError",
     "SlotStats",
+    "MemoryPoolStats",
 ]
 
 # The plugin host (cclb_wire.runtime), loaded on first use.

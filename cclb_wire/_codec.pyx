@@ -233,6 +233,7 @@ include "_generated.pxi"
 include "_hostcall.pxi"
 include "_stats.pxi"
 include "_ticker.pxi"
+include "_mempool.pxi"
 
 
 def _check_fast_constructors():

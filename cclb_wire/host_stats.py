@@ -18,7 +18,7 @@ from time import perf_counter_ns
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["SlotStats", "LATENCY_BOUNDS_S", "LATENCY_MIN_BITS", "LATENCY_BUCKETS"]
+__all__ = ["SlotStats", "MemoryPoolStats", "LATENCY_BOUNDS_S", "LATENCY_MIN_BITS", "LATENCY_BUCKETS"]
 
 #: The first bucket's bound is 2**LATENCY_MIN_BITS ns (1.024 µs).
 LATENCY_MIN_BITS = 10
@@ -59,6 +59,36 @@ def latency_bucket(elapsed_ns: int) -> int:
     if index < 0:
         return 0
     return index if index < LATENCY_BUCKETS else LATENCY_BUCKETS
+
+
+@dataclass(frozen=True)
+class MemoryPoolStats:
+    """A snapshot of the page-resetting memory pool a host's FRESH instances take their
+    memories from (``PluginHost.memory_pool_stats()``; README "Fresh instances").
+
+    A freed memory is reset by zeroing the pages the instance wrote, which stay resident for
+    the next instance, up to ``keep_resident_bytes`` per slot; past that the rest of the
+    memory is given back to the kernel (a ``decommit``). So each of ``slots_used`` holds at
+    most ``keep_resident_bytes`` of RSS between calls."""
+
+    #: Memories the pool can hold at once (HostConfig.pool_size).
+    slots: int
+    #: Slots handed out at least once.
+    slots_used: int
+    #: Memories alive now.
+    in_use: int
+    #: Memories handed out since the host started.
+    memories: int
+    #: Memories reset after use.
+    resets: int
+    #: Pages those resets zeroed in place (kept resident).
+    pages_zeroed: int
+    #: Resets that also gave pages back to the kernel.
+    decommits: int
+    #: Memories refused: every slot in use (PluginPoolSaturated), or larger than a slot.
+    refused: int
+    #: Dirty bytes a slot keeps resident across a reset.
+    keep_resident_bytes: int
 
 
 class SlotCounters:

@@ -670,6 +670,7 @@ EXCLUDED = {
     "UpstreamDialect": "an adapter made by PluginHost.register_shape",
     "ObservabilityHook": "an adapter made by PluginHost.register_observe",
     "SlotStats": "an output of PluginHost.stats",
+    "MemoryPoolStats": "an output of PluginHost.memory_pool_stats",
     "ResponseTransform": "an output of UpstreamDialect.transform_response",
     "SseTransform": "an output of UpstreamDialect.transform_sse_event",
     "SseAction": "an enum (an output)",
@@ -711,7 +712,7 @@ def test_the_table_covers_the_public_api():
 
 
 ADAPTERS_AND_OUTPUTS = (
-    "FilterOutput", "ShapedRequest", "SlotStats", "FilterPlugin", "UpstreamDialect", "ObservabilityHook",
+    "FilterOutput", "ShapedRequest", "SlotStats", "MemoryPoolStats", "FilterPlugin", "UpstreamDialect", "ObservabilityHook",
     "ResponseTransform", "SseTransform",
 )
 

@@ -23,6 +23,7 @@ import pytest
 import cclb_wire as cw
 from cclb_wire import runtime
 from cclb_wire.runtime import HostConfig, InstanceStrategy, PluginHost
+from cclb_wire.runtime.pool import MEMORY_POOL_ENV, page_reset_pool
 
 from test_runtime_hardening import CTX, PRINCIPAL, candidates, fixture, run_isolated, variant
 
@@ -196,7 +197,7 @@ def test_a_bad_argument_is_the_callers_error_whatever_state_the_host_is_in():
             adapter.filter_with_policy(CTX, PRINCIPAL, bogus)
 
 
-def test_a_pool_that_cannot_be_reserved_is_a_typed_error_not_an_abort():
+def test_a_pool_that_cannot_be_reserved_is_a_typed_error_not_an_abort(monkeypatch):
     # wasmtime's C API aborts the process when the pool's reservation fails; the host
     # reserves it first, so it raises instead.
     out = run_isolated(
@@ -212,9 +213,15 @@ def test_a_pool_that_cannot_be_reserved_is_a_typed_error_not_an_abort():
         """
     )
     assert out.split() == ["PluginResourceLimit", "True", "created"]
-    # Every field in range, but 128 TiB of tables: more than there is address space.
+    # Every field in range, but 128 TiB of tables: more than there is address space, in
+    # wasmtime's pool (the page-resetting pool maps no tables: each instance gets its own).
+    tables = HostConfig(pool_size=256, max_tables=1024, table_elements_limit=1 << 26, memory_limit_bytes=1 << 20)
+    if page_reset_pool() is not None:
+        with PluginHost(tables) as host:
+            assert host.memory_pool_stats() is not None
+    monkeypatch.setenv(MEMORY_POOL_ENV, "wasmtime")
     with pytest.raises(cw.PluginResourceLimit, match="for its tables"):
-        PluginHost(HostConfig(pool_size=256, max_tables=1024, table_elements_limit=1 << 26))
+        PluginHost(tables)
 
 
 def test_a_child_forked_during_a_call_gets_a_whole_pool():

@@ -3,15 +3,18 @@
 wasmtime's C API aborts the process when the pool's reservation fails, so the host
 reserves the same address space first and raises PluginResourceLimit instead; the
 rlimit tests run in a subprocess with a timeout, since a regression is a SIGABRT. A
-failure is PluginPoolSaturated only when the pool is really full: a module the pool can
-never hold (externref needs a GC heap, and the pool has none) is refused at admission
-with a reason an operator can act on, instead of "retry later" for ever.
+failure is PluginPoolSaturated only when the pool is really full: a module wasmtime's
+pooling allocator can never hold (externref needs a GC heap, and the pool has none; an
+instance larger than its 1 MiB bound) is refused at admission with a reason an operator
+can act on, instead of "retry later" for ever. The extension's page-resetting pool
+(pool.py) allocates instances on demand, and runs both.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +27,7 @@ import wasmtime
 
 import cclb_wire as cw
 from cclb_wire.runtime import HostConfig, InstanceStrategy, PluginHost
+from cclb_wire.runtime.pool import MEMORY_POOL_ENV, page_reset_pool
 
 from test_runtime_hardening import CTX, PRINCIPAL, fixture, run_isolated
 
@@ -44,6 +48,17 @@ OLD_PRECHECK = 4096 * (64 * KIB + 64 * KIB) + 4096 * 64 * 1 * 8 + 64 * MIB
 #: What wasmtime maps for ISSUE_CONFIG (memory_pool.rs, table_pool.rs): a slot per memory
 #: (limit + 64 KiB guard) after one more guard, and a page per one-element table.
 ISSUE_MAPPINGS = 64 * KIB + 4096 * (64 * KIB + 64 * KIB) + 4096 * 64 * PAGE
+
+
+@pytest.fixture
+def wasmtime_pool(monkeypatch):
+    """FRESH instances from wasmtime's pooling allocator (hosts made in the test)."""
+    monkeypatch.setenv(MEMORY_POOL_ENV, "wasmtime")
+
+
+page_reset_serves = pytest.mark.skipif(
+    page_reset_pool() is None, reason="the page-resetting pool does not serve here (pure backend, or no PAGEMAP_SCAN)"
+)
 
 
 def _under_address_space_limit(config: dict, headroom: int, then: str = "") -> str:
@@ -67,14 +82,14 @@ def _under_address_space_limit(config: dict, headroom: int, then: str = "") -> s
     )
 
 
-def test_the_issue_pool_under_ulimit_is_a_resource_limit_not_an_abort():
+def test_the_issue_pool_under_ulimit_is_a_resource_limit_not_an_abort(wasmtime_pool):
     # The old pre-check passed (578 MiB fit), then wasmtime needed 1.5 GiB and aborted.
     assert ISSUE_MAPPINGS > OLD_PRECHECK + 512 * MIB  # the premise: the old check was wrong by that much
     out = _under_address_space_limit(ISSUE_CONFIG, OLD_PRECHECK + 512 * MIB)
     assert out.split() == ["PluginResourceLimit", "True", "True"]
 
 
-def test_the_issue_pool_is_created_when_its_real_reservation_fits():
+def test_the_issue_pool_is_created_when_its_real_reservation_fits(wasmtime_pool):
     out = _under_address_space_limit(
         ISSUE_CONFIG,
         ISSUE_MAPPINGS + 512 * MIB,
@@ -87,6 +102,26 @@ def test_the_issue_pool_is_created_when_its_real_reservation_fits():
     assert out.split() == ["created", "kept", "0"]
 
 
+#: 64 memories of 64 MiB: the page-resetting pool's slab is 4 GiB (and it maps no tables).
+SLAB_CONFIG = dict(pool_size=64, memory_limit_bytes=64 * MIB, max_tables=1, table_elements_limit=1)
+
+
+@page_reset_serves
+@pytest.mark.parametrize("headroom, expected", [(1024 * MIB, ["PluginResourceLimit", "True", "True"]),
+                                                (4096 * MIB + 512 * MIB, ["created", "kept", "0"])],
+                         ids=["short", "fits"])
+def test_the_page_resetting_pool_under_ulimit(headroom, expected):
+    out = _under_address_space_limit(
+        SLAB_CONFIG, headroom,
+        then="""
+        adapter = host.register_filter("s", "ok", fixture("valid_minimal"))
+        print("kept", len(adapter.filter(CTX, PRINCIPAL, []).kept_upstream_ids))
+        host.close()
+        """,
+    )
+    assert out.split() == expected
+
+
 _MEASURE = r"""
 import json, sys
 from cclb_wire.runtime import binding
@@ -97,9 +132,9 @@ def vm_size():
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
 config = HostConfig(**json.loads(sys.argv[1]))
 wt = binding.load_wasmtime()
-settings = engine_config(wt, config)
 before = vm_size()
-engine = wt.wasmtime.Engine(settings)
+settings = engine_config(wt, config)  # the page-resetting pool maps its slab here
+engine = wt.wasmtime.Engine(settings)  # wasmtime's pool maps here
 grown = vm_size() - before
 reserved = pool_reservation(config)
 print(json.dumps({"grown": grown, "mapped": reserved.memories + reserved.tables, "total": reserved.total}))
@@ -116,13 +151,19 @@ print(json.dumps({"grown": grown, "mapped": reserved.memories + reserved.tables,
     ],
     ids=["issue", "defaults", "odd-sizes", "many-empty-tables"],
 )
-def test_the_pre_check_reserves_what_wasmtime_maps(config):
-    # VmSize before and after wasmtime creates the pooled engine, in a fresh interpreter:
-    # the pre-check must reserve at least that, and its memories and tables are exactly
-    # what wasmtime maps (the rest is wasmtime's bookkeeping on its heap).
+@pytest.mark.parametrize("allocator", ["default", "wasmtime"])
+def test_the_pre_check_reserves_what_wasmtime_maps(config, allocator):
+    # VmSize before and after the pooled engine is made, in a fresh interpreter: the
+    # pre-check must reserve at least that, and its memories and tables are exactly what
+    # the pool maps (the rest is bookkeeping on the heap). "default": the page-resetting
+    # pool where it serves, else wasmtime's; "wasmtime": wasmtime's pooling allocator.
+    env = dict(os.environ)
+    env.pop(MEMORY_POOL_ENV, None)
+    if allocator == "wasmtime":
+        env[MEMORY_POOL_ENV] = "wasmtime"
     result = subprocess.run(
         [sys.executable, "-c", "from cclb_wire.runtime import HostConfig\n" + _MEASURE, json.dumps(config)],
-        capture_output=True, text=True, timeout=120, cwd=TESTS,
+        capture_output=True, text=True, timeout=120, cwd=TESTS, env=env,
     )
     assert result.returncode == 0, result.stderr
     sizes = json.loads(result.stdout)
@@ -148,7 +189,7 @@ EXTERNREF = {
 
 
 @pytest.mark.parametrize("use", sorted(EXTERNREF))
-def test_an_externref_module_is_refused_on_a_fresh_pooled_host_naming_why(use):
+def test_an_externref_module_is_refused_on_a_fresh_pooled_host_naming_why(use, wasmtime_pool):
     with PluginHost(HostConfig()) as host:
         assert host._gate.active == 0  # the premise: nothing else holds a pool slot
         with pytest.raises(cw.PluginRejected) as caught:
@@ -167,17 +208,39 @@ def test_an_externref_module_is_refused_on_a_fresh_pooled_host_naming_why(use):
     [HostConfig(pool_size=0), HostConfig(instance_strategy=InstanceStrategy.REUSE_PER_THREAD)],
     ids=["no-pool", "reuse"],
 )
-def test_an_externref_module_runs_where_the_rejection_says(use, config):
+def test_an_externref_module_runs_where_the_rejection_says(use, config, wasmtime_pool):
     with PluginHost(config) as host:
         adapter = host.register_filter("s", use, EXTERNREF[use])
         assert adapter.filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
 
 
-def test_a_module_whose_instance_outgrows_the_pool_is_not_blamed_on_tables():
-    # 70,000 i64 globals: 1.1 MB of instance state, over the pool's 1 MiB per instance,
-    # which no HostConfig field sets. The old mapping blamed table_elements_limit.
+@page_reset_serves
+@pytest.mark.parametrize("use", sorted(EXTERNREF))
+def test_an_externref_module_runs_from_the_page_resetting_pool(use):
+    with PluginHost(HostConfig()) as host:
+        assert host.memory_pool_stats() is not None
+        adapter = host.register_filter("s", use, EXTERNREF[use])
+        for _ in range(3):
+            assert adapter.filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
+
+
+def _many_globals() -> bytes:
+    # 70,000 i64 globals: 1.1 MB of instance state, over wasmtime's pool's 1 MiB per
+    # instance, which no HostConfig field sets.
     globals_ = "\n".join(f"  (global (mut i64) (i64.const {index}))" for index in range(70_000))
-    wasm = _plugin("A filter with 70,000 globals.", globals_)
+    return _plugin("A filter with 70,000 globals.", globals_)
+
+
+@page_reset_serves
+def test_a_large_instance_runs_from_the_page_resetting_pool():
+    with PluginHost(HostConfig(probe=False)) as host:
+        assert host.memory_pool_stats() is not None
+        assert host.register_filter("s", "globals", _many_globals()).filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
+
+
+def test_a_module_whose_instance_outgrows_the_pool_is_not_blamed_on_tables(wasmtime_pool):
+    # The old mapping blamed table_elements_limit.
+    wasm = _many_globals()
     with PluginHost(HostConfig(probe=False)) as host:
         with pytest.raises(cw.PluginRejected) as caught:
             host.register_filter("s", "globals", wasm)

@@ -32,7 +32,7 @@ This package is the policy layer, one module per concern:
 
 from __future__ import annotations
 
-from ..host_stats import SlotStats
+from ..host_stats import MemoryPoolStats, SlotStats
 from .adapters import FilterPlugin, ObservabilityHook, SseStream, UpstreamDialect
 from .admission import PROBE_SAMPLES
 from .binding import NATIVE_CALLS_ENV
@@ -51,6 +51,7 @@ __all__ = [
     "InstanceScope",
     "ObservabilityHook",
     "SlotStats",
+    "MemoryPoolStats",
     "PROBE_SAMPLES",
     "NATIVE_CALLS_ENV",
 ]

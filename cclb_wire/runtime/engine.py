@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from ..errors import PluginError
 from .config import HostConfig, InstanceStrategy
@@ -25,7 +25,8 @@ def engine_config(wt: Wasmtime, config: HostConfig) -> Any:
     # hangs forever. Plugins are small and compiled once, so compile on the calling thread.
     engine_config.parallel_compilation = False
     if pooled(config):
-        use_instance_pool(wt, engine_config, config)
+        # Where FRESH memories come from (None: wasmtime's pool), for Engine.memory_pool.
+        engine_config.cclb_memory_pool = use_instance_pool(wt, engine_config, config)
     engine_config.epoch_interruption = config.deadline_s is not None
     engine_config.consume_fuel = config.fuel is not None
     # Exactly the proposals the memory.grow rewrite decodes (wasm_rewrite.py); a module
@@ -44,9 +45,9 @@ class Engine:
     """What every call needs from its host: the engine, the limits, the deadline. Holds no
     slots and no host, so instances that keep it create no reference cycles."""
 
-    __slots__ = ("wt", "engine", "config", "deadline_ticks", "reuse", "pooled")
+    __slots__ = ("wt", "engine", "config", "deadline_ticks", "reuse", "pooled", "memory_pool")
 
-    def __init__(self, wt: Wasmtime, engine: Any, config: HostConfig):
+    def __init__(self, wt: Wasmtime, engine: Any, config: HostConfig, memory_pool: Optional[int] = None):
         self.wt = wt
         self.engine = engine
         self.config = config
@@ -56,6 +57,9 @@ class Engine:
         )
         self.reuse = config.instance_strategy is InstanceStrategy.REUSE_PER_THREAD
         self.pooled = pooled(config)
+        #: The address of the extension's page-resetting memory pool, when FRESH memories
+        #: come from it (pool.py); None for wasmtime's pooling allocator or no pool.
+        self.memory_pool = memory_pool
 
     def check_thread_stack(self, plugin: str, hook: str) -> None:
         """Refuse to enter guest code where the thread's stack cannot hold max_wasm_stack:
@@ -89,7 +93,8 @@ def start_engine(wt: Wasmtime, config: HostConfig, owner: object) -> Tuple[Engin
     if pooled(config):
         check_pool_fits(config)
     try:
-        engine = wt.wasmtime.Engine(engine_config(wt, config))
+        settings = engine_config(wt, config)
+        engine = wt.wasmtime.Engine(settings)
     except wt.errors as exc:
         raise PluginError(f"cannot create the wasmtime engine: {trap_text(str(exc))}") from exc
     release: Callable[[], Any] = no_ticker
@@ -107,4 +112,5 @@ def start_engine(wt: Wasmtime, config: HostConfig, owner: object) -> Tuple[Engin
         else:
             tick_engine(engine, config.epoch_tick_s)
             release = weakref.finalize(owner, untick_engine, engine, config.epoch_tick_s)
-    return Engine(wt, engine, config), wt.wasmtime.Linker(engine), release
+    memory_pool = getattr(settings, "cclb_memory_pool", None)
+    return Engine(wt, engine, config, memory_pool), wt.wasmtime.Linker(engine), release

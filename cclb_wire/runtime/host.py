@@ -18,13 +18,14 @@ import blake3
 
 from .._validate import check_number, coerce_enum, type_name
 from ..errors import InvalidInput, InvalidInputType, PluginError
-from ..host_stats import SlotStats
+from ..host_stats import MemoryPoolStats, SlotStats
 from . import binding
 from .admission import Admission, Loaded, read_module
 from .config import MAX_DEADLINE_S, WASM_PAGE, FailurePolicy, HostConfig
 from .engine import admission_stack_size, start_engine
 from .faults import closed_error
 from .modules import ModuleCache
+from .pool import PAGE_RESET_KEEP_RESIDENT
 from .threads import run_on_own_thread
 from .breaker import Breaker
 from .counters import new_slot_counters
@@ -343,6 +344,25 @@ class PluginHost:
             trips = breakers[key].trips if key in breakers else 0
             stats[key] = dataclasses.replace(snapshot, breaker_trips=trips) if trips else snapshot
         return stats
+
+
+    def memory_pool_stats(self) -> Optional[MemoryPoolStats]:
+        """Counters of the page-resetting memory pool FRESH instances take their memories
+        from, or None where it does not serve (wasmtime's pooling allocator or no pool:
+        REUSE_PER_THREAD, pool_size=0, the pure-Python backend, a kernel without
+        PAGEMAP_SCAN, CCLB_WIRE_MEMORY_POOL=wasmtime)."""
+        with self._lock:
+            engine = self._engine
+        if engine.memory_pool is None:
+            return None
+        from .. import _codec
+
+        counters = _codec.memory_pool_stats(engine.memory_pool)
+        return MemoryPoolStats(
+            slots=self.config.pool_size, slots_used=counters["slots_made"], in_use=counters["in_use"],
+            memories=counters["memories"], resets=counters["resets"], pages_zeroed=counters["pages_zeroed"],
+            decommits=counters["decommits"], refused=counters["refused"], keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT,
+        )
 
 
 def _module_in_slots(slots: Dict[Tuple[str, str], Loaded], key: bytes) -> Any:

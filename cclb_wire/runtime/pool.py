@@ -27,7 +27,7 @@ import ctypes
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ..errors import PluginResourceLimit
 from .config import HostConfig, InstanceStrategy
@@ -47,6 +47,9 @@ POOL_TABLE_ELEMENT_BYTES = 8
 #: bytes per memory slot, 56 per table slot).
 POOL_BOOKKEEPING_PER_MEMORY = 128
 POOL_BOOKKEEPING_PER_TABLE = 64
+#: The page-resetting pool's bookkeeping per memory slot, rounded up from what was measured
+#: (75 bytes a slot for 4,096 slots: its 48-byte slot records and the engine's own heap).
+PAGE_RESET_BOOKKEEPING_PER_MEMORY = 128
 
 
 def pooled(config: HostConfig) -> bool:
@@ -97,13 +100,22 @@ def _page_up(size: int) -> int:
     return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
-def pool_reservation(config: HostConfig) -> PoolReservation:
-    """What wasmtime reserves for this host's pool (see the module's docstring)."""
+def pool_reservation(config: HostConfig, page_reset: Optional[bool] = None) -> PoolReservation:
+    """What this host's pool reserves (see the module's docstring): wasmtime's pooling
+    allocator, or with ``page_reset`` (default: where it serves, page_reset_pool()) the
+    extension's memory pool, which maps the same slab of memories and no tables (instances
+    are allocated on demand, their tables with them)."""
+    if page_reset is None:
+        page_reset = page_reset_pool() is not None
     limits = pool_limits(config)
     guard = _page_up(POOL_MEMORY_GUARD)
     memory_slot = _page_up(config.memory_limit_bytes) + guard  # the reservation is the limit
+    memories = limits["total_memories"]
+    if page_reset:
+        return PoolReservation(memories=guard + memories * memory_slot, tables=0,
+                               bookkeeping=memories * PAGE_RESET_BOOKKEEPING_PER_MEMORY)
     table_slot = _page_up(config.table_elements_limit * POOL_TABLE_ELEMENT_BYTES)
-    memories, tables = limits["total_memories"], limits["total_tables"]
+    tables = limits["total_tables"]
     return PoolReservation(
         memories=guard + memories * memory_slot,
         tables=tables * table_slot,
@@ -142,9 +154,68 @@ def c_function(dll: Any, name: str, restype: Any, *argtypes: Any) -> Any:
     return function
 
 
-def use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> None:
-    """Instantiate from wasmtime's pooling allocator: memories and tables are reserved once
-    for ``pool_size`` instances and reset (copy-on-write) when a store is dropped."""
+#: Set to "wasmtime" to take FRESH instances from wasmtime's pooling allocator even where
+#: the extension's page-resetting memory pool works.
+MEMORY_POOL_ENV = "CCLB_WIRE_MEMORY_POOL"
+#: Dirty pages the page-resetting pool zeroes in place per freed memory (they stay
+#: resident for the next instance, at most this much RSS per slot); past it, the rest of
+#: the memory is given back to the kernel. Zeroing 1 MiB costs less than refaulting 20 pages.
+PAGE_RESET_KEEP_RESIDENT = 1024 * 1024
+
+
+def page_reset_pool() -> Any:
+    """The extension, where FRESH memories can come from its page-resetting pool (Linux
+    6.7+ with PAGEMAP_SCAN, the Cython backend, not turned off by CCLB_WIRE_MEMORY_POOL);
+    else None: wasmtime's pooling allocator serves."""
+    from .. import BACKEND
+
+    if BACKEND != "cython" or os.environ.get(MEMORY_POOL_ENV, "") == "wasmtime":
+        return None
+    from .. import _codec
+
+    return _codec if _codec.memory_pool_supported() else None
+
+
+def use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> Optional[int]:
+    """Reserve memories for ``pool_size`` FRESH instances once, reset when a store drops them.
+    With the extension's page-resetting pool (see _mempool.pxi) instances are allocated on
+    demand and their memories come from that pool: returns its address, for its counters.
+    Else wasmtime's pooling allocator holds memories and tables: returns None."""
+    native = page_reset_pool()
+    if native is not None:
+        return _use_page_reset_pool(wt, native, engine_config, config)
+    _use_wasmtime_pool(wt, engine_config, config)
+    return None
+
+
+def _use_page_reset_pool(wt: Wasmtime, native: Any, engine_config: Any, config: HostConfig) -> int:
+    dll = wt.dll
+    c_void_p = ctypes.c_void_p
+    config_ptr = ctypes.cast(engine_config.ptr(), c_void_p)
+    error_new = ctypes.cast(dll.wasmtime_error_new, c_void_p).value
+    try:
+        creator, memory_pool = native.memory_pool_creator(
+            config.pool_size, config.memory_limit_bytes, POOL_MEMORY_GUARD, PAGE_RESET_KEEP_RESIDENT, error_new
+        )
+    except MemoryError:
+        raise PluginResourceLimit(
+            f"cannot reserve address space for the memory pool: {pool_reservation(config).memories} bytes; lower "
+            "HostConfig.pool_size or memory_limit_bytes, or set pool_size=0 for no pool"
+        ) from None
+    try:  # the config copies the struct and owns the pool from here on
+        c_function(dll, "wasmtime_config_host_memory_creator_set", None, c_void_p, c_void_p)(config_ptr, creator)
+    finally:
+        native.memory_pool_release_struct(creator)
+    # A memory of our own has no copy-on-write image: data segments are copied in.
+    c_function(dll, "wasmtime_config_memory_init_cow_set", None, c_void_p, ctypes.c_bool)(config_ptr, False)
+    for name, value in (("memory_reservation", config.memory_limit_bytes), ("memory_guard_size", POOL_MEMORY_GUARD)):
+        c_function(dll, f"wasmtime_config_{name}_set", None, c_void_p, ctypes.c_uint64)(config_ptr, value)
+    return int(memory_pool)
+
+
+def _use_wasmtime_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> None:
+    """wasmtime's pooling allocator: memories and tables reserved once, memories reset by
+    zeroing their first POOL_KEEP_RESIDENT bytes and giving the rest back (copy-on-write)."""
     dll = wt.dll
     c_u32, c_u64, c_size, c_void_p = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p
     pool = c_function(dll, "wasmtime_pooling_allocation_config_new", c_void_p)()
