@@ -165,13 +165,24 @@ cdef extern from *:
         void (*finalizer)(void* env);
     } cclb_linear_memory;
 
+    /* wasmtime_memory_creator_t: new_memory's prototype depends on the C API's major, so
+       it is kept as a plain pointer here (the two prototypes are below). */
     typedef struct {
         void* env;
-        void* (*new_memory)(void* env, const void* ty, size_t minimum, size_t maximum,
-                            size_t reserved_size_in_bytes, size_t guard_size_in_bytes,
-                            cclb_linear_memory* memory_ret);
+        void* new_memory;
         void (*finalizer)(void* env);
     } cclb_memory_creator;
+
+    /* wasmtime 51's wasmtime_memory_request_t (memory.h); checked against wasmtime-py's
+       declaration before the pool is used (pool.py). */
+    typedef struct {
+        const void* ty;
+        size_t minimum;
+        size_t maximum;
+        size_t reserved_size_in_bytes;
+        size_t guard_size_in_bytes;
+        uint8_t kind;
+    } cclb_memory_request;
 
     static size_t cclb_page_up(cclb_mempool* pool, size_t n) {
         return (n + pool->page - 1) / pool->page * pool->page;
@@ -259,10 +270,8 @@ cdef extern from *:
         pthread_mutex_unlock(&pool->lock);
     }
 
-    static void* cclb_mempool_new_memory(void* env, const void* ty, size_t minimum, size_t maximum,
-                                         size_t reserved, size_t guard, cclb_linear_memory* out) {
-        (void)ty; (void)maximum;
-        cclb_mempool* pool = (cclb_mempool*)env;
+    static void* cclb_mempool_new_memory(cclb_mempool* pool, size_t minimum, size_t reserved, size_t guard,
+                                         cclb_linear_memory* out) {
         char message[160];
         if (reserved > pool->reservation || guard > pool->guard) {
             /* Compiled code may count on that much reserved and guarded: never less. */
@@ -306,6 +315,21 @@ cdef extern from *:
         return NULL;
     }
 
+    /* wasmtime_new_memory_callback_t of wasmtime 50: the request as arguments. */
+    static void* cclb_mempool_new_memory_args(void* env, const void* ty, size_t minimum, size_t maximum,
+                                              size_t reserved, size_t guard, cclb_linear_memory* out) {
+        (void)ty; (void)maximum;
+        return cclb_mempool_new_memory((cclb_mempool*)env, minimum, reserved, guard, out);
+    }
+
+    /* wasmtime_new_memory_callback_t of wasmtime 51: the request as a struct (a GC heap's
+       memory comes through here too, and takes a slot like any memory). */
+    static void* cclb_mempool_new_memory_request(void* env, const cclb_memory_request* request,
+                                                 cclb_linear_memory* out) {
+        return cclb_mempool_new_memory((cclb_mempool*)env, request->minimum, request->reserved_size_in_bytes,
+                                       request->guard_size_in_bytes, out);
+    }
+
     static void cclb_mempool_delete(void* env) {
         /* wasmtime drops the creator with its engine, after every store: all slots are free. */
         cclb_mempool* pool = (cclb_mempool*)env;
@@ -318,7 +342,7 @@ cdef extern from *:
     /* A creator for wasmtime_config_host_memory_creator_set (which copies the struct), or
        NULL without memory. */
     static cclb_memory_creator* cclb_mempool_creator(size_t slots, size_t reservation, size_t guard,
-                                                     size_t keep_bytes, cclb_error_new_f error_new) {
+                                                     size_t keep_bytes, cclb_error_new_f error_new, int request_struct) {
         cclb_mempool* pool = (cclb_mempool*)calloc(1, sizeof *pool);
         cclb_memory_creator* creator = (cclb_memory_creator*)calloc(1, sizeof *creator);
         cclb_mem_slot* table = (cclb_mem_slot*)calloc(slots ? slots : 1, sizeof *table);
@@ -345,7 +369,8 @@ cdef extern from *:
             pool->free_slots = &table[i];
         }
         creator->env = pool;
-        creator->new_memory = cclb_mempool_new_memory;
+        creator->new_memory = request_struct ? (void*)cclb_mempool_new_memory_request
+                                             : (void*)cclb_mempool_new_memory_args;
         creator->finalizer = cclb_mempool_delete;
         return creator;
     }
@@ -358,10 +383,13 @@ cdef extern from *:
     }
     #else
     typedef struct { void* env; void* new_memory; void (*finalizer)(void* env); } cclb_memory_creator;
+    typedef struct {
+        const void* ty; size_t minimum, maximum, reserved_size_in_bytes, guard_size_in_bytes; uint8_t kind;
+    } cclb_memory_request;
     static int cclb_mempool_supported(void) { return 0; }
     static cclb_memory_creator* cclb_mempool_creator(size_t slots, size_t reservation, size_t guard,
-                                                     size_t keep_bytes, cclb_error_new_f error_new) {
-        (void)slots; (void)reservation; (void)guard; (void)keep_bytes; (void)error_new;
+                                                     size_t keep_bytes, cclb_error_new_f error_new, int request_struct) {
+        (void)slots; (void)reservation; (void)guard; (void)keep_bytes; (void)error_new; (void)request_struct;
         return NULL;
     }
     static void cclb_mempool_stats(void* env, cclb_mem_stats* out) {
@@ -381,9 +409,16 @@ cdef extern from *:
         uint64_t refused
     ctypedef struct cclb_memory_creator:
         pass
+    ctypedef struct cclb_memory_request:
+        void* ty
+        size_t minimum
+        size_t maximum
+        size_t reserved_size_in_bytes
+        size_t guard_size_in_bytes
+        uint8_t kind
     int cclb_mempool_supported() nogil
     cclb_memory_creator* cclb_mempool_creator(size_t slots, size_t reservation, size_t guard,
-                                              size_t keep_bytes, cclb_error_new_f error_new) nogil
+                                              size_t keep_bytes, cclb_error_new_f error_new, int request_struct) nogil
     void cclb_mempool_stats(void* pool, cclb_mem_stats* out) nogil
     void* cclb_mempool_of(cclb_memory_creator* creator) nogil
     void free(void* pointer) nogil
@@ -394,11 +429,25 @@ def memory_pool_supported():
     return bool(cclb_mempool_supported())
 
 
-def memory_pool_creator(size_t slots, size_t reservation, size_t guard, size_t keep_bytes, size_t error_new):
+#: The C layout of wasmtime 51's wasmtime_memory_request_t this file assumes: (size, {field: offset}).
+MEMORY_REQUEST_LAYOUT = (sizeof(cclb_memory_request), {
+    "ty": 0,
+    "minimum": <size_t>&(<cclb_memory_request*>0).minimum,
+    "maximum": <size_t>&(<cclb_memory_request*>0).maximum,
+    "reserved_size_in_bytes": <size_t>&(<cclb_memory_request*>0).reserved_size_in_bytes,
+    "guard_size_in_bytes": <size_t>&(<cclb_memory_request*>0).guard_size_in_bytes,
+    "kind": <size_t>&(<cclb_memory_request*>0).kind,
+})
+
+
+def memory_pool_creator(size_t slots, size_t reservation, size_t guard, size_t keep_bytes, size_t error_new,
+                        bint request_struct):
     """A memory creator (the address of a wasmtime_memory_creator_t) for a pool of ``slots``
     memories of ``reservation`` bytes, each followed by ``guard`` inaccessible bytes, that
     keeps up to ``keep_bytes`` of dirty pages resident per slot. ``error_new`` is the
-    address of libwasmtime's wasmtime_error_new. Returns (creator, pool) addresses.
+    address of libwasmtime's wasmtime_error_new. ``request_struct``: new_memory takes the
+    request as a struct (wasmtime 51's C API, MEMORY_REQUEST_LAYOUT), else as arguments
+    (wasmtime 50's). Returns (creator, pool) addresses.
     wasmtime_config_host_memory_creator_set copies the creator struct: release it with
     memory_pool_release_struct() right after; the pool then belongs to the config (and the
     engine made from it), which frees it. Nothing else frees a creator never handed over."""
@@ -407,7 +456,7 @@ def memory_pool_creator(size_t slots, size_t reservation, size_t guard, size_t k
     if not error_new:
         raise ValueError("memory_pool_creator: no address for wasmtime_error_new")
     cdef cclb_memory_creator* creator = cclb_mempool_creator(
-        slots, reservation, guard, keep_bytes, <cclb_error_new_f><size_t>error_new)
+        slots, reservation, guard, keep_bytes, <cclb_error_new_f><size_t>error_new, request_struct)
     if creator == NULL:
         raise MemoryError("memory_pool_creator: out of memory")
     return <size_t>creator, <size_t>cclb_mempool_of(creator)

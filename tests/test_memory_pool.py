@@ -75,6 +75,18 @@ def test_the_pool_serves_where_the_kernel_can_scan_pages():
             assert host.memory_pool_stats() is None
 
 
+def test_the_memory_creator_prototype_follows_the_wasmtime_major():
+    """wasmtime 51 passes a new memory's request as a struct, 50 as arguments: the pool
+    must pick the prototype libwasmtime calls (a wrong one reads garbage sizes)."""
+    from cclb_wire import _codec
+    from cclb_wire.runtime import binding
+    from cclb_wire.runtime.pool import memory_request_struct
+
+    wt = binding.load_wasmtime()
+    expected = {"50": False, "51": True}[wt.version.split(".")[0]]
+    assert memory_request_struct(wt, _codec) is expected
+
+
 def test_the_switch_back_to_wasmtimes_pool(monkeypatch):
     monkeypatch.setenv(MEMORY_POOL_ENV, "wasmtime")
     assert page_reset_pool() is None

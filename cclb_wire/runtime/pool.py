@@ -165,15 +165,32 @@ PAGE_RESET_KEEP_RESIDENT = 1024 * 1024
 
 def page_reset_pool() -> Any:
     """The extension, where FRESH memories can come from its page-resetting pool (Linux
-    6.7+ with PAGEMAP_SCAN, the Cython backend, not turned off by CCLB_WIRE_MEMORY_POOL);
-    else None: wasmtime's pooling allocator serves."""
+    6.7+ with PAGEMAP_SCAN, the Cython backend, a wasmtime whose memory-creator prototype
+    the extension knows, not turned off by CCLB_WIRE_MEMORY_POOL); else None: wasmtime's
+    pooling allocator serves."""
     from .. import BACKEND
 
     if BACKEND != "cython" or os.environ.get(MEMORY_POOL_ENV, "") == "wasmtime":
         return None
     from .. import _codec
+    from .binding import load_wasmtime
 
-    return _codec if _codec.memory_pool_supported() else None
+    if not _codec.memory_pool_supported() or memory_request_struct(load_wasmtime(), _codec) is None:
+        return None
+    return _codec
+
+
+def memory_request_struct(wt: Wasmtime, native: Any) -> Optional[bool]:
+    """How libwasmtime calls a memory creator, from wasmtime-py's declarations: True, with
+    a wasmtime_memory_request_t laid out as the extension's (wasmtime 51); False, with the
+    request as six arguments (wasmtime 50); None: neither, so the pool is not used."""
+    callback = getattr(wt.ffi, "wasmtime_new_memory_callback_t", None)
+    arguments = len(getattr(callback, "_argtypes_", ()))
+    request = getattr(wt.ffi, "wasmtime_memory_request", None)
+    if request is not None and arguments == 3:
+        theirs = (ctypes.sizeof(request), {name: getattr(request, name).offset for name, *_ in request._fields_})
+        return True if theirs == native.MEMORY_REQUEST_LAYOUT else None
+    return False if request is None and arguments == 7 else None
 
 
 def use_instance_pool(wt: Wasmtime, engine_config: Any, config: HostConfig) -> Optional[int]:
@@ -195,7 +212,8 @@ def _use_page_reset_pool(wt: Wasmtime, native: Any, engine_config: Any, config: 
     error_new = ctypes.cast(dll.wasmtime_error_new, c_void_p).value
     try:
         creator, memory_pool = native.memory_pool_creator(
-            config.pool_size, config.memory_limit_bytes, POOL_MEMORY_GUARD, PAGE_RESET_KEEP_RESIDENT, error_new
+            config.pool_size, config.memory_limit_bytes, POOL_MEMORY_GUARD, PAGE_RESET_KEEP_RESIDENT, error_new,
+            bool(memory_request_struct(wt, native)),
         )
     except MemoryError:
         raise PluginResourceLimit(
