@@ -186,11 +186,16 @@ def test_a_stream_that_gets_no_instance_of_its_own_runs_each_call_fresh(tmp_path
     def full_pool() -> Any:
         raise cw.PluginPoolSaturated("instantiate: the pool is full (test)", plugin="rename", hook="transform_sse_event")
 
+    def full_pool_for_observe() -> Any:
+        raise cw.PluginPoolSaturated("instantiate: the pool is full (test)", plugin="counter", hook="observe")
+
     shape.instance_scope = full_pool
+    proxy.proxy.adapters["observe"].instance_scope = full_pool_for_observe
     answer = proxy.post(body(stream=True))
     assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None  # still transformed
-    assert [r.getMessage() for r in caplog.records if "fresh instances" in r.getMessage()] == [
-        "shape slot: a stream's calls run in fresh instances (plugin 'rename' hook transform_sse_event: instantiate: the pool is full (test))"
+    assert sorted(r.getMessage() for r in caplog.records if "fresh instances" in r.getMessage()) == [
+        "observe slot: a request's observe events run in fresh instances (plugin 'counter' hook observe: instantiate: the pool is full (test))",
+        "shape slot: a stream's calls run in fresh instances (plugin 'rename' hook transform_sse_event: instantiate: the pool is full (test))",
     ]
 
 

@@ -339,16 +339,17 @@ class Proxy:
         adapter = self.adapters.get(hook)
         if adapter is None:
             return None
+        calls = "a request's observe events run" if hook == "observe" else "a stream's calls run"
         pool_size = self.config.host.pool_size
         if pool_size and self._open_scopes >= pool_size // 2:
-            self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances "
+            self._warn(f"scope:{hook}", f"{hook} slot: {calls} in fresh instances "
                                         f"(scopes hold half the pool already: {self._open_scopes} instances)")
             return None
         started = time.perf_counter()
         try:
             scope = adapter.instance_scope()
         except cw.PluginError as exc:
-            self._warn(f"scope:{hook}", f"{hook} slot: a stream's calls run in fresh instances ({exc})")
+            self._warn(f"scope:{hook}", f"{hook} slot: {calls} in fresh instances ({exc})")
             return None
         finally:
             request.hook_s += time.perf_counter() - started  # an instantiation is hook time too
