@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import gc
 import threading
 import time
@@ -363,6 +365,28 @@ def test_compiled_modules_are_cached_on_disk(tmp_path):
     with PluginHost(HostConfig(module_cache_dir=tmp_path, fuel=10**9)) as host:
         host.register_filter("slot", "cache-aware", wasm)
     assert len(list(tmp_path.glob("*.cwasm"))) == 2
+
+
+def test_the_two_memory_pools_keep_separate_cache_entries(tmp_path, monkeypatch, caplog):
+    """Modules for the page-resetting pool are compiled without copy-on-write memory images,
+    so wasmtime refuses them on an engine of wasmtime's pool (and the other way round):
+    hosts of both kinds sharing a cache directory must each find their own entry, never
+    reject the other's and overwrite it on every start."""
+    from cclb_wire.runtime.pool import MEMORY_POOL_ENV, page_reset_pool
+
+    wasm = plugin("cache_aware_filter")
+    monkeypatch.delenv(MEMORY_POOL_ENV, raising=False)
+    entries = 2 if page_reset_pool() is not None else 1  # the pure backend: wasmtime's pool twice
+    kinds = ["default", "wasmtime"]
+    for kind in kinds * 2:  # each kind twice: the second round must load, not recompile
+        if kind == "wasmtime":
+            monkeypatch.setenv(MEMORY_POOL_ENV, "wasmtime")
+        else:
+            monkeypatch.delenv(MEMORY_POOL_ENV, raising=False)
+        with PluginHost(HostConfig(module_cache_dir=tmp_path)) as host:
+            host.register_filter("slot", "cache-aware", wasm)
+    assert len(list(tmp_path.glob("*.cwasm"))) == entries
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
 
 
 def test_a_corrupt_cache_file_is_compiled_again(tmp_path):

@@ -36,6 +36,8 @@ class ModuleCache:
             f"wasmtime {engine.wt.version}; stack {config.max_wasm_stack}; "
             f"epoch {config.deadline_s is not None}; fuel {config.fuel is not None}; grow-rewrite 1; "
             f"pool {config.memory_limit_bytes if pooled(config) else 0}"
+            # The page-resetting pool compiles without copy-on-write memory images.
+            f"{'; page-reset memories' if engine.memory_pool is not None else ''}"
         ).encode()
         #: Compiled modules no slot may use any more, most recent last (an LRU).
         self.spares: "collections.OrderedDict[bytes, Any]" = collections.OrderedDict()
