@@ -12,8 +12,10 @@
 # accessible past the memory's current size) and, when a store frees a memory, asks the
 # kernel which of its pages hold anything (PAGEMAP_SCAN, Linux 6.7+: present or swapped,
 # not the shared zero page) and zeroes exactly those, so they stay resident for the next
-# instance. Past ``keep_bytes`` of such pages the rest of the memory is given back with
-# madvise, as wasmtime does. Data segments are copied in at instantiation (a custom
+# instance. A resident page that is zero already (an earlier reset zeroed it and this
+# instance did not write it) is given back instead, so one large writer does not make every
+# later reset zero its pages. Past ``keep_bytes`` of such pages the rest of the memory is
+# given back with madvise, as wasmtime does. Data segments are copied in at instantiation (a custom
 # memory has no copy-on-write image).
 #
 # - One pool per engine: it belongs to wasmtime from the moment the creator is set, and
@@ -60,6 +62,7 @@ cdef extern from *:
         uint64_t in_use;        /* memories alive now */
         uint64_t resets;        /* memories reset by the page scan */
         uint64_t pages_zeroed;  /* pages zeroed and kept resident by those resets */
+        uint64_t pages_released; /* resident pages found zero already (an earlier reset's), given back */
         uint64_t decommits;     /* resets that gave pages back with madvise */
         uint64_t refused;       /* memories refused: every slot in use, or too large */
     } cclb_mem_stats;
@@ -226,15 +229,35 @@ cdef extern from *:
         return NULL;
     }
 
-    /* Zero what the instance left in the slot. Dirty pages found by the scan are zeroed in
-       place (they stay resident); what the scan did not reach is given back with madvise
-       (it reads as zeros again). A failed scan gives back everything. */
+    static int cclb_page_is_zero(const uint8_t* page, size_t bytes) {
+        const uint64_t* word = (const uint64_t*)page;
+        for (size_t i = 0; i < bytes / 8; i += 8) {
+            if (word[i] | word[i + 1] | word[i + 2] | word[i + 3] | word[i + 4] | word[i + 5] | word[i + 6] | word[i + 7])
+                return 0;
+        }
+        return 1;
+    }
+
+    /* Give [start, start+bytes) back to the kernel; zero it where that fails, so a slot never
+       keeps the last instance's bytes. */
+    static void cclb_release(uint8_t* start, size_t bytes) {
+        if (bytes && madvise(start, bytes, MADV_DONTNEED) != 0) memset(start, 0, bytes);
+    }
+
+    /* Zero what the instance left in the slot. The scan finds every resident page that is
+       not the shared zero page: pages this instance wrote, and pages an earlier reset
+       zeroed in place, which are still resident. The first are zeroed in place (they stay
+       resident for the next instance); the second are already zero and are given back, so
+       a large writer once does not make every later reset of the slot zero its pages again
+       (found by the hostile review: 3.5 -> 22.8 us a call). What the scan did not reach
+       (past keep_pages of pages, or more regions than it reports) is given back too. A
+       failed scan gives back everything. */
     static void cclb_slot_reset(cclb_mem_slot* slot) {
         cclb_mempool* pool = slot->pool;
-        size_t len = slot->accessible;
+        size_t len = slot->accessible, page = pool->page;
         if (len == 0) return;
         struct cclb_page_region regions[CCLB_SCAN_REGIONS];
-        size_t walked = 0, zeroed = 0;
+        size_t walked = 0, zeroed = 0, released = 0;
         /* max_pages 0 would mean no limit to the kernel: keep nothing, give it all back. */
         int found = pool->keep_pages ? cclb_scan_dirty(slot->base, len, pool->keep_pages, regions, &walked) : -1;
         if (found < 0) {
@@ -242,18 +265,33 @@ cdef extern from *:
             found = 0;
         }
         for (int i = 0; i < found; i++) {
-            size_t bytes = (size_t)(regions[i].end - regions[i].start);
-            memset((void*)(uintptr_t)regions[i].start, 0, bytes);
-            zeroed += bytes;
+            uint8_t* at = (uint8_t*)(uintptr_t)regions[i].start;
+            uint8_t* end = (uint8_t*)(uintptr_t)regions[i].end;
+            uint8_t* stale = NULL;  /* the start of a run of pages that are zero already */
+            for (; at < end; at += page) {
+                if (cclb_page_is_zero(at, page)) {
+                    if (!stale) stale = at;
+                    continue;
+                }
+                if (stale) {
+                    cclb_release(stale, (size_t)(at - stale));
+                    released += (size_t)(at - stale);
+                    stale = NULL;
+                }
+                memset(at, 0, page);
+                zeroed += page;
+            }
+            if (stale) {
+                cclb_release(stale, (size_t)(end - stale));
+                released += (size_t)(end - stale);
+            }
         }
         int decommitted = walked < len;
-        if (decommitted && madvise(slot->base + walked, len - walked, MADV_DONTNEED) != 0) {
-            /* Never hand out a slot that may hold the last instance's bytes. */
-            memset(slot->base + walked, 0, len - walked);
-        }
+        if (decommitted) cclb_release(slot->base + walked, len - walked);
         pthread_mutex_lock(&pool->lock);
         pool->stats.resets++;
-        pool->stats.pages_zeroed += zeroed / pool->page;
+        pool->stats.pages_zeroed += zeroed / page;
+        pool->stats.pages_released += released / page;
         pool->stats.decommits += decommitted;
         pthread_mutex_unlock(&pool->lock);
     }
@@ -405,6 +443,7 @@ cdef extern from *:
         uint64_t in_use
         uint64_t resets
         uint64_t pages_zeroed
+        uint64_t pages_released
         uint64_t decommits
         uint64_t refused
     ctypedef struct cclb_memory_creator:
@@ -474,6 +513,7 @@ def memory_pool_stats(size_t pool):
     cclb_mempool_stats(<void*>pool, &stats)
     return {
         "memories": stats.memories, "slots_made": stats.slots_made, "in_use": stats.in_use,
-        "resets": stats.resets, "pages_zeroed": stats.pages_zeroed, "decommits": stats.decommits,
+        "resets": stats.resets, "pages_zeroed": stats.pages_zeroed, "pages_released": stats.pages_released,
+        "decommits": stats.decommits,
         "refused": stats.refused,
     }

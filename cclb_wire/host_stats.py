@@ -68,8 +68,9 @@ class MemoryPoolStats:
 
     A freed memory is reset by zeroing the pages the instance wrote, which stay resident for
     the next instance, up to ``keep_resident_bytes`` per slot; past that the rest of the
-    memory is given back to the kernel (a ``decommit``). So each of ``slots_used`` holds at
-    most ``keep_resident_bytes`` of RSS between calls."""
+    memory is given back to the kernel (a ``decommit``). Resident pages an earlier reset
+    zeroed that this instance left alone are given back too (``pages_released``). So each
+    of ``slots_used`` holds at most ``keep_resident_bytes`` of RSS between calls."""
 
     #: Memories the pool can hold at once (HostConfig.pool_size).
     slots: int
@@ -83,9 +84,12 @@ class MemoryPoolStats:
     resets: int
     #: Pages those resets zeroed in place (kept resident).
     pages_zeroed: int
+    #: Resident pages found zero already (an earlier instance's, zeroed before), given back.
+    pages_released: int
     #: Resets that also gave pages back to the kernel.
     decommits: int
-    #: Memories refused: every slot in use (PluginPoolSaturated), or larger than a slot.
+    #: Memories refused (every slot in use: PluginPoolSaturated; larger than a slot) and
+    #: growths refused (past a slot).
     refused: int
     #: Dirty bytes a slot keeps resident across a reset.
     keep_resident_bytes: int

@@ -361,6 +361,7 @@ class PluginHost:
         return MemoryPoolStats(
             slots=self.config.pool_size, slots_used=counters["slots_made"], in_use=counters["in_use"],
             memories=counters["memories"], resets=counters["resets"], pages_zeroed=counters["pages_zeroed"],
+            pages_released=counters["pages_released"],
             decommits=counters["decommits"], refused=counters["refused"], keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT,
         )
 
