@@ -7,7 +7,8 @@ failure is PluginPoolSaturated only when the pool is really full: a module wasmt
 pooling allocator can never hold (externref needs a GC heap, and the pool has none; an
 instance larger than its 1 MiB bound) is refused at admission with a reason an operator
 can act on, instead of "retry later" for ever. The extension's page-resetting pool
-(pool.py) allocates instances on demand, and runs both.
+(pool.py) allocates instances on demand: it runs the large instance, and admission refuses
+the externref module the same way (its GC heap would take a second memory slot).
 """
 
 from __future__ import annotations
@@ -188,8 +189,15 @@ EXTERNREF = {
 }
 
 
+@pytest.mark.parametrize("allocator", ["default", "wasmtime"])
 @pytest.mark.parametrize("use", sorted(EXTERNREF))
-def test_an_externref_module_is_refused_on_a_fresh_pooled_host_naming_why(use, wasmtime_pool):
+def test_an_externref_module_is_refused_on_a_fresh_pooled_host_naming_why(use, allocator, monkeypatch):
+    # Both pools: wasmtime's has no GC heaps; the page-resetting one would give each
+    # instance's GC heap a memory slot of its own, so a pool of one could never hold it.
+    if allocator == "wasmtime":
+        monkeypatch.setenv(MEMORY_POOL_ENV, "wasmtime")
+    else:
+        monkeypatch.delenv(MEMORY_POOL_ENV, raising=False)
     with PluginHost(HostConfig()) as host:
         assert host._gate.active == 0  # the premise: nothing else holds a pool slot
         with pytest.raises(cw.PluginRejected) as caught:
@@ -214,14 +222,19 @@ def test_an_externref_module_runs_where_the_rejection_says(use, config, wasmtime
         assert adapter.filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
 
 
-@page_reset_serves
-@pytest.mark.parametrize("use", sorted(EXTERNREF))
-def test_an_externref_module_runs_from_the_page_resetting_pool(use):
-    with PluginHost(HostConfig()) as host:
-        assert host.memory_pool_stats() is not None
-        adapter = host.register_filter("s", use, EXTERNREF[use])
-        for _ in range(3):
-            assert adapter.filter(CTX, PRINCIPAL, []).kept_upstream_ids == ()
+def test_externref_storage_is_found_by_admission():
+    from cclb_wire.runtime.wasm_module import parse_module
+
+    assert all(parse_module(EXTERNREF[use]).externref_storage for use in EXTERNREF)
+    funcref_table = _plugin("A filter with a funcref table.", "  (table 2 funcref)")
+    many_globals = _plugin("Globals of every constant kind.", "\n".join([
+        "  (global i32 (i32.const 11))", "  (global i64 (i64.const -129))", "  (global f32 (f32.const 1.5))",
+        "  (global f64 (f64.const 2.5))", "  (global v128 (v128.const i32x4 1 2 3 4))", "  (global funcref (ref.null func))",
+        "  (global (mut externref) (ref.null extern))",
+    ]))
+    assert not parse_module(funcref_table).externref_storage
+    assert parse_module(many_globals).externref_storage  # found past every other constant kind
+    assert not parse_module(fixture("valid_minimal")).externref_storage
 
 
 def _many_globals() -> bytes:

@@ -20,7 +20,7 @@ from . import binding
 from .config import path_text
 from .ctypes_calls import Instance
 from .engine import Engine
-from .faults import Faults
+from .faults import Faults, gc_heap_unavailable
 from .modules import ModuleCache
 from .wasm_module import HOOK_EXPORTS, PluginInspection, inspect_plugin
 from .wasm_rewrite import GROW_REFUSED_EXPORT, START_EXPORT
@@ -131,6 +131,11 @@ class Admission:
     def admit(self, kind: str, name: str, data: bytes, content_hash: bytes, lock: Any) -> Loaded:
         inspection = inspect_plugin(data)
         inspection.check(kind, plugin=name)
+        if self.engine.memory_pool is not None and inspection.module is not None and inspection.module.externref_storage:
+            # wasmtime's pool refuses these when it instantiates; the page-resetting pool
+            # would hand each instance's GC heap a slot of its own (twice the slots).
+            limit = gc_heap_unavailable({"plugin": name, "hook": kind, "phase": "instantiate"})
+            raise PluginRejected(f"cannot instantiate: {limit.detail}", plugin=name, hook=kind) from limit
         module_key = self.modules.key(data)
         with lock:
             module = self.module_in_slot(module_key)

@@ -78,16 +78,23 @@ def _pool_exhausted(config: HostConfig, limit: int, kind: str, message: str, whe
             **where,
         )
     if kind == "GC heaps":
-        return PluginResourceLimit(
-            "instantiate: the module uses externref (a table or global of it), which needs a GC heap, and the "
-            "instance pool has none: each GC heap would take a memory slot of its own, doubling the pool's "
-            "address space. Register it on a host with HostConfig.pool_size=0 (no pool) or "
-            "instance_strategy=REUSE_PER_THREAD",
-            **where,
-        )
+        return gc_heap_unavailable(where)
     return PluginResourceLimit(
         f"instantiate: {message}: the instance pool holds {held} {resource}, which this module never fits in "
         f"(HostConfig.pool_size = {config.pool_size}; pool_size=0 for no pool)",
+        **where,
+    )
+
+
+def gc_heap_unavailable(where: Dict[str, str]) -> PluginResourceLimit:
+    """A module whose instances need a GC heap, on a host whose FRESH pool gives none: both
+    pools (wasmtime's has no GC heaps; in the page-resetting one each would take a second
+    memory slot per instance, so a pool of one could never hold it)."""
+    return PluginResourceLimit(
+        "instantiate: the module uses externref (a table or global of it), which needs a GC heap, and the "
+        "instance pool has none: each GC heap would take a memory slot of its own, doubling the pool's "
+        "address space. Register it on a host with HostConfig.pool_size=0 (no pool) or "
+        "instance_strategy=REUSE_PER_THREAD",
         **where,
     )
 

@@ -93,6 +93,8 @@ class ModuleInfo:
     import_count: int
     exports: Mapping[str, Export]
     custom_sections: Tuple[Tuple[str, bytes], ...]
+    #: A table of externref or a global of it: an instance then needs a GC heap.
+    externref_storage: bool = False
 
     def custom(self, name: str) -> List[bytes]:
         """The payloads of every custom section called ``name``, in module order."""
@@ -183,6 +185,61 @@ def _parse_imports(r: _Reader) -> Tuple[int, List[Tuple[str, str]], int]:
     return count, names, functions
 
 
+#: Constant-expression opcodes with no immediate (extended-const arithmetic).
+_CONST_ARITHMETIC = frozenset({0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E})
+
+
+def _skip_const_expr(r: _Reader) -> bool:
+    """Skip a constant expression through its ``end``; False at an opcode it does not know."""
+    while True:
+        op = r.byte()
+        if op == 0x0B:
+            return True
+        if op in (0x41, 0x42):  # i32.const, i64.const: a signed LEB128
+            while r.byte() & 0x80:
+                pass
+        elif op in (0x43, 0x44):  # f32.const, f64.const
+            r.take(4 if op == 0x43 else 8)
+        elif op in (0x23, 0xD2):  # global.get, ref.func
+            r.u32()
+        elif op == 0xD0:  # ref.null: a heap type
+            r.byte()
+        elif op == 0xFD and r.u32() == 0x0C:  # v128.const
+            r.take(16)
+        elif op not in _CONST_ARITHMETIC:
+            return False
+
+
+def _has_externref_storage(table_section: Optional[_Reader], global_section: Optional[_Reader]) -> bool:
+    """Whether a table holds externref or a global is one (wasmtime then gives the instance
+    a GC heap). Best effort: an entry it cannot read ends the search (with what it found)."""
+    try:
+        if table_section is not None:
+            for _ in range(table_section.u32()):
+                element = table_section.byte()
+                if element == 0x40:  # a table with an initializer (typed function references)
+                    table_section.byte()
+                    return table_section.byte() == 0x6F
+                if element == 0x6F:
+                    return True
+                flags = table_section.byte()
+                if flags > 1:
+                    break
+                table_section.u32()
+                if flags:
+                    table_section.u32()
+        if global_section is not None:
+            for _ in range(global_section.u32()):
+                if global_section.byte() == 0x6F:
+                    return True
+                global_section.byte()  # mutability
+                if not _skip_const_expr(global_section):
+                    break
+    except WasmParseError:
+        pass
+    return False
+
+
 def parse_module(wasm: bytes) -> ModuleInfo:
     """The parts of a WebAssembly module that admission reads. Raises WasmParseError."""
     data = bytes(wasm)
@@ -197,6 +254,8 @@ def parse_module(wasm: bytes) -> ModuleInfo:
     customs: List[Tuple[str, bytes]] = []
     import_count, imported_functions = 0, 0
     import_names: List[Tuple[str, str]] = []
+    tables: Optional[_Reader] = None
+    globals_: Optional[_Reader] = None
     while r.pos < r.end:
         section_id = r.byte()
         size = r.u32()
@@ -213,6 +272,10 @@ def parse_module(wasm: bytes) -> ModuleInfo:
             import_count, import_names, imported_functions = _parse_imports(body)
         elif section_id == 3:
             function_types = [body.u32() for _ in range(body.u32())]
+        elif section_id == 4:
+            tables = body
+        elif section_id == 6:
+            globals_ = body
         elif section_id == 7:
             for _ in range(body.u32()):
                 name = body.name()
@@ -226,7 +289,8 @@ def parse_module(wasm: bytes) -> ModuleInfo:
             if 0 <= defined < len(function_types) and function_types[defined] < len(types):
                 signature = types[function_types[defined]]
         exports[name] = Export(name, _EXPORT_KINDS.get(kind, f"kind {kind}"), signature)
-    return ModuleInfo(tuple(import_names), import_count, exports, tuple(customs))
+    return ModuleInfo(tuple(import_names), import_count, exports, tuple(customs),
+                      _has_externref_storage(tables, globals_))
 
 
 # --- cc-lb's view of a module ---------------------------------------------------------
