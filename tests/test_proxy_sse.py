@@ -85,6 +85,21 @@ def test_each_byte_is_scanned_a_bounded_number_of_times(monkeypatch):
     assert sum(scanned) <= 2 * len(event)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(STREAM)), max_size=12))
+def test_the_event_counter_counts_each_event_once_wherever_the_chunks_split(cuts):
+    # Five blocks end in STREAM (a comment among them), with LF, CRLF and CR line ends;
+    # the old count of b"\n\n" per chunk found 3 of them in the whole stream.
+    cuts = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0] + cuts, cuts + [len(STREAM)])]
+    counter = sse.SseEventCounter()
+    counts = [counter.count(chunk) for chunk in chunks]
+    assert sum(counts) == len(EXPECTED)
+    # ... each in the chunk where the event's end is complete (what SseReader says too)
+    reader = sse.SseReader()
+    assert counts == [len(reader.feed(chunk)) for chunk in chunks]
+
+
 def test_an_event_past_the_limit_is_refused():
     reader = sse.SseReader(limit=100)
     assert reader.feed(b"data: " + b"x" * 90) == []

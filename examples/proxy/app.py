@@ -39,7 +39,7 @@ from . import config as cfg
 from .metrics import ProxyMetrics
 from .server import guarded
 from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client
-from .sse import SseEventTooLarge, SseReader, encode_event, other_fields
+from .sse import SseEventCounter, SseEventTooLarge, SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
 #: One JSON line per request when ``[server] access_log`` is on.
@@ -637,11 +637,12 @@ class Proxy:
         shape_scope = None if call is None else self._instance_scope(request, "shape")
         stream = None if call is None else self.adapters["shape"].sse_stream(*call, shape_scope)
         reader = SseReader()
+        counter = SseEventCounter()
         outcome: Any = answer.status_code  # the requests metric's label
         try:
             try:
                 async for chunk in answer.iter_raw():
-                    events = chunk.count(b"\n\n") if scanner.sse else 1
+                    events = counter.count(chunk) if scanner.sse else 1
                     await self.observe(request, cw.Chunk(index, events, len(chunk)))
                     scanner.feed(chunk)
                     self.metrics.chunks.inc()

@@ -4,6 +4,7 @@ Anthropic API's streams follow: events end at a blank line; lines end at LF, CRL
 ``SseReader.feed(chunk)`` returns each complete event as its raw bytes (kept, so an event
 a plugin leaves unchanged goes out byte for byte) and its ``cclb_wire.SseEvent`` (name and
 data; several ``data:`` lines join with LF), or None for a block without data (a comment). ``encode_event`` writes an event a plugin made.
+``SseEventCounter.count(chunk)`` counts the events that end in a chunk, for observe.
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ def encode_event(event: cw.SseEvent) -> bytes:
     lines = [b"event: " + event.event.encode("utf-8")] if event.event else []
     lines += [b"data: " + line for line in _LINE_END.split(event.data)]
     return b"\n".join(lines) + b"\n\n"
+
+
+class SseEventCounter:
+    """How many events end in each chunk of a stream (an observe ``Chunk``'s
+    ``event_count``), by the same rules as SseReader, without keeping the events: only the
+    up to three bytes after the last event end that may begin the next one. Comments and
+    blocks without data count too: they end at a blank line like any event."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def count(self, chunk: bytes) -> int:
+        data = self._tail + chunk
+        ended, last = 0, 0
+        for match in _EVENT_END.finditer(data):
+            if match.end() == len(data) and data[-1] == 0x0D:
+                break  # a CR last: maybe the first half of a CRLF
+            ended, last = ended + 1, match.end()
+        self._tail = data[max(last, len(data) - 3) :]
+        return ended
 
 
 class SseEventTooLarge(ValueError):
