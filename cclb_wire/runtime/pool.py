@@ -1,5 +1,9 @@
-"""wasmtime's pooling allocator for FRESH instances: its settings, and a check that its
-address space can be reserved before wasmtime tries (its C API aborts when it cannot).
+"""The pool FRESH instances take their memories from, and a check that its address space
+can be reserved before it is mapped (wasmtime's C API aborts when it cannot).
+
+Two pools (README "The instance pool"): the extension's page-resetting memory pool
+(_mempool.pxi: instances on demand, memories from one slab, reset page by page with
+PAGEMAP_SCAN) where it serves (``page_reset_pool``), else wasmtime's pooling allocator.
 
 What the pool maps when the engine is created (wasmtime 50's pooling allocator, in
 crates/wasmtime/src/runtime/vm/instance/allocator/pooling/), measured from VmSize:
