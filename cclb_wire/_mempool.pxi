@@ -58,7 +58,7 @@ cdef extern from *:
 
     typedef struct cclb_mem_stats {
         uint64_t memories;      /* memories handed out */
-        uint64_t slots_made;    /* slots handed out at least once (at most the pool's size) */
+        uint64_t slots_used;    /* slots handed out at least once (at most the pool's size) */
         uint64_t in_use;        /* memories alive now */
         uint64_t resets;        /* memories reset by the page scan */
         uint64_t pages_zeroed;  /* pages zeroed and kept resident by those resets */
@@ -152,7 +152,7 @@ cdef extern from *:
         cclb_mem_slot* slot_table;
         uint8_t* slab;
         size_t slab_bytes;
-        size_t slots, in_use;
+        size_t slots;
         size_t reservation;  /* bytes a memory may grow to */
         size_t guard;        /* inaccessible bytes after it */
         size_t keep_pages;   /* dirty pages zeroed in place per reset; the rest: madvise */
@@ -239,9 +239,10 @@ cdef extern from *:
     }
 
     /* Give [start, start+bytes) back to the kernel; zero it where that fails, so a slot never
-       keeps the last instance's bytes. */
-    static void cclb_release(uint8_t* start, size_t bytes) {
+       keeps the last instance's bytes. Returns ``bytes``. */
+    static size_t cclb_release(uint8_t* start, size_t bytes) {
         if (bytes && madvise(start, bytes, MADV_DONTNEED) != 0) memset(start, 0, bytes);
+        return bytes;
     }
 
     /* Zero what the instance left in the slot. The scan finds every resident page that is
@@ -274,17 +275,13 @@ cdef extern from *:
                     continue;
                 }
                 if (stale) {
-                    cclb_release(stale, (size_t)(at - stale));
-                    released += (size_t)(at - stale);
+                    released += cclb_release(stale, (size_t)(at - stale));
                     stale = NULL;
                 }
                 memset(at, 0, page);
                 zeroed += page;
             }
-            if (stale) {
-                cclb_release(stale, (size_t)(end - stale));
-                released += (size_t)(end - stale);
-            }
+            if (stale) released += cclb_release(stale, (size_t)(end - stale));
         }
         int decommitted = walked < len;
         if (decommitted) cclb_release(slot->base + walked, len - walked);
@@ -303,8 +300,7 @@ cdef extern from *:
         pthread_mutex_lock(&pool->lock);
         slot->next_free = pool->free_slots;
         pool->free_slots = slot;
-        pool->in_use--;
-        pool->stats.in_use = pool->in_use;
+        pool->stats.in_use--;
         pthread_mutex_unlock(&pool->lock);
     }
 
@@ -327,18 +323,16 @@ cdef extern from *:
         pthread_mutex_lock(&pool->lock);
         cclb_mem_slot* slot = pool->free_slots;
         if (!slot) {
-            pool->stats.refused++;
             pthread_mutex_unlock(&pool->lock);
             snprintf(message, sizeof message, "maximum concurrent limit of %zu for memories reached", pool->slots);
-            return pool->error_new(message);
+            return cclb_mempool_error(pool, message);
         }
         pool->free_slots = slot->next_free;
-        pool->in_use++;
-        pool->stats.in_use = pool->in_use;
+        pool->stats.in_use++;
         pool->stats.memories++;
         if (!slot->used) {
             slot->used = 1;
-            pool->stats.slots_made++;
+            pool->stats.slots_used++;
         }
         pthread_mutex_unlock(&pool->lock);
         if (cclb_slot_resize(slot, cclb_page_up(pool, minimum)) != 0) {
@@ -439,7 +433,7 @@ cdef extern from *:
     ctypedef void* (*cclb_error_new_f)(const char* message) noexcept nogil
     ctypedef struct cclb_mem_stats:
         uint64_t memories
-        uint64_t slots_made
+        uint64_t slots_used
         uint64_t in_use
         uint64_t resets
         uint64_t pages_zeroed
@@ -512,7 +506,7 @@ def memory_pool_stats(size_t pool):
     cdef cclb_mem_stats stats
     cclb_mempool_stats(<void*>pool, &stats)
     return {
-        "memories": stats.memories, "slots_made": stats.slots_made, "in_use": stats.in_use,
+        "memories": stats.memories, "slots_used": stats.slots_used, "in_use": stats.in_use,
         "resets": stats.resets, "pages_zeroed": stats.pages_zeroed, "pages_released": stats.pages_released,
         "decommits": stats.decommits,
         "refused": stats.refused,

@@ -345,7 +345,6 @@ class PluginHost:
             stats[key] = dataclasses.replace(snapshot, breaker_trips=trips) if trips else snapshot
         return stats
 
-
     def memory_pool_stats(self) -> Optional[MemoryPoolStats]:
         """Counters of the page-resetting memory pool FRESH instances take their memories
         from, or None where it does not serve (wasmtime's pooling allocator or no pool:
@@ -358,12 +357,7 @@ class PluginHost:
         from .. import _codec
 
         counters = _codec.memory_pool_stats(engine.memory_pool)
-        return MemoryPoolStats(
-            slots=self.config.pool_size, slots_used=counters["slots_made"], in_use=counters["in_use"],
-            memories=counters["memories"], resets=counters["resets"], pages_zeroed=counters["pages_zeroed"],
-            pages_released=counters["pages_released"],
-            decommits=counters["decommits"], refused=counters["refused"], keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT,
-        )
+        return MemoryPoolStats(slots=self.config.pool_size, keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT, **counters)
 
 
 def _module_in_slots(slots: Dict[Tuple[str, str], Loaded], key: bytes) -> Any:
