@@ -10,7 +10,7 @@ data; several ``data:`` lines join with LF), or None for a block without data (a
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple, Union
 
 import cclb_wire as cw
 
@@ -59,6 +59,15 @@ def encode_event(event: cw.SseEvent) -> bytes:
     return b"\n".join(lines) + b"\n\n"
 
 
+def _event_ends(buffer: Union[bytes, bytearray], start: int = 0) -> Iterator["re.Match[bytes]"]:
+    """The event ends in ``buffer`` from ``start`` that are final: a CR that ends the buffer
+    waits for the next chunk, since an LF after it would make it a CRLF."""
+    for match in _EVENT_END.finditer(buffer, start):
+        if match.end() == len(buffer) and buffer[-1] == 0x0D:
+            return
+        yield match
+
+
 class SseEventCounter:
     """How many events end in each chunk of a stream (an observe ``Chunk``'s
     ``event_count``), by the same rules as SseReader, without keeping the events: only the
@@ -71,9 +80,7 @@ class SseEventCounter:
     def count(self, chunk: bytes) -> int:
         data = self._tail + chunk
         ended, last = 0, 0
-        for match in _EVENT_END.finditer(data):
-            if match.end() == len(data) and data[-1] == 0x0D:
-                break  # a CR last: maybe the first half of a CRLF
+        for match in _event_ends(data):
             ended, last = ended + 1, match.end()
         self._tail = data[max(last, len(data) - 3) :]
         return ended
@@ -102,9 +109,7 @@ class SseReader:
         self._buffer += chunk
         events = []
         start = 0
-        for match in _EVENT_END.finditer(self._buffer, max(0, self._scanned - 3)):
-            if match.end() == len(self._buffer) and self._buffer[-1] == 0x0D:
-                break  # a CR last: maybe the first half of a CRLF
+        for match in _event_ends(self._buffer, max(0, self._scanned - 3)):
             block = bytes(self._buffer[start : match.start()])
             if self._first and block.startswith(_BOM):
                 block = block[len(_BOM) :]
