@@ -42,11 +42,7 @@ STATE = {
                      f"(i32.store8 (i32.const {DATA_AT}) (i32.const 7))"),
     "many dirty pages": (
         f"(i32.or (i32.load8_u (i32.const {MANY_FROM})) (i32.load8_u (i32.const {MANY_FROM + (MANY_PAGES - 1) * 4096})))",
-        f"""(block $done (loop $next
-          (br_if $done (i32.ge_u (global.get $page) (i32.const {MANY_PAGES})))
-          (i32.store8 (i32.add (i32.const {MANY_FROM}) (i32.mul (global.get $page) (i32.const 4096))) (i32.const 1))
-          (global.set $page (i32.add (global.get $page) (i32.const 1)))
-          (br $next)))""",
+        gen_fixtures.dirty_pages(MANY_FROM, MANY_PAGES),
     ),
 }
 

@@ -43,12 +43,7 @@ def _kernel_has_pagemap_scan() -> bool:
 def dirtying_guest(pages: int) -> bytes:
     """A filter that writes one byte into each of ``pages`` pages from 64 KiB up (the
     memory has 8 MiB), then answers an empty FilterResponse."""
-    body = f"""(block $done (loop $next
-          (br_if $done (i32.ge_u (global.get $page) (i32.const {pages})))
-          (i32.store8 (i32.add (i32.const 65536) (i32.mul (global.get $page) (i32.const {PAGE}))) (i32.const 1))
-          (global.set $page (i32.add (global.get $page) (i32.const 1)))
-          (br $next)))
-        {gen_fixtures.EMPTY_FILTER_RESPONSE}"""
+    body = f"{gen_fixtures.dirty_pages(65536, pages, page=PAGE)}\n        {gen_fixtures.EMPTY_FILTER_RESPONSE}"
     customs = [("cc_lb.plugin.v1", gen_fixtures.metadata()), ("cc_lb.schema.filter.v1", gen_fixtures.fingerprints()["filter"])]
     text = gen_fixtures.module("dirty", "Dirties pages.", body, customs=customs, pages=128,
                                extra="  (global $page (mut i32) (i32.const 0))")
