@@ -100,7 +100,10 @@ LDFLAGS = [
 #: The memory layout rustc's wasm32 targets give a plugin, for the benchmark's Rust-laid-out
 #: guest: the stack first, 1 MiB of it (its top at the 1 MiB mark), then static data, then
 #: the heap, in 17 initial pages. zig's linker already puts the stack first.
-RUST_LAYOUT_LDFLAGS = ["-Wl,--no-entry", "-Wl,-z,stack-size=1048576", "-Wl,--initial-memory=1114112", "-s"]
+RUST_LAYOUT_LDFLAGS = [flag for flag in LDFLAGS if not flag.startswith("-Wl,-z,stack-size=")] + [
+    "-Wl,-z,stack-size=1048576",
+    "-Wl,--initial-memory=1114112",
+]
 RUST_LAYOUT_PAGES = 17
 RUST_LAYOUT_STACK_TOP = 1024 * 1024
 
