@@ -292,5 +292,7 @@ else:
         if name in _RUNTIME_NAMES:
             from . import runtime
 
-            return getattr(runtime, name)
+            value = getattr(runtime, name)
+            globals()[name] = value  # the next lookup is a plain module attribute
+            return value
         raise AttributeError(f"module 'cclb_wire' has no attribute {name!r}")
