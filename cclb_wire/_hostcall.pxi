@@ -258,6 +258,8 @@ cdef class NativePlugin:
     cdef object bounds, origin_policy
     cdef bytes grow_flag_export, start_export
     cdef tuple hook_exports, hook_export_bytes  # the hooks' export names, by HOOK_* index
+    cdef Guest spare  # FRESH: the next call's instance, opened ahead by prepare()
+    cdef bint has_spare, preparing
 
     def __init__(self, engine_address, pre_address, owners, faults, local, CallGate gate, hooks, *,
                  bint reuse, bint has_start, deadline_ticks, fuel, memory_limit, table_elements, max_tables,
@@ -291,6 +293,52 @@ cdef class NativePlugin:
         self.hook_export_bytes = tuple(name.encode() for name in self.hook_exports)
         self.grow_flag_export = grow_flag_export.encode()
         self.start_export = start_export.encode()
+
+    def __dealloc__(self):
+        if self.has_spare and self.spare.store != NULL:
+            _WT.store_delete(self.spare.store)  # self.owners still holds the engine here
+
+    def prepare(self, str hook):
+        """FRESH: open the next call's instance now, while nothing waits; the next fresh
+        call takes it instead of instantiating. It is as fresh as one opened at the call
+        (nothing has run in it but the start function, which runs at instantiation either
+        way; the deadline and fuel are armed again for the call). True once one is ready;
+        False under REUSE_PER_THREAD or while another thread prepares. Raises what
+        instantiation raises (``hook`` names the call for its errors)."""
+        cdef Guest g
+        cdef int index = _HOOK_NAMES.index(hook)
+        if self.reuse or self.preparing:
+            return False
+        if self.has_spare:
+            return True
+        memset(&g, 0, sizeof(Guest))
+        self._enter(index)
+        self.preparing = True  # _open releases the GIL: one prepare at a time
+        try:
+            self._open(&g, index)
+        except BaseException:
+            if g.store != NULL:
+                _WT.store_delete(g.store)
+            raise
+        finally:
+            self.preparing = False
+            self.gate.leave()
+        self.spare = g
+        self.has_spare = True
+        return True
+
+    def discard_prepared(self):
+        """Close the prepared instance, if one waits (its plugin leaves its slot)."""
+        cdef void* store = self.spare.store if self.has_spare else NULL
+        self.has_spare = False
+        memset(&self.spare, 0, sizeof(Guest))
+        if store != NULL:
+            _WT.store_delete(store)
+
+    @property
+    def has_prepared(self):
+        """Whether a prepared instance waits for the next fresh call."""
+        return self.has_spare
 
     # -- the pieces of a call ------------------------------------------------------
 
@@ -509,6 +557,11 @@ cdef class NativePlugin:
                 else:
                     self._clear_refused_grow(&reused.g, hook)
                 g = &reused.g
+            elif self.has_spare:  # opened ahead by prepare(): never used, as fresh as a new one
+                fresh = self.spare
+                memset(&self.spare, 0, sizeof(Guest))
+                self.has_spare = False
+                g = &fresh
             else:
                 g = &fresh
                 self._open(g, hook)

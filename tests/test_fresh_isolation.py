@@ -8,10 +8,12 @@ segment overwritten, or more dirty pages than a pool slot keeps resident (the fi
 last of them checked). Under FRESH, every call must succeed, from each memory pool (the
 extension's page-resetting one, wasmtime's pooling allocator) and from none; under
 REUSE_PER_THREAD the second call must fail, which shows the guest really keeps and finds
-its state."""
+its state. Instances opened ahead (``prepare_instance``) are checked the same way: one is
+prepared before each call, and each call must still find nothing."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 import wasmtime
 
 import cclb_wire as cw
-from cclb_wire.runtime import HostConfig, InstanceStrategy, PluginHost
+from cclb_wire.runtime import NATIVE_CALLS_ENV, HostConfig, InstanceStrategy, PluginHost
 from cclb_wire.runtime.pool import MEMORY_POOL_ENV, PAGE_RESET_KEEP_RESIDENT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "hostile"))
@@ -64,7 +66,11 @@ def guest(kind: str) -> bytes:
 POOLS = {"pooled": (32, None), "wasmtime pool": (32, "wasmtime"), "unpooled": (0, None)}
 
 
-def outcomes(kind: str, strategy: InstanceStrategy, pool: str = "pooled") -> list:
+#: Whether calls take the extension's path, the one that opens instances ahead.
+NATIVE_PATH = cw.BACKEND == "cython" and os.environ.get(NATIVE_CALLS_ENV) != "0"
+
+
+def outcomes(kind: str, strategy: InstanceStrategy, pool: str = "pooled", prepared: bool = False) -> list:
     pool_size, memory_pool = POOLS[pool]
     with pytest.MonkeyPatch.context() as patch:
         if memory_pool:
@@ -76,6 +82,8 @@ def outcomes(kind: str, strategy: InstanceStrategy, pool: str = "pooled") -> lis
         slot = host.register_filter("s", kind, guest(kind))
         results = []
         for _ in range(4):
+            if prepared:  # the call takes an instance opened ahead, on the path that has them
+                assert slot.prepare_instance() is (NATIVE_PATH and strategy is InstanceStrategy.FRESH)
             try:
                 slot.filter(cw.RequestContext("r", "POST", "/v1/messages"), cw.Principal("p"), [])
                 results.append("fresh state")
@@ -88,6 +96,12 @@ def outcomes(kind: str, strategy: InstanceStrategy, pool: str = "pooled") -> lis
 @pytest.mark.parametrize("kind", sorted(STATE))
 def test_nothing_carries_over_between_fresh_calls(kind, pool):
     assert outcomes(kind, InstanceStrategy.FRESH, pool) == ["fresh state"] * 4
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("kind", sorted(STATE))
+def test_nothing_carries_over_to_an_instance_opened_ahead(kind, pool):
+    assert outcomes(kind, InstanceStrategy.FRESH, pool, prepared=True) == ["fresh state"] * 4
 
 
 @pytest.mark.parametrize("kind", sorted(STATE))

@@ -144,6 +144,29 @@ class _Adapter:
             raise InvalidInput(where, f"the scope was opened by slot {scope.slot!r}, not by this one ({self._slot!r})")
         return scope.loaded
 
+    def prepare_instance(self) -> bool:
+        """Open the slot's next fresh instance now, while nothing waits (a proxy: once an
+        answer is sent): the next FRESH call takes it instead of instantiating, so the
+        instantiation leaves the request's path. The instance is as fresh as one opened at
+        the call: nothing has run in it but its start function, which runs at
+        instantiation either way, and the call arms its deadline and fuel anew. It holds a
+        pool slot until that call takes it, or until the plugin leaves the slot.
+
+        True once an instance waits. False, with nothing done, under REUSE_PER_THREAD, on
+        the ctypes call path, while the slot's breaker is open, or when no instance can be
+        opened now (a full pool, a failing start function): the next call instantiates
+        then, and reports what fails."""
+        try:
+            loaded = self._loaded()
+        except PluginError:
+            return False
+        if loaded.native is None or self._breaker.open_until:
+            return False
+        try:
+            return bool(loaded.native.prepare(self._kind))
+        except PluginError:
+            return False
+
     def stats(self) -> SlotStats:
         """This slot's call statistics (``PluginHost.stats`` for every slot)."""
         return self._counters.snapshot()  # type: ignore[no-any-return]

@@ -118,6 +118,8 @@ class PluginHost:
         if not self._wait_for_calls(timeout):
             raise PluginError(f"close(): {self._gate.active} call(s) or registration(s) still running after {timeout} s")
         with self._lock:
+            for loaded in self._slots.values():
+                _discard_prepared(loaded)
             self._slots.clear()
             self._modules.clear()
         self._release()
@@ -201,6 +203,7 @@ class PluginHost:
     def _retire(self, loaded: Optional[Loaded]) -> None:
         """A plugin left its slot: its module may become a spare (called with the lock held)."""
         if loaded is not None:
+            _discard_prepared(loaded)  # its pool slot is free at once, not when the plugin is collected
             self._modules.retire(loaded.module_key, loaded.module, lambda key: _module_in_slots(self._slots, key) is not None)
 
     def _register(
@@ -225,6 +228,8 @@ class PluginHost:
                     self._slot_tickets[key] = ticket  # the same content: nothing changes but the order
                     self._slot_policies[key] = failure_policy  # ... and the policy it states
                     return adapter(self, kind, slot_key)
+            if current is not None:
+                _discard_prepared(current)  # admission may need the pool slot it holds
             loaded = self._admit(kind, name, data, content_hash)
             with self._lock:
                 if self._gate.closed:
@@ -358,6 +363,12 @@ class PluginHost:
 
         counters = _codec.memory_pool_stats(engine.memory_pool)
         return MemoryPoolStats(slots=self.config.pool_size, keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT, **counters)
+
+
+def _discard_prepared(loaded: Loaded) -> None:
+    """Close the instance a plugin has opened ahead (``prepare_instance``), if any."""
+    if loaded.native is not None:
+        loaded.native.discard_prepared()
 
 
 def _module_in_slots(slots: Dict[Tuple[str, str], Loaded], key: bytes) -> Any:

@@ -1,0 +1,81 @@
+"""``prepare_instance()``: a FRESH slot's next instance opened ahead of its call.
+
+Isolation (a call in a prepared instance finds nothing an earlier call left) is
+tests/test_fresh_isolation.py's; this file checks the rest of the claim in the adapter's
+docstring: only the extension's call path under FRESH prepares, a prepared instance holds
+a pool slot until a call takes it or its plugin leaves the slot (then at once, so the
+plugin that replaces it can be admitted), and a full pool makes ``prepare_instance``
+answer False, never raise."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import pytest
+
+import cclb_wire as cw
+from cclb_wire.runtime import NATIVE_CALLS_ENV, HostConfig, InstanceStrategy, PluginHost
+
+PLUGINS = resources.files("cclb_wire.plugins")
+CTX = cw.RequestContext("r", "POST", "/v1/messages")
+PRINCIPAL = cw.Principal("p")
+#: Whether calls take the extension's path, the only one that prepares.
+NATIVE_PATH = cw.BACKEND == "cython" and os.environ.get(NATIVE_CALLS_ENV) != "0"
+
+
+def filter_plugin(host: PluginHost, slot: str = "f", name: str = "cache_aware_filter.wasm") -> cw.FilterPlugin:
+    return host.register_filter(slot, slot, (PLUGINS / name).read_bytes())
+
+
+def call(adapter: cw.FilterPlugin) -> str:
+    try:
+        adapter.filter(CTX, PRINCIPAL, [])
+        return "answered"
+    except cw.FilterError as exc:
+        return type(exc.__cause__).__name__
+
+
+def test_only_fresh_slots_on_the_extensions_path_prepare():
+    with PluginHost(HostConfig(probe=False)) as host:
+        adapter = filter_plugin(host)
+        assert adapter.prepare_instance() is NATIVE_PATH
+        assert adapter.prepare_instance() is NATIVE_PATH  # one waits already: nothing more is opened
+        assert call(adapter) == "answered"
+    assert adapter.prepare_instance() is False  # the host is closed
+    with PluginHost(HostConfig(probe=False)) as host:
+        adapter = filter_plugin(host)
+        adapter.prepare_instance()
+        held = adapter._loaded()
+    assert held.native is None or not held.native.has_prepared  # closing the host closed it
+    with PluginHost(HostConfig(probe=False, instance_strategy=InstanceStrategy.REUSE_PER_THREAD)) as host:
+        assert filter_plugin(host).prepare_instance() is False
+
+
+def test_a_prepared_instance_holds_a_pool_slot_until_a_call_takes_it():
+    with PluginHost(HostConfig(probe=False, pool_size=1)) as host:
+        first, second = filter_plugin(host, "first"), filter_plugin(host, "second")
+        if not NATIVE_PATH:
+            assert first.prepare_instance() is False
+            assert [call(first), call(second)] == ["answered", "answered"]
+            return
+        assert first.prepare_instance() is True
+        assert second.prepare_instance() is False  # the one slot is taken: nothing opened, nothing raised
+        assert call(second) == "PluginPoolSaturated"
+        assert call(first) == "answered"  # takes the prepared instance, and frees the slot after
+        assert call(second) == "answered"
+        assert call(first) == "answered"  # nothing prepared: instantiates, as without prepare
+
+
+@pytest.mark.parametrize("leave", ["swap", "unregister"])
+def test_a_prepared_instance_leaves_with_its_plugin(leave):
+    with PluginHost(HostConfig(probe=False, pool_size=1)) as host:
+        adapter, other = filter_plugin(host), filter_plugin(host, "other")
+        assert adapter.prepare_instance() is NATIVE_PATH
+        held = adapter._loaded()  # the plugin stays referenced: its slot must be freed anyway
+        if leave == "swap":  # admitting the new plugin needs the one pool slot
+            filter_plugin(host, name="cache_aware_filter_1_0.wasm")
+        else:
+            adapter.close()
+        assert call(other) == "answered"
+        assert held.native is None or not held.native.has_prepared
