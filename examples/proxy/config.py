@@ -108,8 +108,8 @@ class ProxyConfig:
     http_parser: str = "httptools"
     #: The event loop: "uvloop" (the default where it exists) or "asyncio".
     event_loop: str = DEFAULT_EVENT_LOOP
-    #: The client to the upstreams: "aiohttp" (a third of httpx's CPU per request) or "httpx".
-    upstream_client: str = "aiohttp"
+    #: The client to the upstreams: "httptools" (the proxy's own, upstream_client.py), "aiohttp" or "httpx".
+    upstream_client: str = "httptools"
     #: One JSON line per request on the ``cclb_proxy.access`` logger.
     access_log: bool = False
     #: Upstreams tried per request (failover to the next kept one), at least 1.
@@ -363,7 +363,8 @@ def load(path: os.PathLike[str] | str) -> ProxyConfig:
         header_timeout_s=_seconds(server, "header_timeout_s", 10.0),
         max_attempts=_positive(server, "max_attempts", 2),
         access_log=_get(server, "access_log", bool, "server.", False),
-        upstream_client=_choice(server, "upstream_client", ("aiohttp", "httpx"), "aiohttp"),
+        upstream_client=_installed(_choice(server, "upstream_client", ("httptools", "aiohttp", "httpx"), "httptools"),
+                                   "upstream_client"),
         http_parser=_installed(_choice(server, "http_parser", ("httptools", "h11"), "httptools"), "http_parser"),
         event_loop=_installed(_choice(server, "event_loop", ("uvloop", "asyncio"), DEFAULT_EVENT_LOOP), "event_loop"),
         admin_host=_get(admin, "host", str, "admin.", "127.0.0.1"),

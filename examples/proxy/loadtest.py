@@ -28,9 +28,9 @@ the hook time spent before the answer starts.
     python examples/proxy/loadtest.py --compare  # the speed contenders, interleaved (below)
 
 --compare measures the proxy's server and client choices side by side: the fake upstream
-alone, then proxies that differ in [server] upstream_client (httpx, aiohttp), http_parser
-(h11, httptools) and event_loop (asyncio, uvloop), with the three shipped plugins and
-without plugins. Every round runs every contender once, one after the other: non-streaming
+alone, then proxies that differ in [server] upstream_client (httpx, aiohttp, httptools),
+http_parser (h11, httptools) and event_loop (asyncio, uvloop), with the three shipped
+plugins and without plugins (contenders are named client, parser, loop). Every round runs every contender once, one after the other: non-streaming
 requests one at a time (latency; the proxy's added latency is its p50 minus the upstream's
 own, in the same round), then at concurrency 16 (throughput, and the proxy process's CPU
 per request from /proc). Figures are medians over rounds.
@@ -331,10 +331,10 @@ async def run(args: argparse.Namespace) -> int:
 CONTENDERS = {
     "upstream alone": None,
     "httpx, h11, asyncio": {"upstream_client": "httpx", "http_parser": "h11", "event_loop": "asyncio"},
-    "aiohttp, h11, asyncio": {"upstream_client": "aiohttp", "http_parser": "h11", "event_loop": "asyncio"},
     "aiohttp, httptools, uvloop": {"upstream_client": "aiohttp", "http_parser": "httptools", "event_loop": "uvloop"},
-    "aiohttp, httptools, uvloop, no plugins": {
-        "upstream_client": "aiohttp", "http_parser": "httptools", "event_loop": "uvloop", "_no_plugins": True,
+    "httptools, httptools, uvloop": {"upstream_client": "httptools", "http_parser": "httptools", "event_loop": "uvloop"},
+    "httptools, httptools, uvloop, no plugins": {
+        "upstream_client": "httptools", "http_parser": "httptools", "event_loop": "uvloop", "_no_plugins": True,
     },
 }
 BASELINE = "httpx, h11, asyncio"
@@ -412,7 +412,7 @@ async def compare(args: argparse.Namespace) -> int:
         print(f"{name:42} {statistics.median(latency[name]) * 1e3:7.3f}ms {added:7.3f}ms {statistics.median(throughput[name]):10.0f} "
               f"{ratio:6.2f}x {statistics.median(cpu[name]) * 1e3:7.3f}ms")
         verdicts[name] = (added, ratio)
-    chosen = "aiohttp, httptools, uvloop"
+    chosen = "httptools, httptools, uvloop"
     added, ratio = verdicts[chosen]
     print(f"targets ({chosen}, with plugins, against {BASELINE}; {args.rounds} rounds):")
     print(f"  {'PASS' if added <= 0.5 else 'FAIL'}  added latency p50 at concurrency 1 <= 0.5 ms: {added:.3f} ms")

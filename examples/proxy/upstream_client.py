@@ -1,7 +1,9 @@
-"""The proxy's HTTP client to its upstreams, behind one small interface, in two makes:
-``httpx`` and ``aiohttp`` (``[server] upstream_client``). Both send exactly the headers
-they are given (no user-agent, accept-encoding or content-type of their own), never
-follow redirects, never decompress, and report failures as three exceptions:
+"""The proxy's HTTP client to its upstreams, behind one small interface, in three makes:
+``httptools`` (the default: HTTP/1.1 on asyncio's transports, httptools' C parser),
+``aiohttp`` and ``httpx`` (``[server] upstream_client``). Each sends exactly the headers
+it is given (no user-agent, accept-encoding or content-type of its own; Host and
+Content-Length from the URL and the body), never follows redirects, never decompresses,
+and reports failures as three exceptions:
 
 - ``UpstreamTimeout``: no answer (headers) within the timeout;
 - ``UpstreamUnreachable``: no answer for any other reason (refused, reset, protocol);
@@ -13,13 +15,18 @@ Cancelling a ``send`` closes its connection: the upstream sees the request end.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, List, Optional, Tuple
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 #: (name, value) pairs, each str or bytes (a str value is Latin-1 text, as in RequestContext).
 Headers = List[Tuple[Any, Any]]
 
 #: The makes ``make_client`` knows.
-CLIENTS = ("httpx", "aiohttp")
+CLIENTS = ("httptools", "aiohttp", "httpx")
 
 
 class UpstreamTimeout(Exception):
@@ -116,8 +123,6 @@ class _AiohttpAnswer(Answer):
         self.raw_headers = list(response.raw_headers)
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
-        import asyncio
-
         import aiohttp
 
         try:
@@ -157,8 +162,6 @@ class AiohttpClient:
         return self._session
 
     async def send(self, method: str, url: str, headers: Headers, content: bytes) -> Answer:
-        import asyncio
-
         import aiohttp
         from multidict import CIMultiDict
 
@@ -191,6 +194,321 @@ def _text(value: Any, encoding: str) -> str:
 
 def make_client(kind: str, max_connections: int, timeout_s: float) -> Any:
     """The client of make ``kind`` (one of CLIENTS)."""
+    if kind == "httptools":
+        return HttptoolsClient(max_connections, timeout_s)
     if kind == "aiohttp":
         return AiohttpClient(max_connections, timeout_s)
     return HttpxClient(max_connections, timeout_s)
+
+
+# --- httptools ------------------------------------------------------------------------------------
+
+#: An idle pooled connection older than this is closed rather than reused: an upstream may
+#: close an idle connection just as a request goes out on it (aiohttp's default, 15 s).
+IDLE_CONNECTION_S = 15.0
+#: Parsed upstream URLs kept (a proxy sends to a few URLs, over and over).
+TARGET_CACHE_SIZE = 256
+#: Past this many unread bytes of an answer, the connection stops reading (back pressure).
+READ_BUFFER_BYTES = 1 << 20
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an upstream; one request at a time."""
+
+    def __init__(self, key: Tuple[str, str, int]) -> None:
+        self.key = key
+        self.transport: Optional[asyncio.Transport] = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._loop = asyncio.get_running_loop()
+        self.expect(False)
+
+    def expect(self, head_only: bool) -> None:
+        """Ready for the answer to the next request (``head_only``: a HEAD, no body follows)."""
+        import httptools
+
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.status = 0
+        self.headers: List[Tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = self._loop.create_future()
+        self.chunks: Deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+        self.complete = False
+        self.keep_alive = False
+        self.framed = False  # a Content-Length or chunked answer ends without the connection closing
+        self.error: Optional[BaseException] = None
+        self.waiter: Optional[asyncio.Future[None]] = None
+
+    # asyncio's side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        import httptools
+
+        if self.complete or self.error is not None:  # bytes nobody asked for: not reusable
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.lost = True
+        if not self.complete:
+            if self.head.done() and not self.framed and self.error is None:
+                self.complete = True  # an answer delimited by the connection's end
+            else:
+                self._fail(exc or ConnectionResetError("the upstream closed the connection"))
+        self._wake()
+
+    # httptools' side
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self.headers = []
+            return
+        self.status = status
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+                self.framed = True
+        if status in _NO_BODY_STATUSES:
+            self.framed = True
+        if not self.head.done():
+            self.head.set_result(None)
+        if self.head_only:  # the parser would wait for a body the answer to HEAD never has
+            self.complete = True
+            self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_BUFFER_BYTES and not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:  # the end of an interim answer
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # the answer's side
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        if not self.head.done():
+            self.head.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take(self) -> Optional[bytes]:
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered <= READ_BUFFER_BYTES // 2 and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+        return chunk
+
+    async def wait(self, timeout_s: float) -> None:
+        self.waiter = self._loop.create_future()
+        try:
+            await asyncio.wait_for(self.waiter, timeout_s)
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _HttptoolsAnswer(Answer):
+    def __init__(self, client: "HttptoolsClient", connection: _Connection) -> None:
+        self._client = client
+        self._connection: Optional[_Connection] = connection
+        self.status_code = connection.status
+        self.raw_headers = connection.headers
+
+    async def iter_raw(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            return
+        while True:
+            chunk = connection.take()
+            if chunk is not None:
+                yield chunk
+                continue
+            if connection.error is not None:
+                raise UpstreamBroken(connection.error, False)
+            if connection.complete:
+                break
+            try:
+                await connection.wait(self._client.timeout_s)
+            except asyncio.TimeoutError as exc:
+                raise UpstreamBroken(exc, True) from exc
+        self._done()
+
+    def _done(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._client.release(connection)
+
+    async def aclose(self) -> None:
+        self._done()
+
+
+class HttptoolsClient:
+    """HTTP/1.1 on asyncio's transports, answers parsed by httptools (llhttp, C): a pool of
+    kept-alive connections per origin, at most ``max_connections`` requests at once, TLS
+    for ``https`` with the system's trust store. Header bytes go out as given, so every
+    request goes out byte for byte. ``timeout_s`` bounds the connect, the wait for the
+    answer's headers (UpstreamTimeout) and each wait for more of the body (UpstreamBroken)."""
+
+    def __init__(self, max_connections: int, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._slots: Optional[asyncio.Semaphore] = None  # made on the loop that uses it
+        self._idle: Dict[Tuple[str, str, int], List[_Connection]] = {}
+        self._tls: Optional[ssl.SSLContext] = None
+        self._closed = False
+        self._targets: Dict[str, Tuple[Tuple[str, str, int], str, str]] = {}  # url -> _target(url)
+
+    async def send(self, method: str, url: str, headers: Headers, content: bytes) -> Answer:
+        where = self._targets.get(url)
+        if where is None:
+            where = self._targets[url] = _target(url)
+            if len(self._targets) > TARGET_CACHE_SIZE:  # the oldest goes: a proxy sends to few URLs
+                del self._targets[next(iter(self._targets))]
+        key, target, authority = where
+        request = _request_bytes(method, target, authority, headers, content)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        await self._slots.acquire()
+        connection: Optional[_Connection] = None
+        try:
+            connection = self._pooled(key) or await self._connect(key)
+            connection.expect(method == "HEAD")
+            assert connection.transport is not None
+            connection.transport.write(request)
+            try:
+                await asyncio.wait_for(connection.head, self.timeout_s)
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout("ReadTimeout") from None
+            if connection.error is not None:
+                raise UpstreamUnreachable(type(connection.error).__name__)
+        except BaseException:  # cancelled too: closing the connection ends the request upstream
+            if connection is not None:
+                connection.close()
+            self._slots.release()
+            raise
+        return _HttptoolsAnswer(self, connection)
+
+    def _pooled(self, key: Tuple[str, str, int]) -> Optional[_Connection]:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if not connection.lost and now - connection.idle_since < IDLE_CONNECTION_S:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, key: Tuple[str, str, int]) -> _Connection:
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(key), host, port, ssl=tls), self.timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout("ConnectTimeout") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamUnreachable(type(exc).__name__) from exc
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        """An answer is done with its connection: kept for the next request if it can be."""
+        if self._slots is not None:
+            self._slots.release()
+        if self._closed or connection.lost or not connection.complete or not connection.keep_alive or connection.paused:
+            connection.close()
+            return
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) >= self._max_connections:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
+def _target(url: str) -> Tuple[Tuple[str, str, int], str, str]:
+    """A URL's (scheme, host, port), request target and authority (for Host)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme, parts.hostname
+    if scheme not in ("http", "https") or not host:
+        raise UpstreamUnreachable(f"InvalidURL: {url!r}")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise UpstreamUnreachable(f"InvalidURL: {url!r}") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (scheme, host, port), target, parts.netloc.rpartition("@")[2]
+
+
+def _request_bytes(method: str, target: str, authority: str, headers: Headers, content: bytes) -> bytes:
+    """The request head and body. Host from the URL unless given; Content-Length from the
+    body (the proxy strips the client's framing headers). A CR, LF or NUL in a header
+    would split the head: refused (host-built headers never have one)."""
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    has_host = False
+    for name, value in headers:
+        raw_name = name if isinstance(name, bytes) else name.encode("latin-1")
+        raw_value = value if isinstance(value, bytes) else value.encode("latin-1")
+        if b"\r" in raw_value or b"\n" in raw_value or b"\0" in raw_value or b"\r" in raw_name or b"\n" in raw_name:
+            raise UpstreamUnreachable(f"InvalidHeader: {raw_name[:64]!r}")
+        if raw_name.lower() == b"host":
+            has_host = True
+        lines.append(raw_name + b": " + raw_value + b"\r\n")
+    if not has_host:
+        try:
+            host = authority.encode("ascii")
+        except UnicodeEncodeError:  # an internationalised name: its ASCII (IDNA) form
+            host = authority.encode("idna")
+        lines.insert(1, b"host: " + host + b"\r\n")
+    if content or method in ("POST", "PUT", "PATCH"):
+        lines.append(b"content-length: %d\r\n" % len(content))
+    lines.append(b"\r\n")
+    lines.append(content)
+    return b"".join(lines)
