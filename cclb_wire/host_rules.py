@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import math
 import re
 import uuid
@@ -448,6 +449,9 @@ def parse_uuid(text: str) -> Optional[uuid.UUID]:
     return uuid.UUID(text)
 
 
+#: Shaped URLs whose parse shape_url keeps.
+SHAPE_URL_CACHE_SIZE = 1024
+
 # RFC 9110 tchar: what http::Method and http::HeaderName accept.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -484,10 +488,13 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+@functools.lru_cache(maxsize=SHAPE_URL_CACHE_SIZE)
 def shape_url(url: str, expected_origin: Optional[str], enforce_origin: bool) -> str:
     """Parse a shaped URL (WHATWG) and, when ``enforce_origin``, require ``expected_origin``
     (the selected upstream's, ``None`` when it has no base_url: then nothing is enforced).
-    Returns the serialized URL."""
+    Returns the serialized URL. Answers are kept (a refusal is not): a shape plugin sends
+    most requests to the same few URLs, and parsing one costs more than the rest of
+    decoding its answer."""
     from .errors import DialectError
 
     try:
