@@ -28,6 +28,7 @@ import wasmtime
 from prometheus_client.parser import text_string_to_metric_families
 
 import cclb_wire as cw
+from cclb_wire.runtime import NATIVE_CALLS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_DIR = REPO / "examples" / "proxy"
@@ -135,15 +136,15 @@ def fixture_wasm(name: str) -> bytes:
 
 def write_config(tmp_path: Path, upstream_url: str, *, filter_wasm: Optional[Path] = None, filter_policy: str = "pass_through",
                  shape_wasm: Optional[Path] = None, shape_policy: str = "fail_closed", offload: bool = False,
-                 deadline_s: float = 1.0, reload_poll_s: float = 0.0, secondary_tokens: int = 4096) -> Path:
+                 deadline_s: float = 1.0, reload_poll_s: float = 0.0, secondary_tokens: int = 4096, pool_size: int = 4) -> Path:
     def slot(name: str, wasm: Path, policy: str) -> Dict[str, Any]:
         return {"name": name, "wasm": str(wasm), "failure_policy": policy, "offload_to_thread": offload}
 
     config = {
         "server": {"reload_poll_s": reload_poll_s, "upstream_timeout_s": 10, "debug_endpoints": True,
                    # CI runs these tests with each upstream client (the default is aiohttp).
-                   "upstream_client": os.environ.get("CCLB_PROXY_UPSTREAM_CLIENT", "aiohttp")},
-        "host": {"deadline_s": deadline_s, "pool_size": 4, "memory_limit_bytes": 16 << 20},
+                   "upstream_client": os.environ.get("CCLB_PROXY_UPSTREAM_CLIENT", "httptools")},
+        "host": {"deadline_s": deadline_s, "pool_size": pool_size, "memory_limit_bytes": 16 << 20},
         "keys": [
             {"key": PROXY_KEY, "principal": "alice", "kind": "api_key", "claims": {"team": "research", "keep_k": 1}},
             {"key": BOB_KEY, "principal": "bob", "claims": {"keep_k": 2}},
@@ -168,7 +169,7 @@ def write_config(tmp_path: Path, upstream_url: str, *, filter_wasm: Optional[Pat
 class Running:
     """A proxy serving in a thread, with spies on what it builds and reports."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, parser: str = "httptools") -> None:
         self.proxy = proxy_app.Proxy(proxy_config.load(config_path))
         self.contexts: List[cw.RequestContext] = []
         self.events: List[Any] = []
@@ -200,7 +201,7 @@ class Running:
             await app(scope, receive, send)
 
         self.proxy._finish = finish_spy  # type: ignore[method-assign]
-        self.server = ServerThread(counting_app)
+        self.server = ServerThread(counting_app, parser=parser)
         self.admin_server = ServerThread(self.proxy.admin_app, lifespan="off")
         self.url = self.server.url
         self.client = httpx.Client(base_url=self.url, timeout=20)
@@ -230,8 +231,8 @@ class Running:
 def start_proxy() -> Iterator[Any]:
     running: List[Running] = []
 
-    def start(config_path: Path) -> Running:
-        proxy = Running(config_path)
+    def start(config_path: Path, parser: str = "httptools") -> Running:
+        proxy = Running(config_path, parser)
         proxy.server.__enter__()
         proxy.admin_server.__enter__()
         running.append(proxy)
@@ -447,6 +448,29 @@ def test_an_unknown_key_is_401_and_reaches_no_plugin(tmp_path, upstream, start_p
     # A bearer token works like x-api-key.
     assert proxy.post({"model": "m"}, key=None, authorization=f"Bearer {BOB_KEY}").status_code == 200
     assert proxy.events[-4] == cw.AuthnComplete("bob", "api_key")
+
+
+@pytest.mark.parametrize("pool_size", [4, proxy_app.PREPARE_MIN_POOL])
+def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstream, start_proxy, pool_size):
+    """Each request's observe instance (its events are observed after the upstream was
+    asked, or after a whole answer was sent) is closed when the request ends, for whole and
+    streamed answers. With room in the pool the filter and shape instances of the next
+    request are open already (prepared), and nothing else is."""
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url, pool_size=pool_size))
+    for index in range(6):
+        answer = proxy.post({"model": "m", "max_tokens": 8, "stream": index % 2 == 1, "messages": []})
+        assert answer.status_code == 200, answer.text
+    kinds = [type(event).__name__ for event in proxy.events]
+    assert (kinds.count("RequestStarted"), kinds.count("RequestFinished"), kinds.count("ErrorEvent")) == (6, 6, 0)
+    assert proxy.proxy._open_scopes == 0
+    native = cw.BACKEND == "cython" and os.environ.get(NATIVE_CALLS_ENV) != "0"
+    prepared = native and pool_size >= proxy_app.PREPARE_MIN_POOL
+    assert [proxy.proxy.adapters[hook]._loaded().native.has_prepared if native else False
+            for hook in ("filter", "shape")] == [prepared, prepared]
+    stats = proxy.proxy.host.memory_pool_stats()
+    if stats is not None:  # the page-resetting pool counts the memories in use
+        assert stats.in_use == (2 if prepared else 0)
 
 
 # --- hostile filters and failure policies -----------------------------------------------

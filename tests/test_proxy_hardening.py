@@ -308,9 +308,10 @@ def test_sigterm_ends_the_process_even_while_a_client_holds_a_body_open(tmp_path
 # --- 4. a client that leaves cancels the upstream request ------------------------------------------
 
 
-def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_request(tmp_path, upstream, start_proxy):
+@pytest.mark.parametrize("parser", ["httptools", "h11"])  # the server tells (httptools), or a task asks receive()
+def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_request(tmp_path, upstream, start_proxy, parser):
     fake, server = upstream
-    proxy = start_proxy(write_config(tmp_path, server.url))
+    proxy = start_proxy(write_config(tmp_path, server.url), parser)
     aborted = fake.aborted
     body = b'{"model":"m"}'
     host, port = proxy.url.removeprefix("http://").split(":")
@@ -603,20 +604,21 @@ def test_a_port_in_use_is_one_line_naming_the_address(tmp_path, upstream):
         assert lines == [f"{name}: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr
 
 
-def test_a_loop_or_parser_that_is_not_installed_is_a_config_error(tmp_path, upstream, monkeypatch):
+def test_a_loop_parser_or_client_that_is_not_installed_is_a_config_error(tmp_path, upstream, monkeypatch):
     import importlib.util
 
     _, server = upstream
     config = json.loads(write_config(tmp_path, server.url).read_text())
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("uvloop", "httptools") else real(name, *a))
-    for key, value, others in (("event_loop", "uvloop", {"http_parser": "h11"}),
-                               ("http_parser", "httptools", {"event_loop": "asyncio"})):
+    for key, value, others in (("event_loop", "uvloop", {"http_parser": "h11", "upstream_client": "httpx"}),
+                               ("http_parser", "httptools", {"event_loop": "asyncio", "upstream_client": "httpx"}),
+                               ("upstream_client", "httptools", {"event_loop": "asyncio", "http_parser": "h11"})):
         config["server"].update(others, **{key: value})
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps(config))
         with pytest.raises(proxy_config.ConfigError, match=f"server.{key}: '{value}' is not installed"):
             proxy_config.load(path)
-    config["server"].update(event_loop="asyncio", http_parser="h11")  # what is always there
+    config["server"].update(event_loop="asyncio", http_parser="h11", upstream_client="httpx")  # what is always there
     path.write_text(json.dumps(config))
     assert proxy_config.load(path).event_loop == "asyncio"

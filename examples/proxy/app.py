@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADE
 
 from . import config as cfg
 from .metrics import ProxyMetrics
-from .server import guarded
+from .server import DISCONNECT_KEY, DisconnectWatch, guarded
 from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client
 from .sse import SseEventCounter, SseEventTooLarge, SseReader, encode_event, other_fields
 
@@ -101,6 +102,9 @@ RETRY_STATUSES = frozenset({429, 529})
 BUFFERED_ANSWER_BYTES = 1 << 20
 #: The methods the public listener forwards (under /v1/).
 FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+#: The smallest [host] pool_size with which the filter and shape instances are opened ahead
+#: (two slots held; scopes may hold half the pool, the calls need the rest).
+PREPARE_MIN_POOL = 8
 #: An upstream's failure warnings are logged at most once per this many seconds.
 WARNING_INTERVAL_S = 5.0
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -126,7 +130,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens", "observe_scope")
+    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens", "observe_scope", "deferred")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
@@ -142,6 +146,8 @@ class _Request:
         self.tokens: Tuple[Optional[int], ...] = (None,) * len(TOKEN_FIELDS)
         #: The observe plugin's instance for this request's events (None: a fresh one each).
         self.observe_scope: Optional[Any] = None
+        #: Events held back until the answer is relayed (None: none are; see _observe_later).
+        self.deferred: Optional[List[Any]] = None
 
 
 class UsageScanner:
@@ -235,7 +241,7 @@ class Proxy:
         microseconds per request); the rest (lifespan, 404, 405) goes through Starlette."""
         if scope["type"] == "http" and scope["method"] in FORWARDED_METHODS and scope["path"].startswith("/v1/"):
             try:
-                response = await self.forward(Request(scope, receive, send))
+                response = await self.forward(scope, receive)
             except Exception:  # a bug: one logged traceback, and the client gets the API's error shape
                 log.exception("the request failed")
                 response = api_error(500, "api_error", "internal proxy error")
@@ -328,7 +334,35 @@ class Proxy:
         adapter = self.adapters.get("observe")
         if adapter is not None:
             self.events_reported += 1
+            if request.deferred is not None:
+                request.deferred.append(event)
+                return
             await self._call(request, "observe", adapter.observe_with_policy, event, request.observe_scope)
+
+    def _observe_later(self) -> bool:
+        """Whether a request's events may be observed later than the moment they describe:
+        the observe slot passes failures through (so no failure can change the answer) and
+        runs inline. Then the events are held back until the upstream's answer is relayed:
+        a whole answer's after it was sent, a stream's before its first chunk, an error's
+        when the request ends. The same calls, in the same order, off the client's wait."""
+        adapter = self.adapters.get("observe")
+        return adapter is None or (adapter.failure_policy is cw.FailurePolicy.PASS_THROUGH
+                                   and not self.config.slots["observe"].offload_to_thread)
+
+    def _observe_deferred(self, request: _Request) -> None:
+        """The events held back, observed now, in order, in the request's instance."""
+        events, request.deferred = request.deferred, None
+        adapter = self.adapters.get("observe")
+        if not events or adapter is None:
+            return
+        if request.observe_scope is None:
+            request.observe_scope = self._instance_scope(request, "observe")
+        started = time.perf_counter()
+        try:
+            for event in events:
+                adapter.observe_with_policy(event, request.observe_scope)
+        finally:
+            request.hook_s += time.perf_counter() - started
 
     def _instance_scope(self, request: _Request, hook: str) -> Optional[Any]:
         """One instance of a slot's plugin for a request's observe events or a streamed
@@ -358,11 +392,11 @@ class Proxy:
 
     # --- requests -------------------------------------------------------------------------
 
-    async def read_body(self, http: Request) -> Any:
+    async def read_body(self, declared: Optional[bytes], receive: Any) -> Any:
         """The body, or a 413 ``request_too_large`` past ``max_body_bytes``: refused from its
-        Content-Length before anything is read, else as soon as the chunks pass the limit."""
+        Content-Length (``declared``) before anything is read, else as soon as the chunks
+        pass the limit. ``receive``: the request's ASGI receive."""
         limit = self.config.max_body_bytes
-        declared = http.headers.get("content-length")
         too_large = f"the request body is over the limit of {limit} bytes"
         if declared is not None:
             if not declared.isdigit():
@@ -373,15 +407,25 @@ class Proxy:
 
         async def read() -> Optional[Response]:
             total = 0
-            async for chunk in http.stream():
+            while True:  # the ASGI messages themselves: Starlette's stream() costs a generator
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 total += len(chunk)
                 if total > limit:
                     return api_error(413, "request_too_large", too_large, close=True)
-                chunks.append(chunk)
-            return None
+                if chunk:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return None
 
         try:
-            refused = await asyncio.wait_for(read(), self.config.body_timeout_s)
+            if sys.version_info >= (3, 11):  # a deadline on this task: no second task per request
+                async with asyncio.timeout(self.config.body_timeout_s):
+                    refused = await read()
+            else:
+                refused = await asyncio.wait_for(read(), self.config.body_timeout_s)
         except asyncio.TimeoutError:  # a body trickled in too slowly (or never ends)
             seconds = self.config.body_timeout_s
             return api_error(408, "invalid_request_error", f"the request body did not arrive within {seconds:g} s", close=True)
@@ -436,40 +480,51 @@ class Proxy:
                 routing["service_tier"] = tier
         return routing
 
-    async def forward(self, http: Request) -> Response:
+    async def forward(self, scope: MutableMapping[str, Any], receive: Any) -> Any:
+        """One request to /v1/ (its ASGI scope and receive): the response to send."""
         request = _Request()
-        principal = self.authenticate(http.scope["headers"])
+        headers = scope["headers"]
+        principal = self.authenticate(headers)
         request.principal = None if principal is None else principal.id
         if principal is None:  # before anything else: an unknown caller reaches no plugin
             return self._done(request, api_error(401, "authentication_error", "invalid x-api-key"), record=False)
-        scope_headers = http.scope["headers"]
-        names = {name for name, _ in scope_headers}
-        if b"content-length" in names and b"transfer-encoding" in names:  # RFC 9112 §6.3: a smuggling attempt
+        declared = agent = None  # the first of each, as a server's header lookup gives
+        chunked = False
+        for name, value in headers:  # names arrive lowercased (ASGI)
+            if name == b"content-length":
+                declared = value if declared is None else declared
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"user-agent" and agent is None:
+                agent = value.decode("latin-1")
+        if declared is not None and chunked:  # RFC 9112 §6.3: a smuggling attempt
             return self._done(request, api_error(400, "invalid_request_error", "both Content-Length and Transfer-Encoding",
                                                  close=True), record=False)
-        problem = path_problem(http.scope.get("raw_path") or http.scope["path"].encode("utf-8"))
+        problem = path_problem(scope.get("raw_path") or scope["path"].encode("utf-8"))
         if problem is not None:
             return self._done(request, api_error(400, "invalid_request_error", problem), record=False)
         try:
-            body = await self.read_body(http)
+            body = await self.read_body(declared, receive)
         except ClientDisconnect:  # the client left mid-body: nothing to answer
             log.info("%s: the client disconnected while sending the body", request.id)
             return self._done(request, Response(status_code=499), record=False)
         if isinstance(body, Response):
             return self._done(request, body, record=False)
         try:
-            ctx = self.build_context(http.scope, request.id, body)
+            ctx = self.build_context(scope, request.id, body)
         except cw.InvalidInput as exc:
             return self._done(request, api_error(400, "invalid_request_error", str(exc)), record=False)
         try:
-            return await self._forward(request, ctx, principal, http.headers.get("user-agent"), http.receive,
-                                       forwarded_for(http.scope))
+            return await self._forward(request, ctx, principal, agent, (receive, scope.get(DISCONNECT_KEY)), forwarded_for(scope))
         except cw.ObservabilityError as exc:
             return self._done(request, api_error(502, "api_error", f"observe plugin {self._name('observe')!r} failed: {exc}"))
 
     async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
-                       receive: Any, forwarded_for: bytes) -> Response:
-        request.observe_scope = self._instance_scope(request, "observe")  # the request's events share one instance
+                       client: Tuple[Any, Optional[DisconnectWatch]], forwarded_for: bytes) -> Response:
+        if self._observe_later():
+            request.deferred = []  # observed once the answer is relayed (_observe_deferred)
+        else:
+            request.observe_scope = self._instance_scope(request, "observe")  # the request's events share one instance
         await self.observe(request, cw.RequestStarted(request.id, agent))
         await self.observe(request, cw.AuthnComplete(principal.id, principal.kind))
 
@@ -509,7 +564,7 @@ class Proxy:
             headers.append((b"x-forwarded-for", forwarded_for))
 
             try:
-                answer = await self._send_unless_gone(receive, method, url, headers, content)
+                answer = await self._send_unless_gone(client, method, url, headers, content)
             except _ClientGone:  # nobody waits for this answer: the upstream request was cancelled
                 log.info("%s: the client left before upstream %r answered; request cancelled", request.id, upstream.name)
                 await self.observe(request, cw.ErrorEvent("client_gone", "the client left before the upstream answered", "proxy"))
@@ -537,7 +592,8 @@ class Proxy:
             request.upstream = upstream.name
             break
         named = connection_named(answer.raw_headers)
-        response_headers = [h for h in answer.raw_headers if h[0].lower() not in STRIPPED_RESPONSE_HEADERS and h[0].lower() not in named]
+        response_headers = [(name, value) for name, value in answer.raw_headers
+                            if (lower := name.lower()) not in STRIPPED_RESPONSE_HEADERS and lower not in named]
         response_headers.append((REQUEST_ID_HEADER, request.id.encode("ascii")))
         transforms = self.adapters["shape"].transform_hooks if "shape" in self.adapters else ()
         sse = answer.header("content-type").startswith("text/event-stream")
@@ -555,10 +611,24 @@ class Proxy:
         if length.isdigit() and int(length) <= BUFFERED_ANSWER_BYTES and not sse:
             # A small answer of known length: read whole, then sent in one write (a streamed
             # relay costs a task group and a write per chunk).
-            whole = await self._read_whole(request, answer)
-            if isinstance(whole, Response):
-                return whole
-            response = Response(whole, status_code=answer.status_code)
+            chunks: List[bytes] = []
+            broken: Optional[UpstreamBroken] = None
+            try:
+                async for chunk in answer.iter_raw():
+                    chunks.append(chunk)
+            except UpstreamBroken as exc:
+                broken = exc
+            replay = _Replayed(answer, chunks, broken)
+            if broken is None and self._observe_later():
+                # The client's answer first; what the proxy does about it (Chunk events,
+                # usage, RequestFinished, releases, metrics) once it is sent.
+                return _WholeAnswer(answer.status_code, response_headers, b"".join(chunks),
+                                    functools.partial(self._report_sent, request, replay))
+            else:  # reported before it is sent: a broken answer becomes a 502/504
+                whole = await self._read_whole(request, replay)
+                if isinstance(whole, Response):
+                    return whole
+                response = Response(whole, status_code=answer.status_code)
         else:
             response = StreamingResponse(self._relay(request, answer), status_code=answer.status_code)
         response.raw_headers = response_headers  # as a list: repeated headers survive
@@ -567,11 +637,19 @@ class Proxy:
     async def _read_whole(self, request: _Request, answer: Answer) -> Union[bytes, Response]:
         """The whole answer through ``_relay`` (each chunk observed, usage counted), or the
         error to send if it broke off (a part of an answer is not sent as if whole)."""
-        chunks = [chunk async for chunk in self._relay(request, answer)]
+        chunks = [chunk async for chunk in self._relay(request, answer, streamed=False)]
         if request.broken is not None:
             status = 504 if request.broken == "upstream_timeout" else 502
             return api_error(status, "api_error", f"the upstream's answer broke off ({request.broken})")
         return b"".join(chunks)
+
+    async def _report_sent(self, request: _Request, replay: "_Replayed") -> None:
+        """A whole answer that was sent: relayed again, to the plugins and the metrics only."""
+        try:
+            async for _ in self._relay(request, replay, streamed=False):
+                pass
+        except Exception:  # a bug: logged; the client has its answer already
+            log.exception("%s: reporting the answer failed", request.id)
 
     async def _attempt_failed(self, request: _Request, upstream: Any, code: str, outcome: str, detail: str, what: str,
                               health_prefix: str = "") -> None:
@@ -593,11 +671,30 @@ class Proxy:
         self._warned[key] = (now, 0)
         log.warning("%s%s", message, f" ({held} more since the last warning for {key!r})" if held else "")
 
-    async def _send_unless_gone(self, receive: Any, method: str, url: str, headers: List[Tuple[bytes, bytes]],
-                                content: bytes) -> Answer:
+    async def _send_unless_gone(self, client: Tuple[Any, Optional[DisconnectWatch]], method: str, url: str,
+                                headers: List[Tuple[bytes, bytes]], content: bytes) -> Answer:
         """``client.send``, cancelled (its connection closed) as soon as the client
-        disconnects: a generation nobody will read is not paid for."""
+        disconnects: a generation nobody will read is not paid for. ``client``: the
+        request's ASGI receive and the server's DisconnectWatch, if it gave one (then
+        the disconnect cancels this task: no second task per request)."""
         assert self.client is not None
+        receive, watch = client
+        if watch is not None:
+            if watch.gone:
+                raise _ClientGone()
+            task = asyncio.current_task()
+            assert task is not None
+            watch.callbacks.append(task.cancel)
+            try:
+                return await self.client.send(method, url, headers, content)
+            except asyncio.CancelledError:
+                if not watch.gone:  # someone else's cancellation (shutdown)
+                    raise
+                if sys.version_info >= (3, 11):
+                    task.uncancel()  # ours, and handled: the task goes on to answer 499
+                raise _ClientGone() from None
+            finally:
+                watch.callbacks.remove(task.cancel)
         sending = asyncio.ensure_future(self.client.send(method, url, headers, content))
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
@@ -626,11 +723,16 @@ class Proxy:
         response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
         return response
 
-    async def _relay(self, request: _Request, answer: Answer, call: Optional[Tuple[Any, ...]] = None) -> AsyncIterator[bytes]:
+    async def _relay(self, request: _Request, answer: Answer, call: Optional[Tuple[Any, ...]] = None,
+                     *, streamed: bool = True) -> AsyncIterator[bytes]:
         """The upstream's bytes as they come (raw: a compressed answer stays compressed,
         with its content-encoding), each chunk reported before it is passed on. With
         ``call`` (a streamed answer a cc-lb 1.0 shape plugin transforms), each complete event
-        goes through ``transform_sse_event`` first; usage is read from the upstream's bytes."""
+        goes through ``transform_sse_event`` first; usage is read from the upstream's bytes.
+        ``streamed``: under a StreamingResponse, whose task group cancels the relay when the
+        client leaves (anyio cancels at every await), so the clean-up is shielded; an answer
+        read whole runs in the request's own task, where that costs for nothing."""
+        self._observe_deferred(request)
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
         # A streamed answer's transform calls run in one instance, taken here, released at the end.
@@ -693,7 +795,7 @@ class Proxy:
             await self.observe(request, cw.RequestFinished(answer.status_code, *tokens, duration_ms=duration_ms))
         finally:
             self._close_scope(request, shape_scope)
-            with anyio.CancelScope(shield=True):  # also when the client went away (cancelled)
+            with anyio.CancelScope(shield=True) if streamed else contextlib.nullcontext():  # also when the client went away
                 await answer.aclose()
                 if not finished:
                     with contextlib.suppress(cw.ObservabilityError):
@@ -723,6 +825,7 @@ class Proxy:
             request.hook_s += time.perf_counter() - started
 
     def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
+        self._observe_deferred(request)  # events still held back: the request ended before an answer was relayed
         scope, request.observe_scope = request.observe_scope, None
         self._close_scope(request, scope)  # the request's last event was observed
         if self.config.access_log:
@@ -730,8 +833,24 @@ class Proxy:
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.duration.observe(time.perf_counter() - request.started)
         if record:  # requests that ran hooks
+            self._prepare_instances(request)
             self.metrics.hook_time.observe(request.hook_s)
             self.hook_samples.append(request.hook_s)
+
+    def _prepare_instances(self, request: _Request) -> None:
+        """The next request's filter and shape instances, opened as this one ends (for a
+        whole answer: after it was sent), so their instantiation is off the next request's
+        path. Counted in this request's hook time. Each holds a pool slot until a call
+        takes it: only with room in the pool (``PREPARE_MIN_POOL``)."""
+        pool_size = self.config.host.pool_size
+        if pool_size and pool_size < PREPARE_MIN_POOL:
+            return
+        started = time.perf_counter()
+        for hook in ("filter", "shape"):
+            adapter = self.adapters.get(hook)
+            if adapter is not None:
+                adapter.prepare_instance()
+        request.hook_s += time.perf_counter() - started
 
     def _access_line(self, request: _Request, status: Any) -> None:
         """One JSON line per request on the ``cclb_proxy.access`` logger."""
@@ -781,6 +900,45 @@ class _AdminServer(uvicorn.Server):
 
     def capture_signals(self) -> Any:
         return contextlib.nullcontext()
+
+
+class _WholeAnswer:
+    """A whole answer as two ASGI messages, then ``after`` (a Starlette Response would
+    build headers the proxy replaces anyway)."""
+
+    __slots__ = ("status_code", "raw_headers", "body", "after")
+
+    def __init__(self, status_code: int, raw_headers: List[Tuple[bytes, bytes]], body: bytes,
+                 after: Callable[[], Any]) -> None:
+        self.status_code = status_code
+        self.raw_headers = raw_headers
+        self.body = body
+        self.after = after
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
+        await self.after()
+
+
+class _Replayed(Answer):
+    """An answer read already: its chunks again, then how it ended."""
+
+    def __init__(self, answer: Answer, chunks: List[bytes], broken: Optional[UpstreamBroken]) -> None:
+        self._answer = answer
+        self._chunks = chunks
+        self._broken = broken
+        self.status_code = answer.status_code
+        self.raw_headers = answer.raw_headers
+
+    async def iter_raw(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+        if self._broken is not None:
+            raise self._broken
+
+    async def aclose(self) -> None:
+        await self._answer.aclose()
 
 
 class _ClientGone(Exception):

@@ -9,15 +9,39 @@ protocol for that parser with one more timer: a request head must arrive whole w
 else the connection is closed (both protocols keep their request cycle in
 ``self.cycle``). Bodies are bounded by the app (``[server] body_timeout_s``) and
 connections by uvicorn's ``limit_concurrency`` (``[server] max_client_connections``).
+
+The httptools protocol also puts a ``DisconnectWatch`` in each request's ASGI scope
+(``DISCONNECT_KEY``): the app learns that its client left from a callback, without a
+second task per request waiting on ``receive()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 #: The request parsers the proxy can serve with ("httptools" needs the httptools package).
 PARSERS = ("h11", "httptools")
+
+
+#: The ASGI scope key of a request's DisconnectWatch.
+DISCONNECT_KEY = "cclb.disconnect"
+
+
+class DisconnectWatch:
+    """Whether a request's client has gone, and what to call when it goes."""
+
+    __slots__ = ("gone", "callbacks")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.callbacks: List[Callable[[], Any]] = []
+
+    def fire(self) -> None:
+        if not self.gone:
+            self.gone = True
+            for callback in list(self.callbacks):
+                callback()
 
 
 def guarded(parser: str, header_timeout_s: float) -> type:
@@ -44,7 +68,17 @@ def guarded(parser: str, header_timeout_s: float) -> type:
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             self._cancel_head_timer()
+            cycle = self.cycle
             super().connection_lost(exc)
+            if cycle is not None and not cycle.response_complete:
+                watch = cycle.scope.get(DISCONNECT_KEY)
+                if watch is not None:
+                    watch.fire()
+
+        if parser == "httptools":
+            def on_headers_complete(self) -> None:
+                self.scope[DISCONNECT_KEY] = DisconnectWatch()  # the scope the request's cycle gets
+                super().on_headers_complete()
 
         def _arm_head_timer(self) -> None:
             self._cancel_head_timer()
