@@ -622,3 +622,52 @@ def test_a_loop_parser_or_client_that_is_not_installed_is_a_config_error(tmp_pat
     config["server"].update(event_loop="asyncio", http_parser="h11", upstream_client="httpx")  # what is always there
     path.write_text(json.dumps(config))
     assert proxy_config.load(path).event_loop == "asyncio"
+
+
+# --- the server joins an answer's head and body into one send ----------------------------------
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.sent: List[Any] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        self.sent.append(tuple(parts))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_writes_of_one_step_go_out_as_one_send():
+    import asyncio
+
+    from cclb_proxy.server import _JoiningTransport
+
+    async def main() -> None:
+        real = _RecordingTransport()
+        joined = _JoiningTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+        joined.write(b"head")
+        joined.write(b"body")  # the same step: both at once, in order
+        assert real.sent == [(b"head", b"body")]
+        joined.write(b"lone")  # nothing follows in this step: sent when the step ends
+        assert joined.get_write_buffer_size() == 4 and real.sent == [(b"head", b"body")]
+        await asyncio.sleep(0)
+        assert real.sent == [(b"head", b"body"), b"lone"]
+        joined.write(b"last words")
+        joined.close()  # what is held goes out before the close
+        assert (real.sent[-1], real.closed) == (b"last words", True)
+        assert joined.is_closing()  # the rest is the real transport's
+        await asyncio.sleep(0)
+        assert real.sent[-1] == b"last words"  # sent once
+
+    asyncio.run(main())

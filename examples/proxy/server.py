@@ -10,6 +10,9 @@ else the connection is closed (both protocols keep their request cycle in
 ``self.cycle``). Bodies are bounded by the app (``[server] body_timeout_s``) and
 connections by uvicorn's ``limit_concurrency`` (``[server] max_client_connections``).
 
+Both protocols write through ``_JoiningTransport``: uvicorn writes an answer's head and
+body separately, and those two writes go out as one send.
+
 The httptools protocol also puts a ``DisconnectWatch`` in each request's ASGI scope
 (``DISCONNECT_KEY``): the app learns that its client left from a callback, without a
 second task per request waiting on ``receive()``.
@@ -44,6 +47,41 @@ class DisconnectWatch:
                 callback()
 
 
+class _JoiningTransport:
+    """A transport that joins writes made in one step of the event loop. uvicorn writes an
+    answer's head and then its body: two sends, two packets, two wake-ups of the client.
+    A write is held until the next write (then both go out as one) or the end of the
+    loop's current step; close() sends what is held first."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: Optional[bytes] = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:  # the second write of the step: both go out now
+            held, self._held = self._held, None
+            self._transport.writelines((held, data))  # one gathered send, no copy of the body
+            return
+        self._held = bytes(data)
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, pause_reading, get_extra_info, ...
+        return getattr(self._transport, name)
+
+
 def guarded(parser: str, header_timeout_s: float) -> type:
     """uvicorn's protocol for ``parser`` whose request heads must arrive within ``header_timeout_s``."""
     if parser == "httptools":
@@ -55,7 +93,7 @@ def guarded(parser: str, header_timeout_s: float) -> type:
         _head_timer: Optional[asyncio.TimerHandle] = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(_JoiningTransport(transport, self.loop))
             self._arm_head_timer()  # the first head, even if no byte ever comes
 
         def data_received(self, data: bytes) -> None:
