@@ -520,7 +520,7 @@ class Proxy:
             return self._done(request, api_error(502, "api_error", f"observe plugin {self._name('observe')!r} failed: {exc}"))
 
     async def _forward(self, request: _Request, ctx: cw.RequestContext, principal: cw.Principal, agent: Optional[str],
-                       client: Tuple[Any, Optional[DisconnectWatch]], forwarded_for: bytes) -> Response:
+                       client: Tuple[Any, Optional[DisconnectWatch]], forwarded_for: bytes) -> Any:
         if self._observe_later():
             request.deferred = []  # observed once the answer is relayed (_observe_deferred)
         else:

@@ -21,7 +21,7 @@ second task per request waiting on ``receive()``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 #: The request parsers the proxy can serve with ("httptools" needs the httptools package).
 PARSERS = ("h11", "httptools")
@@ -93,7 +93,7 @@ def guarded(parser: str, header_timeout_s: float) -> type:
         _head_timer: Optional[asyncio.TimerHandle] = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(_JoiningTransport(transport, self.loop))
+            super().connection_made(cast(asyncio.Transport, _JoiningTransport(transport, self.loop)))
             self._arm_head_timer()  # the first head, even if no byte ever comes
 
         def data_received(self, data: bytes) -> None:
@@ -109,13 +109,13 @@ def guarded(parser: str, header_timeout_s: float) -> type:
             cycle = self.cycle
             super().connection_lost(exc)
             if cycle is not None and not cycle.response_complete:
-                watch = cycle.scope.get(DISCONNECT_KEY)
-                if watch is not None:
+                watch = cast(Dict[str, Any], cycle.scope).get(DISCONNECT_KEY)
+                if isinstance(watch, DisconnectWatch):
                     watch.fire()
 
         if parser == "httptools":
             def on_headers_complete(self) -> None:
-                self.scope[DISCONNECT_KEY] = DisconnectWatch()  # the scope the request's cycle gets
+                cast(Dict[str, Any], self.scope)[DISCONNECT_KEY] = DisconnectWatch()  # the scope the request's cycle gets
                 super().on_headers_complete()
 
         def _arm_head_timer(self) -> None:
