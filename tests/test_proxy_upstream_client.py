@@ -267,3 +267,60 @@ def test_a_cancelled_send_closes_its_connection_and_frees_its_place():
         await server.__aexit__()
 
     run(main())
+
+
+def test_nothing_past_the_end_of_an_answer_is_taken():
+    """An upstream that sends more than the answer in one read (found by review: the
+    extra became part of this answer, and the connection was reused for the next)."""
+    second = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Evil: 1\r\n\r\nevil"
+
+    async def main() -> None:
+        server = await serve(answering(OK + second, b"HTTP/1.1 304 Not Modified\r\n\r\n" + second, OK, OK))
+        client = HttptoolsClient(8, 5.0)
+        assert await fetch(client, server.url) == (200, [(b"content-length", b"2")], b"ok")
+        assert await fetch(client, server.url) == (304, [], b"")
+        assert (await fetch(client, server.url))[::2] == (200, b"ok")
+        assert server.connections == 3  # neither connection that carried extra bytes was reused
+        await client.aclose()
+        await server.__aexit__()
+
+    run(main())
+
+
+def test_framing_edge_cases():
+    chunked_with_trailer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nx-trailer: t\r\n\r\n"
+    gzip_last = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\nuntil the end"  # RFC 9112 6.3: read to close
+
+    async def main() -> None:
+        client = HttptoolsClient(8, 5.0)
+        server = await serve(answering(chunked_with_trailer))
+        assert await fetch(client, server.url) == (200, [(b"transfer-encoding", b"chunked")], b"ab")  # a trailer is no header
+        await server.__aexit__()
+        server = await serve(answering(gzip_last, then_close=True))
+        assert await fetch(client, server.url) == (200, [(b"transfer-encoding", b"chunked, gzip")], b"until the end")
+        await server.__aexit__()
+        await client.aclose()
+
+    run(main())
+
+
+def test_what_would_change_how_the_head_is_read_is_refused():
+    from cclb_proxy.upstream_client import _request_bytes, _target
+
+    async def main() -> None:
+        server = await serve(answering(OK))
+        client = HttptoolsClient(8, 5.0)
+        for method, headers in [("GET / HTTP/1.1\r\nX: 1\r\n\r\nGET", []), ("GET", [(b"x a", b"1")]), ("GET", [(b"", b"1")]),
+                                ("GET", [(b"x:y", b"1")]), ("GET", [(b"host", b"a"), (b"Host", b"b")]), ("GET", [("x", "\u20ac")])]:
+            with pytest.raises(UpstreamUnreachable, match="Invalid"):
+                await client.send(method, server.url + "/", headers, b"")
+        assert server.heads == []
+        await client.aclose()
+        await server.__aexit__()
+
+    run(main())
+    # Framing is the client's own; a target keeps visible ASCII and escapes the rest byte for byte.
+    head = _request_bytes("POST", "/", "a", [(b"Content-Length", b"99"), (b"transfer-encoding", b"chunked")], b"ab")
+    assert head == b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nab"
+    assert _target("http://a.example/\xe9t\xe9 x?q=%41")[1:] == ("/%E9t%E9%20x?q=%41", "a.example")
+    assert _target("http://b\u00fccher.example:8080/")[2] == "xn--bcher-kva.example:8080"

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
+import sys
 import time
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 #: (name, value) pairs, each str or bytes (a str value is Latin-1 text, as in RequestContext).
 Headers = List[Tuple[Any, Any]]
@@ -255,7 +257,8 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(exc)
+            if not self.complete:  # garbage past a whole answer does not undo it
+                self._fail(exc)
             self.close()
 
     def eof_received(self) -> bool:
@@ -270,11 +273,19 @@ class _Connection(asyncio.Protocol):
                 self._fail(exc or ConnectionResetError("the upstream closed the connection"))
         self._wake()
 
-    # httptools' side
+    # httptools' side; nothing past the end of the answer is taken (an upstream may send
+    # more in the same read: a second answer, or garbage), and trailers are not headers
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the answer (ignored): the connection is not reused
+            self.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.status and not self.complete:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
             self.headers = []
@@ -282,8 +293,10 @@ class _Connection(asyncio.Protocol):
         self.status = status
         for name, value in self.headers:
             lowered = name.lower()
-            if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+            if lowered == b"content-length":
                 self.framed = True
+            elif lowered == b"transfer-encoding":  # framed only if chunked is the last coding
+                self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         if status in _NO_BODY_STATUSES:
             self.framed = True
         if not self.head.done():
@@ -293,6 +306,8 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > READ_BUFFER_BYTES and not self.paused and self.transport is not None:
@@ -301,7 +316,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.status == 0:  # the end of an interim answer
+        if self.status == 0 or self.complete:  # the end of an interim answer, or of one past the answer
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
@@ -332,7 +347,7 @@ class _Connection(asyncio.Protocol):
     async def wait(self, timeout_s: float) -> None:
         self.waiter = self._loop.create_future()
         try:
-            await asyncio.wait_for(self.waiter, timeout_s)
+            await _within(self.waiter, timeout_s)
         finally:
             self.waiter = None
 
@@ -403,7 +418,10 @@ class HttptoolsClient:
         request = _request_bytes(method, target, authority, headers, content)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
-        await self._slots.acquire()
+        try:  # all max_connections in use for timeout_s: as if the upstream did not answer
+            await _within(self._slots.acquire(), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout("PoolTimeout") from None
         connection: Optional[_Connection] = None
         try:
             connection = self._pooled(key) or await self._connect(key)
@@ -411,7 +429,7 @@ class HttptoolsClient:
             assert connection.transport is not None
             connection.transport.write(request)
             try:
-                await asyncio.wait_for(connection.head, self.timeout_s)
+                await _within(connection.head, self.timeout_s)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout("ReadTimeout") from None
             if connection.error is not None:
@@ -442,9 +460,7 @@ class HttptoolsClient:
             tls = self._tls
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(key), host, port, ssl=tls), self.timeout_s
-            )
+            _, connection = await _within(loop.create_connection(lambda: _Connection(key), host, port, ssl=tls), self.timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout("ConnectTimeout") from None
         except (OSError, ssl.SSLError) as exc:
@@ -473,40 +489,80 @@ class HttptoolsClient:
         self._idle.clear()
 
 
+async def _within(awaitable: Any, timeout_s: float) -> Any:
+    """``awaitable``'s result, or asyncio.TimeoutError after ``timeout_s``. From 3.11 on with
+    asyncio.timeout: 3.11's wait_for returns a result that arrives in the step the task is
+    cancelled, swallowing the cancellation (a send the client abandoned would go on)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout_s)
+
+
+#: RFC 9110 tchar: what a method or a header name may be made of.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Visible ASCII: what a request target keeps as it is (a space or a control byte would end
+#: the request line; those and any other byte are percent-encoded).
+_VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
+#: Framing is the client's: it sets Content-Length from the body, and never chunks.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
 def _target(url: str) -> Tuple[Tuple[str, str, int], str, str]:
     """A URL's (scheme, host, port), request target and authority (for Host)."""
     parts = urlsplit(url)
     scheme, host = parts.scheme, parts.hostname
     if scheme not in ("http", "https") or not host:
-        raise UpstreamUnreachable(f"InvalidURL: {url!r}")
+        raise UpstreamUnreachable(f"InvalidURL: {url[:200]!r}")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise UpstreamUnreachable(f"InvalidURL: {url!r}") from None
+        raise UpstreamUnreachable(f"InvalidURL: {url[:200]!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return (scheme, host, port), target, parts.netloc.rpartition("@")[2]
+    try:  # a path as received is Latin-1 text of its raw bytes: those bytes are what is escaped
+        raw = target.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = target.encode("utf-8")
+    authority = parts.netloc.rpartition("@")[2]
+    try:
+        authority.encode("ascii")
+    except UnicodeEncodeError:  # an internationalised name: its ASCII (IDNA) form
+        try:
+            authority = authority.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UpstreamUnreachable(f"InvalidURL: {url[:200]!r}") from None
+    if authority.strip(_VISIBLE):  # a space or a control byte in the authority
+        raise UpstreamUnreachable(f"InvalidURL: {url[:200]!r}")
+    return (scheme, host, port), quote(raw, safe=_VISIBLE), authority
 
 
 def _request_bytes(method: str, target: str, authority: str, headers: Headers, content: bytes) -> bytes:
-    """The request head and body. Host from the URL unless given; Content-Length from the
-    body (the proxy strips the client's framing headers). A CR, LF or NUL in a header
-    would split the head: refused (host-built headers never have one)."""
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    """The request head and body. Host from the URL unless given (once); Content-Length
+    from the body, in place of any framing header given. Anything that would change how
+    the head is read (a method or header name that is not a token; a CR, LF or NUL in a
+    value) is refused as UpstreamUnreachable: host-built requests never have one."""
+    if not _TOKEN.match(method.encode("latin-1", "replace")):
+        raise UpstreamUnreachable(f"InvalidMethod: {method[:64]!r}")
+    lines = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target.encode("ascii"))]
     has_host = False
     for name, value in headers:
-        raw_name = name if isinstance(name, bytes) else name.encode("latin-1")
-        raw_value = value if isinstance(value, bytes) else value.encode("latin-1")
-        if b"\r" in raw_value or b"\n" in raw_value or b"\0" in raw_value or b"\r" in raw_name or b"\n" in raw_name:
+        try:
+            raw_name = name if isinstance(name, bytes) else name.encode("latin-1")
+            raw_value = value if isinstance(value, bytes) else value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise UpstreamUnreachable(f"InvalidHeader: {str(name)[:64]!r}") from None
+        if not _TOKEN.match(raw_name) or b"\r" in raw_value or b"\n" in raw_value or b"\0" in raw_value:
             raise UpstreamUnreachable(f"InvalidHeader: {raw_name[:64]!r}")
-        if raw_name.lower() == b"host":
+        lowered = raw_name.lower()
+        if lowered in _FRAMING:
+            continue
+        if lowered == b"host":
+            if has_host:
+                raise UpstreamUnreachable("InvalidHeader: a second Host")
             has_host = True
         lines.append(raw_name + b": " + raw_value + b"\r\n")
     if not has_host:
-        try:
-            host = authority.encode("ascii")
-        except UnicodeEncodeError:  # an internationalised name: its ASCII (IDNA) form
-            host = authority.encode("idna")
-        lines.insert(1, b"host: " + host + b"\r\n")
+        lines.insert(1, b"host: " + authority.encode("ascii") + b"\r\n")
     if content or method in ("POST", "PUT", "PATCH"):
         lines.append(b"content-length: %d\r\n" % len(content))
     lines.append(b"\r\n")
