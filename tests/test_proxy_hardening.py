@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import time
+import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
-from test_proxy_e2e import PROXY_KEY, proxy_config, served_lifespan, start_proxy, upstream, write_config  # noqa: F401
+from test_proxy_e2e import PROXY_KEY, proxy_app, proxy_config, served_lifespan, start_proxy, upstream, write_config  # noqa: F401
 
 
 def raw_request(url: str, head: bytes, body: bytes = b"", *, read_until_close: bool = True, timeout: float = 10) -> bytes:
@@ -671,3 +672,73 @@ def test_writes_of_one_step_go_out_as_one_send():
         assert real.sent[-1] == b"last words"  # sent once
 
     asyncio.run(main())
+
+
+class _SwallowingClient:
+    """An upstream client whose send answers even when cancelled, as asyncio.wait_for does
+    when the result arrives in the step the task is cancelled (3.11; found by review: each
+    such answer kept its connection and its place among max_connections for good)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def send(self, *args: Any) -> Any:
+        import asyncio
+
+        client = self
+
+        class Answer:
+            async def aclose(self) -> None:
+                client.closed += 1
+
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        return Answer()
+
+
+@pytest.mark.parametrize("watched", [True, False])  # the server tells (httptools), or a task asks receive()
+def test_an_answer_that_comes_despite_the_cancel_is_closed(watched):
+    import asyncio
+
+    from cclb_proxy.server import DisconnectWatch
+
+    async def main() -> int:
+        proxy = types.SimpleNamespace(client=_SwallowingClient())
+        watch = DisconnectWatch() if watched else None
+        left = asyncio.Event()
+
+        async def receive() -> Dict[str, Any]:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        sending = asyncio.ensure_future(proxy_app.Proxy._send_unless_gone(proxy, (receive, watch), "POST", "http://u/", [], b""))
+        await asyncio.sleep(0.01)
+        left.set()
+        if watch is not None:
+            watch.fire()
+        with pytest.raises(proxy_app._ClientGone):
+            await sending
+        assert not sending.cancelled()
+        return proxy.client.closed
+
+    assert asyncio.run(main()) == 1
+
+
+def test_a_whole_answer_is_reported_even_when_sending_it_fails():
+    import asyncio
+
+    reported = []
+
+    async def after() -> None:
+        reported.append(True)
+
+    async def send(message: Dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            raise RuntimeError("the server refused the body")
+
+    answer = proxy_app._WholeAnswer(200, [(b"content-length", b"2")], b"ok", after)
+    with pytest.raises(RuntimeError):
+        asyncio.run(answer({}, None, send))
+    assert reported == [True]

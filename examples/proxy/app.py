@@ -686,15 +686,19 @@ class Proxy:
             assert task is not None
             watch.callbacks.append(task.cancel)
             try:
-                return await self.client.send(method, url, headers, content)
+                answer = await self.client.send(method, url, headers, content)
             except asyncio.CancelledError:
                 if not watch.gone:  # someone else's cancellation (shutdown)
                     raise
-                if sys.version_info >= (3, 11):
-                    task.uncancel()  # ours, and handled: the task goes on to answer 499
+                _uncancel(task)  # ours, and handled: the task goes on to answer 499
                 raise _ClientGone() from None
             finally:
                 watch.callbacks.remove(task.cancel)
+            if watch.gone:  # the answer came in the step the client left: the cancel was lost
+                await answer.aclose()
+                _uncancel(task)
+                raise _ClientGone()
+            return answer
         sending = asyncio.ensure_future(self.client.send(method, url, headers, content))
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
@@ -705,7 +709,8 @@ class Proxy:
             return sending.result()
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError, UpstreamTimeout, UpstreamUnreachable):
-            await sending
+            late = await sending  # an answer despite the cancel (it came in the same step)
+            await late.aclose()  # else its connection and its place in the pool are lost
         raise _ClientGone()
 
     async def _transform_buffered(self, request: _Request, answer: Answer, call: Tuple[Any, ...]) -> Response:
@@ -916,9 +921,11 @@ class _WholeAnswer:
         self.after = after
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body})
-        await self.after()
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:  # reported and counted even if sending failed
+            await self.after()
 
 
 class _Replayed(Answer):
@@ -943,6 +950,12 @@ class _Replayed(Answer):
 
 class _ClientGone(Exception):
     """The client disconnected while the proxy waited for the upstream."""
+
+
+def _uncancel(task: "asyncio.Task[Any]") -> None:
+    """Take back a cancellation the task handled (3.11+ counts them; 3.10 does not)."""
+    if sys.version_info >= (3, 11) and task.cancelling():
+        task.uncancel()
 
 
 async def _wait_for_disconnect(receive: Any) -> None:
