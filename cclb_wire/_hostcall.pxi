@@ -259,7 +259,8 @@ cdef class NativePlugin:
     cdef bytes grow_flag_export, start_export
     cdef tuple hook_exports, hook_export_bytes  # the hooks' export names, by HOOK_* index
     cdef Guest spare  # FRESH: the next call's instance, opened ahead by prepare()
-    cdef bint has_spare, preparing
+    cdef bint has_spare, preparing, prepare_held
+    cdef uint64_t discards  # discard_prepared() calls: a prepare() they overlapped keeps nothing
 
     def __init__(self, engine_address, pre_address, owners, faults, local, CallGate gate, hooks, *,
                  bint reuse, bint has_start, deadline_ticks, fuel, memory_limit, table_elements, max_tables,
@@ -307,7 +308,8 @@ cdef class NativePlugin:
         instantiation raises (``hook`` names the call for its errors)."""
         cdef Guest g
         cdef int index = _HOOK_NAMES.index(hook)
-        if self.reuse or self.preparing:
+        cdef uint64_t discards = self.discards
+        if self.reuse or self.preparing or self.prepare_held:
             return False
         if self.has_spare:
             return True
@@ -323,17 +325,28 @@ cdef class NativePlugin:
         finally:
             self.preparing = False
             self.gate.leave()
+        if self.discards != discards or self.prepare_held:  # discarded while it opened (a swap)
+            _WT.store_delete(g.store)
+            return False
         self.spare = g
         self.has_spare = True
         return True
 
-    def discard_prepared(self):
-        """Close the prepared instance, if one waits (its plugin leaves its slot)."""
+    def discard_prepared(self, bint hold=False):
+        """Close the prepared instance, if one waits, and any prepare() running now keeps
+        nothing; with ``hold``, prepare() opens none until allow_prepare()."""
         cdef void* store = self.spare.store if self.has_spare else NULL
+        self.discards += 1
+        if hold:
+            self.prepare_held = True
         self.has_spare = False
         memset(&self.spare, 0, sizeof(Guest))
         if store != NULL:
             _WT.store_delete(store)
+
+    def allow_prepare(self):
+        """prepare() may open instances again (after discard_prepared(hold=True))."""
+        self.prepare_held = False
 
     @property
     def has_prepared(self):

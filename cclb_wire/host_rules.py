@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import datetime
 import enum
-import functools
 import math
 import re
 import uuid
-from typing import Any, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import ada_url
 
@@ -449,8 +448,10 @@ def parse_uuid(text: str) -> Optional[uuid.UUID]:
     return uuid.UUID(text)
 
 
-#: Shaped URLs whose parse shape_url keeps.
+#: Shaped URLs whose parse shape_url keeps, and the longest it keeps.
 SHAPE_URL_CACHE_SIZE = 1024
+SHAPE_URL_CACHE_MAX_LENGTH = 512
+_SHAPED_URLS: Dict[Tuple[str, Optional[str], bool], str] = {}
 
 # RFC 9110 tchar: what http::Method and http::HeaderName accept.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -488,13 +489,25 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
-@functools.lru_cache(maxsize=SHAPE_URL_CACHE_SIZE)
 def shape_url(url: str, expected_origin: Optional[str], enforce_origin: bool) -> str:
     """Parse a shaped URL (WHATWG) and, when ``enforce_origin``, require ``expected_origin``
     (the selected upstream's, ``None`` when it has no base_url: then nothing is enforced).
-    Returns the serialized URL. Answers are kept (a refusal is not): a shape plugin sends
-    most requests to the same few URLs, and parsing one costs more than the rest of
-    decoding its answer."""
+    Returns the serialized URL. The answers for short URLs are kept (a refusal is not): a
+    shape plugin sends most requests to the same few URLs, and parsing one costs more than
+    the rest of decoding its answer. Long ones (a client's long query, say) are not kept:
+    memory a client could fill, and text that may hold its secrets."""
+    key = (url, expected_origin, enforce_origin)
+    href = _SHAPED_URLS.get(key)
+    if href is None:
+        href = _shape_url(url, expected_origin, enforce_origin)
+        if len(url) <= SHAPE_URL_CACHE_MAX_LENGTH:
+            if len(_SHAPED_URLS) >= SHAPE_URL_CACHE_SIZE:
+                _SHAPED_URLS.clear()  # a new set of URLs: start over (no order to keep under threads)
+            _SHAPED_URLS[key] = href
+    return href
+
+
+def _shape_url(url: str, expected_origin: Optional[str], enforce_origin: bool) -> str:
     from .errors import DialectError
 
     try:

@@ -736,3 +736,22 @@ def test_shape_invalid_archive(data):
         cclb_wire.decode_shaped_request(data, UPSTREAM)
     assert_unsupported(excinfo)
     assert isinstance(excinfo.value.__cause__, DecodeError)
+
+
+def test_shape_url_keeps_short_answers_only_and_never_a_refusal():
+    from cclb_wire import host_rules
+
+    host_rules._SHAPED_URLS.clear()
+    origin = "https://api.example"
+    assert host_rules.shape_url("HTTPS://API.example/v1/messages", origin, True) == "https://api.example/v1/messages"
+    assert host_rules.shape_url("HTTPS://API.example/v1/messages", origin, True) == "https://api.example/v1/messages"
+    with pytest.raises(DialectError, match="requires `https://other.example`"):  # the same URL, another upstream
+        host_rules.shape_url("HTTPS://API.example/v1/messages", "https://other.example", True)
+    with pytest.raises(DialectError, match="requires `https://other.example`"):  # a refusal is judged again
+        host_rules.shape_url("HTTPS://API.example/v1/messages", "https://other.example", True)
+    long_url = origin + "/v1/messages?q=" + "a" * host_rules.SHAPE_URL_CACHE_MAX_LENGTH
+    assert host_rules.shape_url(long_url, origin, True) == long_url
+    assert list(host_rules._SHAPED_URLS) == [("HTTPS://API.example/v1/messages", origin, True)]
+    for i in range(host_rules.SHAPE_URL_CACHE_SIZE + 5):
+        host_rules.shape_url(f"{origin}/v1/{i}", origin, True)
+    assert len(host_rules._SHAPED_URLS) <= host_rules.SHAPE_URL_CACHE_SIZE

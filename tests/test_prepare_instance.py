@@ -10,6 +10,7 @@ answer False, never raise."""
 from __future__ import annotations
 
 import os
+import time
 from importlib import resources
 
 import pytest
@@ -79,3 +80,42 @@ def test_a_prepared_instance_leaves_with_its_plugin(leave):
             adapter.close()
         assert call(other) == "answered"
         assert held.native is None or not held.native.has_prepared
+
+
+def test_a_prepare_that_overlaps_a_swap_keeps_nothing():
+    """prepare() opens the instance without the GIL: a swap that retires the plugin
+    meanwhile must not leave the retired plugin holding it (found by review: 30 of 60)."""
+    import threading
+
+    wasm = [(PLUGINS / name).read_bytes() for name in ("cache_aware_filter.wasm", "cache_aware_filter_1_0.wasm")]
+    retired = []
+    with PluginHost(HostConfig(probe=False, pool_size=4)) as host:
+        adapter = host.register_filter("f", "f", wasm[0])
+        for round_ in range(40):
+            stop = threading.Event()
+
+            def requests() -> None:  # a proxy's loop: each request ends by preparing the next one's
+                while not stop.is_set():
+                    adapter.prepare_instance()
+                    call(adapter)
+
+            thread = threading.Thread(target=requests)
+            retired.append(adapter._loaded())
+            thread.start()
+            try:
+                time.sleep(0.005)  # the thread is preparing and calling
+                host.register_filter("f", "f", wasm[(round_ + 1) % 2])
+            finally:
+                stop.set()
+                thread.join()
+        assert [loaded for loaded in retired if loaded.native is not None and loaded.native.has_prepared] == []
+        assert call(adapter) == "answered"
+
+
+def test_a_failed_swap_leaves_the_plugin_preparing():
+    with PluginHost(HostConfig(probe=False)) as host:
+        adapter = filter_plugin(host)
+        assert adapter.prepare_instance() is NATIVE_PATH
+        with pytest.raises(cw.PluginRejected):
+            host.register_filter("f", "f", b"\0asm\1\0\0\0")  # an empty module: no exports, refused
+        assert adapter.prepare_instance() is NATIVE_PATH  # the slot's plugin prepares again
