@@ -324,3 +324,18 @@ def test_what_would_change_how_the_head_is_read_is_refused():
     assert head == b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nab"
     assert _target("http://a.example/\xe9t\xe9 x?q=%41")[1:] == ("/%E9t%E9%20x?q=%41", "a.example")
     assert _target("http://b\u00fccher.example:8080/")[2] == "xn--bcher-kva.example:8080"
+
+
+def test_only_short_urls_are_kept_parsed():
+    from cclb_proxy import upstream_client
+
+    async def main() -> None:
+        server = await serve(answering(OK, OK))
+        client = HttptoolsClient(8, 5.0)
+        assert (await fetch(client, server.url + "/v1/messages"))[::2] == (200, b"ok")
+        assert (await fetch(client, server.url + "/v1/messages?q=" + "a" * upstream_client.TARGET_CACHE_MAX_LENGTH))[::2] == (200, b"ok")
+        assert list(client._targets) == [server.url + "/v1/messages"]  # the long one was not kept
+        await client.aclose()
+        await server.__aexit__()
+
+    run(main())

@@ -208,8 +208,10 @@ def make_client(kind: str, max_connections: int, timeout_s: float) -> Any:
 #: An idle pooled connection older than this is closed rather than reused: an upstream may
 #: close an idle connection just as a request goes out on it (aiohttp's default, 15 s).
 IDLE_CONNECTION_S = 15.0
-#: Parsed upstream URLs kept (a proxy sends to a few URLs, over and over).
+#: Parsed upstream URLs kept (a proxy sends to a few URLs, over and over), and the longest
+#: kept (a long one holds a client's query: memory a client could fill, maybe its secrets).
 TARGET_CACHE_SIZE = 256
+TARGET_CACHE_MAX_LENGTH = 512
 #: Past this many unread bytes of an answer, the connection stops reading (back pressure).
 READ_BUFFER_BYTES = 1 << 20
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -411,9 +413,11 @@ class HttptoolsClient:
     async def send(self, method: str, url: str, headers: Headers, content: bytes) -> Answer:
         where = self._targets.get(url)
         if where is None:
-            where = self._targets[url] = _target(url)
-            if len(self._targets) > TARGET_CACHE_SIZE:  # the oldest goes: a proxy sends to few URLs
-                del self._targets[next(iter(self._targets))]
+            where = _target(url)
+            if len(url) <= TARGET_CACHE_MAX_LENGTH:  # a long one (a client's query) is not kept
+                self._targets[url] = where
+                if len(self._targets) > TARGET_CACHE_SIZE:  # the oldest goes: a proxy sends to few URLs
+                    del self._targets[next(iter(self._targets))]
         key, target, authority = where
         request = _request_bytes(method, target, authority, headers, content)
         if self._slots is None:
