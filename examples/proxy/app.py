@@ -39,7 +39,7 @@ from cclb_wire.host_rules import STRIPPED_REQUEST_HEADERS as HOST_STRIPPED_HEADE
 from . import config as cfg
 from .metrics import ProxyMetrics
 from .server import DISCONNECT_KEY, DisconnectWatch, guarded
-from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client
+from .upstream_client import Answer, UpstreamBroken, UpstreamTimeout, UpstreamUnreachable, make_client, within
 from .sse import SseEventCounter, SseEventTooLarge, SseReader, encode_event, other_fields
 
 log = logging.getLogger("cclb_proxy")
@@ -421,11 +421,7 @@ class Proxy:
                     return None
 
         try:
-            if sys.version_info >= (3, 11):  # a deadline on this task: no second task per request
-                async with asyncio.timeout(self.config.body_timeout_s):
-                    refused = await read()
-            else:
-                refused = await asyncio.wait_for(read(), self.config.body_timeout_s)
+            refused = await within(read(), self.config.body_timeout_s)  # no second task per request on 3.11+
         except asyncio.TimeoutError:  # a body trickled in too slowly (or never ends)
             seconds = self.config.body_timeout_s
             return api_error(408, "invalid_request_error", f"the request body did not arrive within {seconds:g} s", close=True)

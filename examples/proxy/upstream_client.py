@@ -349,7 +349,7 @@ class _Connection(asyncio.Protocol):
     async def wait(self, timeout_s: float) -> None:
         self.waiter = self._loop.create_future()
         try:
-            await _within(self.waiter, timeout_s)
+            await within(self.waiter, timeout_s)
         finally:
             self.waiter = None
 
@@ -423,7 +423,7 @@ class HttptoolsClient:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
         try:  # all max_connections in use for timeout_s: as if the upstream did not answer
-            await _within(self._slots.acquire(), self.timeout_s)
+            await within(self._slots.acquire(), self.timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout("PoolTimeout") from None
         connection: Optional[_Connection] = None
@@ -433,7 +433,7 @@ class HttptoolsClient:
             assert connection.transport is not None
             connection.transport.write(request)
             try:
-                await _within(connection.head, self.timeout_s)
+                await within(connection.head, self.timeout_s)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout("ReadTimeout") from None
             if connection.error is not None:
@@ -464,7 +464,7 @@ class HttptoolsClient:
             tls = self._tls
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await _within(loop.create_connection(lambda: _Connection(key), host, port, ssl=tls), self.timeout_s)
+            _, connection = await within(loop.create_connection(lambda: _Connection(key), host, port, ssl=tls), self.timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout("ConnectTimeout") from None
         except (OSError, ssl.SSLError) as exc:
@@ -493,7 +493,7 @@ class HttptoolsClient:
         self._idle.clear()
 
 
-async def _within(awaitable: Any, timeout_s: float) -> Any:
+async def within(awaitable: Any, timeout_s: float) -> Any:
     """``awaitable``'s result, or asyncio.TimeoutError after ``timeout_s``. From 3.11 on with
     asyncio.timeout: 3.11's wait_for returns a result that arrives in the step the task is
     cancelled, swallowing the cancellation (a send the client abandoned would go on)."""
