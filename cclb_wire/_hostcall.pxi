@@ -301,7 +301,7 @@ cdef class NativePlugin:
 
     def prepare(self, str hook):
         """FRESH: open the next call's instance now, while nothing waits; the next fresh
-        call takes it instead of instantiating. It is as fresh as one opened at the call
+        call, or the next ``pin()``, takes it instead of instantiating. It is as fresh as one opened at the call
         (nothing has run in it but the start function, which runs at instantiation either
         way; the deadline and fuel are armed again for the call). True once one is ready;
         False under REUSE_PER_THREAD or while another thread prepares. Raises what
@@ -350,7 +350,7 @@ cdef class NativePlugin:
 
     @property
     def has_prepared(self):
-        """Whether a prepared instance waits for the next fresh call."""
+        """Whether a prepared instance waits for the next fresh call or ``pin()``."""
         return self.has_spare
 
     # -- the pieces of a call ------------------------------------------------------
@@ -602,13 +602,19 @@ cdef class NativePlugin:
             self.gate.leave()
 
     def pin(self, str hook):
-        """A PinnedGuest holding a new instance of this plugin, opened now (``hook`` names
-        the call its errors are reported for)."""
+        """A PinnedGuest holding a new instance of this plugin: the prepared one, if one
+        waits (never used, as fresh as a new one), else opened now (``hook`` names the call
+        its errors are reported for)."""
         cdef PinnedGuest pinned = PinnedGuest(self)
         cdef int index = _HOOK_NAMES.index(hook)
         self._enter(index)
         try:
-            self._open(&pinned.g, index)
+            if self.has_spare:
+                pinned.g = self.spare
+                memset(&self.spare, 0, sizeof(Guest))
+                self.has_spare = False
+            else:
+                self._open(&pinned.g, index)
         except BaseException:
             pinned._release()
             raise

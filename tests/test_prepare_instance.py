@@ -119,3 +119,27 @@ def test_a_failed_swap_leaves_the_plugin_preparing():
         with pytest.raises(cw.PluginRejected):
             host.register_filter("f", "f", b"\0asm\1\0\0\0")  # an empty module: no exports, refused
         assert adapter.prepare_instance() is NATIVE_PATH  # the slot's plugin prepares again
+
+
+def test_a_scope_takes_the_prepared_instance():
+    """A slot's next instance_scope() takes the prepared instance, as a call would: with a
+    one-slot pool held by it, the scope opens (instantiating would find the pool full)."""
+    with PluginHost(HostConfig(probe=False, pool_size=1)) as host:
+        observe = host.register_observe("o", "o", (PLUGINS / "observe_counter.wasm").read_bytes())
+        event = cw.RequestStarted("r", None)
+        assert observe.prepare_instance() is NATIVE_PATH
+        if not NATIVE_PATH:
+            with observe.instance_scope() as scope:
+                observe.observe(event, scope)
+            return
+        held = observe._loaded().native
+        with observe.instance_scope() as scope:
+            assert held.has_prepared is False and scope.holds_instance
+            observe.observe(event, scope)
+            observe.observe(event, scope)
+            with pytest.raises(cw.ObservabilityError) as caught:  # the one slot is the scope's
+                observe.observe(event)
+            assert type(caught.value.__cause__).__name__ == "PluginPoolSaturated"
+        observe.observe(event)  # the scope gave its slot back
+        stats = observe.stats()
+        assert (stats.calls, stats.errors) == (4, {"PluginPoolSaturated": 1})

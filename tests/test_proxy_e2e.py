@@ -388,6 +388,35 @@ def test_streamed_chunks_arrive_in_order_and_complete_and_every_event_is_observe
     assert proxy.stats("filter").calls == proxy.stats("shape").calls == 1
 
 
+@pytest.mark.parametrize("batch", [None, 4], ids=["held_to_the_end", "batches_of_4"])
+def test_a_streams_events_are_observed_as_it_ends_or_in_batches_while_it_runs(tmp_path, upstream, start_proxy, monkeypatch, batch):
+    """Under pass_through, inline (the defaults), no observe call runs while the stream
+    does: its events are observed once it ended, or DEFERRED_EVENTS_MAX at a time; in
+    order either way, each one once."""
+    if batch is not None:
+        monkeypatch.setattr(proxy_app, "DEFERRED_EVENTS_MAX", batch)
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    observed = lambda: proxy.proxy.host.stats()[("observe", "observe")].calls  # noqa: E731 (settle() would wait for the end)
+    headers = {"x-api-key": PROXY_KEY, "x-fake-deltas": "12", "x-fake-delay-ms": "30"}
+    received = 0
+    with proxy.client.stream("POST", "/v1/messages", content=b'{"stream":true}', headers=headers) as answer:
+        for _ in answer.iter_raw():
+            received += 1
+            if received == 8:
+                during = observed()
+    proxy.settle()
+    # Each chunk's event was held before the chunk went out: 3 + 8 events at least by then.
+    if batch is None:
+        assert during == 0
+    else:
+        assert during >= 8 and during % batch == 0
+    kinds = [type(e).__name__ for e in proxy.events]
+    chunks = kinds.count("Chunk")
+    assert chunks >= received and kinds == ["RequestStarted", "AuthnComplete", "UpstreamChosen"] + ["Chunk"] * chunks + ["RequestFinished"]
+    assert observed() == len(proxy.events) == proxy.proxy.events_reported
+
+
 def test_a_client_that_goes_away_mid_stream_ends_the_upstream_request(tmp_path, upstream, start_proxy):
     fake, server = upstream
     proxy = start_proxy(write_config(tmp_path, server.url))
@@ -454,8 +483,8 @@ def test_an_unknown_key_is_401_and_reaches_no_plugin(tmp_path, upstream, start_p
 def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstream, start_proxy, pool_size):
     """Each request's observe instance (its events are observed after the upstream was
     asked, or after a whole answer was sent) is closed when the request ends, for whole and
-    streamed answers. With room in the pool the filter and shape instances of the next
-    request are open already (prepared), and nothing else is."""
+    streamed answers. With room in the pool the filter, shape and observe instances of the
+    next request are open already (prepared), and nothing else is."""
     fake, server = upstream
     proxy = start_proxy(write_config(tmp_path, server.url, pool_size=pool_size))
     for index in range(6):
@@ -467,10 +496,10 @@ def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstrea
     native = cw.BACKEND == "cython" and os.environ.get(NATIVE_CALLS_ENV) != "0"
     prepared = native and pool_size >= proxy_app.PREPARE_MIN_POOL
     assert [proxy.proxy.adapters[hook]._loaded().native.has_prepared if native else False
-            for hook in ("filter", "shape")] == [prepared, prepared]
+            for hook in ("filter", "shape", "observe")] == [prepared, prepared, prepared]
     stats = proxy.proxy.host.memory_pool_stats()
     if stats is not None:  # the page-resetting pool counts the memories in use
-        assert stats.in_use == (2 if prepared else 0)
+        assert stats.in_use == (3 if prepared else 0)
 
 
 # --- hostile filters and failure policies -----------------------------------------------

@@ -146,11 +146,12 @@ class _Adapter:
 
     def prepare_instance(self) -> bool:
         """Open the slot's next fresh instance now, while nothing waits (a proxy: once an
-        answer is sent): the next FRESH call takes it instead of instantiating, so the
-        instantiation leaves the request's path. The instance is as fresh as one opened at
-        the call: nothing has run in it but its start function, which runs at
-        instantiation either way, and the call arms its deadline and fuel anew. It holds a
-        pool slot until that call takes it, or until the plugin leaves the slot.
+        answer is sent): the next FRESH call, or the next ``instance_scope()`` of this
+        slot, takes it instead of instantiating, so the instantiation leaves the request's
+        path. The instance is as fresh as one opened at the call: nothing has run in it but
+        its start function, which runs at instantiation either way, and the call arms its
+        deadline and fuel anew. It holds a pool slot until a call or a scope takes it, or
+        until the plugin leaves the slot.
 
         True once an instance waits. False, with nothing done, under REUSE_PER_THREAD, on
         the ctypes call path, while the slot's breaker is open, or when no instance can be

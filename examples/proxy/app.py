@@ -102,9 +102,11 @@ RETRY_STATUSES = frozenset({429, 529})
 BUFFERED_ANSWER_BYTES = 1 << 20
 #: The methods the public listener forwards (under /v1/).
 FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
-#: The smallest [host] pool_size with which the filter and shape instances are opened ahead
-#: (two slots held; scopes may hold half the pool, the calls need the rest).
+#: The smallest [host] pool_size with which the filter, shape and observe instances are opened
+#: ahead (three slots held; scopes may hold half the pool, the calls need the rest).
 PREPARE_MIN_POOL = 8
+#: Events a request holds back at most (_observe_later): a long stream's are observed in batches.
+DEFERRED_EVENTS_MAX = 128
 #: An upstream's failure warnings are logged at most once per this many seconds.
 WARNING_INTERVAL_S = 5.0
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -336,22 +338,28 @@ class Proxy:
             self.events_reported += 1
             if request.deferred is not None:
                 request.deferred.append(event)
+                if len(request.deferred) >= DEFERRED_EVENTS_MAX:  # a long stream's: observed in batches
+                    self._observe_deferred(request, more=True)
                 return
             await self._call(request, "observe", adapter.observe_with_policy, event, request.observe_scope)
 
     def _observe_later(self) -> bool:
         """Whether a request's events may be observed later than the moment they describe:
         the observe slot passes failures through (so no failure can change the answer) and
-        runs inline. Then the events are held back until the upstream's answer is relayed:
-        a whole answer's after it was sent, a stream's before its first chunk, an error's
-        when the request ends. The same calls, in the same order, off the client's wait."""
+        runs inline. Then the events are held back and observed as the request ends (a whole
+        answer's after it was sent, a stream's once it ended, DEFERRED_EVENTS_MAX at a time
+        while it runs): the same calls, in the same order, in the request's instance, off
+        the client's wait and back to back, where the plugin's code and memory are still
+        in the CPU's caches. A plugin sees no difference: it has no clock, and a FRESH
+        instance sees no other request's events."""
         adapter = self.adapters.get("observe")
         return adapter is None or (adapter.failure_policy is cw.FailurePolicy.PASS_THROUGH
                                    and not self.config.slots["observe"].offload_to_thread)
 
-    def _observe_deferred(self, request: _Request) -> None:
-        """The events held back, observed now, in order, in the request's instance."""
-        events, request.deferred = request.deferred, None
+    def _observe_deferred(self, request: _Request, *, more: bool = False) -> None:
+        """The events held back, observed now, in order, in the request's instance;
+        ``more``: the request's later events are held back too."""
+        events, request.deferred = request.deferred, ([] if more else None)
         adapter = self.adapters.get("observe")
         if not events or adapter is None:
             return
@@ -733,7 +741,6 @@ class Proxy:
         ``streamed``: under a StreamingResponse, whose task group cancels the relay when the
         client leaves (anyio cancels at every await), so the clean-up is shielded; an answer
         read whole runs in the request's own task, where that costs for nothing."""
-        self._observe_deferred(request)
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
         # A streamed answer's transform calls run in one instance, taken here, released at the end.
@@ -839,15 +846,15 @@ class Proxy:
             self.hook_samples.append(request.hook_s)
 
     def _prepare_instances(self, request: _Request) -> None:
-        """The next request's filter and shape instances, opened as this one ends (for a
-        whole answer: after it was sent), so their instantiation is off the next request's
-        path. Counted in this request's hook time. Each holds a pool slot until a call
-        takes it: only with room in the pool (``PREPARE_MIN_POOL``)."""
+        """The next request's filter, shape and observe instances, opened as this one ends
+        (for a whole answer: after it was sent), so their instantiation is off the next
+        request's path. Counted in this request's hook time. Each holds a pool slot until a
+        call or a scope takes it: only with room in the pool (``PREPARE_MIN_POOL``)."""
         pool_size = self.config.host.pool_size
         if pool_size and pool_size < PREPARE_MIN_POOL:
             return
         started = time.perf_counter()
-        for hook in ("filter", "shape"):
+        for hook in ("filter", "shape", "observe"):
             adapter = self.adapters.get(hook)
             if adapter is not None:
                 adapter.prepare_instance()
