@@ -230,8 +230,8 @@ cdef inline object _refuse():
 include "_encoder.pxi"
 include "_decoder.pxi"
 include "_generated.pxi"
+include "_stats.pxi"  # before _hostcall.pxi: observe_many counts in C
 include "_hostcall.pxi"
-include "_stats.pxi"
 include "_ticker.pxi"
 include "_mempool.pxi"
 

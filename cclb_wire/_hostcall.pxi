@@ -655,6 +655,9 @@ cdef class NativePlugin:
 
     def observe(self, event, PinnedGuest pinned=None):
         """ObservabilityHook.observe's machinery."""
+        self._observe(event, pinned)
+
+    cdef int _observe(self, object event, PinnedGuest pinned) except -1:
         cdef Job job
         cdef bytes encoded = None
         cdef tuple fields = None  # owns the fields the job points at, until the call ends
@@ -664,6 +667,23 @@ cdef class NativePlugin:
         except (_Refused, TypeError, ValueError):
             encoded = _fallback.encode_observe_event(event)
         self._run(HOOK_OBSERVE, &job, encoded, None, pinned)
+        return 0
+
+    def observe_many(self, list events, Py_ssize_t start, PinnedGuest pinned, SlotCounters counters):
+        """ObservabilityHook.observe_batch's machinery: ``events[start:]`` observed in
+        order (in ``pinned``'s instance, if given), each counted in ``counters`` once it
+        succeeded; stops at the first that raises. Returns (the index it stopped at, that
+        call's start on monotonic_ns(), what it raised), or (len(events), 0, None)."""
+        cdef Py_ssize_t index
+        cdef long long started = 0
+        for index in range(start, len(events)):
+            started = cclb_monotonic_ns()
+            try:
+                self._observe(events[index], pinned)
+            except BaseException as exc:
+                return index, started, exc
+            counters._count(cclb_monotonic_ns() - started)
+        return len(events), 0, None
 
     def call_wire(self, str hook, value, PinnedGuest pinned=None):
         """A call whose request is a wire root value (the cc-lb 1.0 hooks): a filter answers

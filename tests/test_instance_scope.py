@@ -188,3 +188,53 @@ def test_calls_in_one_scope_must_not_overlap():
             scope.close()
     thread.join(20)  # closing the host ended the spinning call
     assert outcomes == ["PluginTimeout"]
+
+
+# --- observe_batch: one call for a run of events, as observe_with_policy one by one -----
+
+
+def run_events(batch: bool, policy: str, breaker: int, scoped: bool, events: list) -> tuple:
+    """(what the calls answered or raised, the slot's stats, the pass-throughs), from a new host."""
+    with PluginHost(HostConfig(pool_size=8, breaker_failures=breaker, breaker_cooldown_s=60)) as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST, failure_policy=policy)
+        scope = slot.instance_scope() if scoped else None
+        try:
+            if batch:
+                answered = slot.observe_batch(events, scope)
+            else:
+                answered = sum(slot.observe_with_policy(event, scope) for event in events)
+        except cw.CclbWireError as exc:
+            answered = (type(exc).__name__, type(exc.__cause__).__name__, str(exc))
+        finally:
+            if scope is not None:
+                scope.close()
+        stats = slot.stats()
+        return answered, stats.calls, stats.errors, stats.pass_throughs
+
+
+@pytest.mark.parametrize("scoped", [True, False], ids=["scope", "fresh"])
+@pytest.mark.parametrize("breaker", [0, 2])
+@pytest.mark.parametrize("policy", ["pass_through", "fail_closed"])
+@pytest.mark.parametrize("bad", [False, True], ids=["events", "a_bad_one"])
+def test_a_batch_answers_and_counts_as_the_calls_one_by_one(policy, breaker, scoped, bad):
+    events: list = [cw.RequestStarted(f"req_{i}", None) for i in range(7)]
+    if bad:
+        events[4] = cw.Principal("not an event")
+    assert run_events(True, policy, breaker, scoped, events) == run_events(False, policy, breaker, scoped, events)
+
+
+def test_a_batch_in_a_scope_runs_in_its_instance_and_drops_what_fails():
+    """In one instance the guest answers badly from its second call: the failed instance is
+    released and the next event opens a fresh one, so every other event is taken."""
+    answered, calls, errors, passed = run_events(True, "pass_through", 0, True, [EVENT] * 5)
+    assert (answered, calls, errors, passed) == (3, 5, {"PluginOutputError": 2}, 2)
+    # FAIL_CLOSED: the second event's failure ends the batch; the rest are not observed.
+    answered, calls, errors, passed = run_events(True, "fail_closed", 0, True, [EVENT] * 5)
+    assert answered[:2] == ("ObservabilityError", "PluginOutputError")
+    assert (calls, errors, passed) == (2, {"PluginOutputError": 1}, 0)
+
+
+def test_a_bad_event_in_a_batch_is_the_callers_error():
+    answered, calls, errors, passed = run_events(True, "pass_through", 0, False, [EVENT, "not an event", EVENT])
+    assert answered[0] == "InvalidInputType" and "expected a cclb_wire observe event" in answered[2]
+    assert (calls, errors, passed) == (2, {"InvalidInputType": 1}, 0)  # the third never ran

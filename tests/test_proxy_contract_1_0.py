@@ -151,8 +151,25 @@ def _spy_scopes(proxy: Any) -> Dict[str, list]:
 
         adapter.instance_scope = opened
     observe = proxy.proxy.adapters["observe"]
-    real_observe = observe.observe_with_policy
-    observe.observe_with_policy = lambda event, scope=None: seen["calls"].append((type(event).__name__, scope)) or real_observe(event, scope)
+    real_observe, real_batch = observe.observe_with_policy, observe.observe_batch
+    in_batch = []  # off the extension's path, a batch calls observe_with_policy for each event
+
+    def one(event: Any, scope: Any = None) -> bool:
+        if not in_batch:
+            seen["calls"].append((type(event).__name__, scope))
+        return real_observe(event, scope)  # type: ignore[no-any-return]
+
+    def batch(events: Any, scope: Any = None) -> int:  # the events a request held back
+        seen["calls"].extend((type(event).__name__, scope) for event in events)
+        in_batch.append(True)
+        try:
+            return real_batch(events, scope)  # type: ignore[no-any-return]
+        finally:
+            in_batch.pop()
+
+    observe.observe_with_policy = one
+
+    observe.observe_batch = batch
     return seen
 
 
@@ -199,17 +216,23 @@ def test_a_stream_that_gets_no_instance_of_its_own_runs_each_call_fresh(tmp_path
     ]
 
 
-def test_streams_hold_at_most_half_the_pool(tmp_path, upstream, start_proxy, caplog):
+@pytest.mark.parametrize("observe_policy", ["pass_through", "fail_closed"])
+def test_streams_hold_at_most_half_the_pool(tmp_path, upstream, start_proxy, caplog, observe_policy):
     _, server = upstream
     path = config_1_0(tmp_path, server.url)
     config = json.loads(path.read_text())
     config["host"]["pool_size"] = 2  # one instance for scopes, one for the calls that need a fresh one
+    config["plugins"]["observe"]["failure_policy"] = observe_policy
     path.write_text(json.dumps(config))
     proxy = start_proxy(path)
     seen = _spy_scopes(proxy)
     answer = proxy.post(body(stream=True))
     assert answer.status_code == 200 and check_stream(answer.content, 5, tool="bash") is None
-    assert len(seen["observe"]) == 1 and seen["shape"] == []  # the request's observe scope took the half
-    assert any("scopes hold half the pool already: 1 instances" in r.getMessage() for r in caplog.records)
+    warned = any("scopes hold half the pool already: 1 instances" in r.getMessage() for r in caplog.records)
+    if observe_policy == "fail_closed":  # each event observed as it happens: the observe scope opens first
+        assert len(seen["observe"]) == 1 and seen["shape"] == []  # and takes the half; the stream runs fresh
+        assert warned
+    else:  # the events held back are observed once the stream ended and gave its scope back
+        assert len(seen["observe"]) == len(seen["shape"]) == 1 and not warned
     assert not proxy.stats("shape").errors and not proxy.stats("observe").errors  # nothing starved
     assert proxy.proxy._open_scopes == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Optional, Sequence, Tuple
 
 from .._validate import type_name
 from .. import encode_filter_request, encode_observe_event, encode_shape_request, host_1_0
@@ -446,13 +446,25 @@ class ObservabilityHook(_Adapter):
             else:
                 call_observe(host._engine, host._gate, loaded, event, pinned)
         except BaseException as exc:
-            self._counters.record_error_since(started, type(exc).__name__)
-            self._plugin_failed(exc)
-            if isinstance(exc, PluginError):
-                raise ObservabilityError.dropped(str(exc)) from exc
-            raise
+            self._failed(started, exc)
         self._counters.record_since(started)
         self._breaker.succeeded()
+
+    def _failed(self, started: int, exc: BaseException) -> NoReturn:
+        """A call that raised ``exc``, counted: raises ObservabilityError (dropped) for the
+        plugin's failures, else ``exc`` itself (the caller's)."""
+        self._counters.record_error_since(started, type(exc).__name__)
+        self._plugin_failed(exc)
+        if isinstance(exc, PluginError):
+            raise ObservabilityError.dropped(str(exc)) from exc
+        raise exc
+
+    def _pass_through(self, exc: ObservabilityError) -> None:
+        """The slot's failure policy for a dropped event: FAIL_CLOSED raises it."""
+        if self.failure_policy is FailurePolicy.FAIL_CLOSED:
+            raise exc
+        self._counters.record_pass_through()
+        self._warn("observe plugin failed, event dropped: %s", exc)
 
     def observe_with_policy(self, event: ObserveEventInput, scope: Optional[InstanceScope] = None) -> bool:
         """``observe`` under the slot's failure policy: PASS_THROUGH logs and counts a
@@ -461,12 +473,40 @@ class ObservabilityHook(_Adapter):
         try:
             self.observe(event, scope)
         except ObservabilityError as exc:
-            if self.failure_policy is FailurePolicy.FAIL_CLOSED:
-                raise
-            self._counters.record_pass_through()
-            self._warn("observe plugin failed, event dropped: %s", exc)
+            self._pass_through(exc)
             return False
         return True
+
+    def observe_batch(self, events: Iterable[ObserveEventInput], scope: Optional[InstanceScope] = None) -> int:
+        """``observe_with_policy`` for each event, in order, as one call (one call of the
+        extension for the batch, on its path): PASS_THROUGH drops an event that fails
+        (logged, counted) and goes on with the next; FAIL_CLOSED raises its
+        ObservabilityError, and the later events are not observed. A bad event raises
+        what ``observe`` raises. Answers how many events the plugin took."""
+        events = list(events)
+        taken = index = 0
+        while index < len(events):
+            try:
+                loaded: Optional[Loaded] = self._scope_of(scope, "observe.scope")
+            except BaseException:  # observe_with_policy reports it, as for a single event
+                loaded = None
+            if loaded is None or loaded.native is None or self._breaker.open_until:
+                taken += self.observe_with_policy(events[index], scope)
+                index += 1
+                continue
+            pinned = None if scope is None else scope.pinned
+            stopped, started, exc = loaded.native.observe_many(events, index, pinned, self._counters)
+            if stopped > index:  # the calls before a failure succeeded first
+                taken += stopped - index
+                self._breaker.succeeded()
+            if exc is None:
+                break
+            index = stopped + 1
+            try:
+                self._failed(started, exc)
+            except ObservabilityError as dropped:
+                self._pass_through(dropped)
+        return taken
 
     def instance_scope(self) -> InstanceScope:
         """A fresh instance of the slot's plugin for one stream's observe calls (see
