@@ -671,19 +671,26 @@ cdef class NativePlugin:
 
     def observe_many(self, list events, Py_ssize_t start, PinnedGuest pinned, SlotCounters counters):
         """ObservabilityHook.observe_batch's machinery: ``events[start:]`` observed in
-        order (in ``pinned``'s instance, if given), each counted in ``counters`` once it
-        succeeded; stops at the first that raises. Returns (the index it stopped at, that
-        call's start on monotonic_ns(), what it raised), or (len(events), 0, None)."""
+        order in ``pinned``'s instance, each counted in ``counters`` once it succeeded;
+        stops at the first that raises. Returns (the index it stopped at, that call's start
+        on monotonic_ns(), what it raised), or (len(events), None, None). A signal handler
+        that raises between two calls (Ctrl-C) stops it too, with no call started: (the
+        next index, None, what the handler raised)."""
         cdef Py_ssize_t index
-        cdef long long started = 0
+        cdef long long started
         for index in range(start, len(events)):
+            if index > start:
+                try:
+                    PyErr_CheckSignals()  # as between two calls from Python
+                except BaseException as exc:
+                    return index, None, exc
             started = cclb_monotonic_ns()
             try:
                 self._observe(events[index], pinned)
             except BaseException as exc:
                 return index, started, exc
             counters._count(cclb_monotonic_ns() - started)
-        return len(events), 0, None
+        return len(events), None, None
 
     def call_wire(self, str hook, value, PinnedGuest pinned=None):
         """A call whose request is a wire root value (the cc-lb 1.0 hooks): a filter answers

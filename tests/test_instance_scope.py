@@ -28,33 +28,31 @@ import gen_fixtures  # noqa: E402  (the hostile fixtures' WAT toolkit)
 EVENT = cw.RequestStarted("req_1", None)
 
 
+def observe_guest(name: str, description: str, hook_body: str, globals_: str = "") -> bytes:
+    """An observe plugin whose hook runs ``hook_body`` (an i64 answer) over one page of memory."""
+    parts = [
+        *([globals_] if globals_ else []),
+        '  (memory (export "memory") 1)',
+        (gen_fixtures.bump_allocator(1024) + gen_fixtures.NOOP_FREE).rstrip(),
+        gen_fixtures.hook_func("$hook", "cc_lb_observe", hook_body),
+    ]
+    hooks = {"observe": {"wire_version": 1, "description": description, "usage": "Tests only."}}
+    customs = [("cc_lb.plugin.v1", gen_fixtures.metadata(hooks)), ("cc_lb.schema.observe.v1", gen_fixtures.fingerprints()["observe"])]
+    return wasmtime.wat2wasm(gen_fixtures.module_text(name, description, parts, customs))
+
+
 def stateful_observe() -> bytes:
     body = """(if (result i64) (global.get $seen)
       (then (i64.const 8))  ;; an earlier call in this instance: an invalid answer
       (else (global.set $seen (i32.const 1)) (i64.const 0)))"""
-    parts = [
-        "  (global $seen (mut i32) (i32.const 0))",
-        '  (memory (export "memory") 1)',
-        (gen_fixtures.bump_allocator(1024) + gen_fixtures.NOOP_FREE).rstrip(),
-        gen_fixtures.hook_func("$hook", "cc_lb_observe", body),
-    ]
-    hooks = {"observe": {"wire_version": 1, "description": "Remembers its instance.", "usage": "Tests only."}}
-    customs = [("cc_lb.plugin.v1", gen_fixtures.metadata(hooks)), ("cc_lb.schema.observe.v1", gen_fixtures.fingerprints()["observe"])]
-    return wasmtime.wat2wasm(gen_fixtures.module_text("stateful-observe", "Remembers its instance.", parts, customs))
+    return observe_guest("stateful-observe", "Remembers its instance.", body, "  (global $seen (mut i32) (i32.const 0))")
 
 
 GUEST = stateful_observe()
 
 
 def spinning_observe() -> bytes:
-    parts = [
-        '  (memory (export "memory") 1)',
-        (gen_fixtures.bump_allocator(1024) + gen_fixtures.NOOP_FREE).rstrip(),
-        gen_fixtures.hook_func("$hook", "cc_lb_observe", f"{gen_fixtures.SPIN} (i64.const 0)"),
-    ]
-    hooks = {"observe": {"wire_version": 1, "description": "Spins.", "usage": "Tests only."}}
-    customs = [("cc_lb.plugin.v1", gen_fixtures.metadata(hooks)), ("cc_lb.schema.observe.v1", gen_fixtures.fingerprints()["observe"])]
-    return wasmtime.wat2wasm(gen_fixtures.module_text("spinning-observe", "Spins.", parts, customs))
+    return observe_guest("spinning-observe", "Spins.", f"{gen_fixtures.SPIN} (i64.const 0)")
 
 
 def host(pool_size: int = 8) -> PluginHost:
@@ -238,3 +236,66 @@ def test_a_bad_event_in_a_batch_is_the_callers_error():
     answered, calls, errors, passed = run_events(True, "pass_through", 0, False, [EVENT, "not an event", EVENT])
     assert answered[0] == "InvalidInputType" and "expected a cclb_wire observe event" in answered[2]
     assert (calls, errors, passed) == (2, {"InvalidInputType": 1}, 0)  # the third never ran
+
+
+def test_a_batch_without_a_scope_runs_the_plugin_the_slot_holds_at_each_call():
+    """Another thread empties the slot mid-batch: the later events find it empty, as the
+    same calls one by one would (found by review: the batch kept the first plugin)."""
+    events = [cw.RequestStarted(f"req_{i}", None) for i in range(20000)]
+    with PluginHost(HostConfig(pool_size=8)) as plugins:
+        slot = plugins.register_observe("o", "counter", (resources.files("cclb_wire.plugins") / "observe_counter.wasm").read_bytes())
+
+        def empty_the_slot() -> None:
+            while slot.stats().calls < 200:
+                time.sleep(0.0005)
+            plugins.unregister("observe", "o")
+
+        thread = threading.Thread(target=empty_the_slot)
+        thread.start()
+        taken = slot.observe_batch(events)
+        thread.join()
+        stats = slot.stats()
+    assert 200 <= taken < len(events) and stats.calls == len(events)
+    assert stats.errors == {"PluginError": len(events) - taken} == {"PluginError": stats.pass_throughs}
+
+
+def slow_observe(iterations: int) -> bytes:
+    body = f"""(local.set $in_ptr (i32.const {iterations}))
+      (loop $spin (local.set $in_ptr (i32.sub (local.get $in_ptr) (i32.const 1))) (br_if $spin (local.get $in_ptr)))
+      (i64.const 0)"""
+    return observe_guest("slow-observe", "Slow.", body)
+
+
+def test_a_signal_handler_that_raises_stops_a_batch_between_two_calls():
+    """Ctrl-C during a long batch: raised before the next event, as between two calls from
+    Python (found by review: the C loop ran the whole batch first)."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    events = [cw.RequestStarted(f"req_{i}", None) for i in range(400)]
+    with PluginHost(HostConfig(pool_size=4, deadline_s=5)) as plugins:
+        slot = plugins.register_observe("o", "slow", slow_observe(2_000_000))
+        previous = signal.signal(signal.SIGUSR1, handler)
+        try:
+            with slot.instance_scope() as scope:
+                timer = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+                timer.start()
+                with pytest.raises(Interrupted):
+                    slot.observe_batch(events, scope)
+                timer.join()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        stats = slot.stats()
+    assert 0 < stats.calls < len(events) and stats.errors == {}
+
+
+def test_a_batch_of_something_not_iterable_is_the_callers_error():
+    with host() as plugins:
+        slot = plugins.register_observe("o", "stateful", GUEST)
+        with pytest.raises(cw.InvalidInputType, match=r"^ObservabilityHook\.observe_batch\.events: expected an iterable"):
+            slot.observe_batch(None)  # type: ignore[arg-type]

@@ -502,6 +502,29 @@ def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstrea
         assert stats.in_use == (3 if prepared else 0)
 
 
+def test_a_request_whose_held_back_events_raise_is_still_accounted_for_and_releases_its_instance(
+        tmp_path, upstream, start_proxy, caplog):
+    """A bug in observing the held-back events (here: the batch raises) must not keep the
+    request's observe instance or skip its metrics (found by review)."""
+    fake, server = upstream
+    proxy = start_proxy(write_config(tmp_path, server.url))
+    assert proxy.post({"model": "m", "max_tokens": 8, "messages": []}).status_code == 200
+    observe = proxy.proxy.adapters["observe"]
+    observe.observe_batch = lambda events, scope=None: (_ for _ in ()).throw(RuntimeError("a bug"))
+    samples = len(proxy.proxy.hook_samples)
+    answer = proxy.client.post("/v1/messages", content=b'{"model":"m","messages":[]}', headers={"x-api-key": PROXY_KEY})
+    assert answer.status_code == 200  # sent before it is reported
+    deadline = time.monotonic() + 10
+    while len(proxy.proxy.hook_samples) == samples:  # settle() counts _finish calls that return
+        assert time.monotonic() < deadline, "the request was never accounted for"
+        time.sleep(0.005)
+    assert proxy.proxy._open_scopes == 0
+    stats = proxy.proxy.host.memory_pool_stats()
+    if stats is not None:
+        assert stats.in_use <= 3  # the next request's prepared instances at most
+    assert any("reporting the answer failed" in r.getMessage() for r in caplog.records)
+
+
 # --- hostile filters and failure policies -----------------------------------------------
 
 

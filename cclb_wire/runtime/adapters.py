@@ -478,29 +478,39 @@ class ObservabilityHook(_Adapter):
         return True
 
     def observe_batch(self, events: Iterable[ObserveEventInput], scope: Optional[InstanceScope] = None) -> int:
-        """``observe_with_policy`` for each event, in order, as one call (one call of the
-        extension for the batch, on its path): PASS_THROUGH drops an event that fails
-        (logged, counted) and goes on with the next; FAIL_CLOSED raises its
-        ObservabilityError, and the later events are not observed. A bad event raises
-        what ``observe`` raises. Answers how many events the plugin took."""
-        events = list(events)
+        """``observe_with_policy`` for each event, in order: PASS_THROUGH drops an event
+        that fails (logged, counted) and goes on with the next; FAIL_CLOSED raises its
+        ObservabilityError, and the later events are not observed. A bad event raises what
+        ``observe`` raises. ``events`` is read whole first. Answers how many events the
+        plugin took. With a scope, on the extension's path, the run is one call of the
+        extension (the scope's plugin serves every event, as with ``observe``); without
+        one, each event runs the plugin the slot holds when its call starts."""
+        try:
+            events = list(events)
+        except TypeError:
+            raise InvalidInputType(
+                "ObservabilityHook.observe_batch.events", f"expected an iterable of observe events, got {type_name(events)}"
+            ) from None
         taken = index = 0
         while index < len(events):
-            try:
-                loaded: Optional[Loaded] = self._scope_of(scope, "observe.scope")
-            except BaseException:  # observe_with_policy reports it, as for a single event
-                loaded = None
+            loaded: Optional[Loaded] = None
+            if scope is not None:
+                try:
+                    loaded = self._scope_of(scope, "observe.scope")
+                except Exception:  # observe_with_policy reports it, as for a single event
+                    pass
             if loaded is None or loaded.native is None or self._breaker.open_until:
                 taken += self.observe_with_policy(events[index], scope)
                 index += 1
                 continue
-            pinned = None if scope is None else scope.pinned
-            stopped, started, exc = loaded.native.observe_many(events, index, pinned, self._counters)
+            stopped, started, exc = loaded.native.observe_many(events, index, scope.pinned, self._counters)  # type: ignore[union-attr]
             if stopped > index:  # the calls before a failure succeeded first
                 taken += stopped - index
                 self._breaker.succeeded()
             if exc is None:
                 break
+            if started is None:  # a signal handler raised between two calls: no call failed
+                raise exc
             index = stopped + 1
             try:
                 self._failed(started, exc)

@@ -103,8 +103,9 @@ BUFFERED_ANSWER_BYTES = 1 << 20
 #: The methods the public listener forwards (under /v1/).
 FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 #: The smallest [host] pool_size with which the filter, shape and observe instances are opened
-#: ahead (three slots held; scopes may hold half the pool, the calls need the rest).
-PREPARE_MIN_POOL = 8
+#: ahead (three slots held; scopes may hold half the pool; the calls of the requests in
+#: flight need the rest).
+PREPARE_MIN_POOL = 12
 #: Events a request holds back at most (_observe_later): a long stream's are observed in batches.
 DEFERRED_EVENTS_MAX = 128
 #: An upstream's failure warnings are logged at most once per this many seconds.
@@ -832,17 +833,19 @@ class Proxy:
             request.hook_s += time.perf_counter() - started
 
     def _finish(self, request: _Request, status: Any, *, record: bool = True) -> None:
-        self._observe_deferred(request)  # events still held back: the request ended before an answer was relayed
-        scope, request.observe_scope = request.observe_scope, None
-        self._close_scope(request, scope)  # the request's last event was observed
-        if self.config.access_log:
-            self._access_line(request, status)
-        self.metrics.requests.labels(str(status)).inc()
-        self.metrics.duration.observe(time.perf_counter() - request.started)
-        if record:  # requests that ran hooks
-            self._prepare_instances(request)
-            self.metrics.hook_time.observe(request.hook_s)
-            self.hook_samples.append(request.hook_s)
+        try:
+            self._observe_deferred(request)  # the events held back (all of them, under pass_through)
+        finally:  # observed, or not (a bug raised): the request is accounted for and its instance goes back
+            scope, request.observe_scope = request.observe_scope, None
+            self._close_scope(request, scope)
+            if self.config.access_log:
+                self._access_line(request, status)
+            self.metrics.requests.labels(str(status)).inc()
+            self.metrics.duration.observe(time.perf_counter() - request.started)
+            if record:  # requests that ran hooks
+                self._prepare_instances(request)
+                self.metrics.hook_time.observe(request.hook_s)
+                self.hook_samples.append(request.hook_s)
 
     def _prepare_instances(self, request: _Request) -> None:
         """The next request's filter, shape and observe instances, opened as this one ends
