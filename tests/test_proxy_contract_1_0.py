@@ -11,7 +11,7 @@ from typing import Any, Dict
 import pytest
 
 import cclb_wire as cw
-from test_proxy_e2e import PLUGINS, PROXY_KEY, SECONDARY, check_stream, parse_sse, start_proxy, upstream, write_config  # noqa: F401
+from test_proxy_e2e import PLUGINS, PROXY_KEY, SECONDARY, check_stream, parse_sse, proxy_app, start_proxy, upstream, write_config  # noqa: F401
 
 TOOLS = [{"name": "bash", "description": "Run a command", "input_schema": {"type": "object"}}]
 PRICES = {"input": 3_000_000, "cache_creation_5m": 3_750_000, "cache_creation_1h": 6_000_000, "cache_read": 300_000}
@@ -44,7 +44,11 @@ def test_each_slot_speaks_its_plugins_contract(tmp_path, upstream, start_proxy):
 
 def test_a_buffered_answer_is_mapped_back_while_the_upstream_sees_the_renamed_tool(tmp_path, upstream, start_proxy):
     fake, server = upstream
-    proxy = start_proxy(config_1_0(tmp_path, server.url))
+    path = config_1_0(tmp_path, server.url)
+    config = json.loads(path.read_text())
+    config["host"]["pool_size"] = proxy_app.PREPARE_MIN_POOL  # instances are opened ahead
+    path.write_text(json.dumps(config))
+    proxy = start_proxy(path)
     filtered = []
     adapter = proxy.proxy.adapters["filter"]
     real_filter = adapter.filter_with_policy
@@ -66,6 +70,10 @@ def test_a_buffered_answer_is_mapped_back_while_the_upstream_sees_the_renamed_to
     stats = proxy.stats("observe")
     assert stats.calls == len(proxy.events) and not stats.errors
     assert proxy.stats("shape").calls == 2 and not proxy.stats("shape").errors  # shape + transform_response
+    # The request ended after its transform_response call, so the shape instance opened
+    # ahead is the next request's (the call would have taken one opened before it).
+    native = proxy.proxy.adapters["shape"]._loaded().native
+    assert native is None or native.has_prepared
 
 
 def test_a_streamed_answer_is_mapped_back_event_by_event(tmp_path, upstream, start_proxy):

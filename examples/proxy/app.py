@@ -133,7 +133,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 class _Request:
     """One request's bookkeeping."""
 
-    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens", "observe_scope", "deferred")
+    __slots__ = ("id", "started", "hook_s", "broken", "attempts", "upstream", "principal", "tokens", "observe_scope", "deferred",
+                 "outcome")
 
     def __init__(self) -> None:
         self.id = f"req_{uuid.uuid4().hex}"
@@ -151,6 +152,8 @@ class _Request:
         self.observe_scope: Optional[Any] = None
         #: Events held back until the answer is relayed (None: none are; see _observe_later).
         self.deferred: Optional[List[Any]] = None
+        #: The requests metric's label of an answer read whole whose request ends later (_relay's finish).
+        self.outcome: Any = None
 
 
 class UsageScanner:
@@ -638,10 +641,10 @@ class Proxy:
         response.raw_headers = response_headers  # as a list: repeated headers survive
         return response
 
-    async def _read_whole(self, request: _Request, answer: Answer) -> Union[bytes, Response]:
+    async def _read_whole(self, request: _Request, answer: Answer, *, finish: bool = True) -> Union[bytes, Response]:
         """The whole answer through ``_relay`` (each chunk observed, usage counted), or the
         error to send if it broke off (a part of an answer is not sent as if whole)."""
-        chunks = [chunk async for chunk in self._relay(request, answer, streamed=False)]
+        chunks = [chunk async for chunk in self._relay(request, answer, streamed=False, finish=finish)]
         if request.broken is not None:
             status = 504 if request.broken == "upstream_timeout" else 502
             return api_error(status, "api_error", f"the upstream's answer broke off ({request.broken})")
@@ -720,27 +723,31 @@ class Proxy:
     async def _transform_buffered(self, request: _Request, answer: Answer, call: Tuple[Any, ...]) -> Response:
         """The whole answer, read (usage counted on the upstream's bytes), then through
         ``transform_response``; a failure sends the upstream's answer as it came."""
-        whole = await self._read_whole(request, answer)
-        if isinstance(whole, Response):  # a part of an answer is not transformed
-            return whole
-        ctx, target, principal, seen = call
-        upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, whole)
-        result = await self._call(request, "shape", self.adapters["shape"].transform_response_with_policy, ctx, target, principal, upstream_answer)
-        sent = result.apply(upstream_answer)
-        response = Response(sent.body, status_code=sent.status)
-        headers = [(_latin1(name).lower(), _latin1(value)) for name, value in sent.headers]
-        response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
-        return response
+        whole = await self._read_whole(request, answer, finish=False)
+        try:
+            if isinstance(whole, Response):  # a part of an answer is not transformed
+                return whole
+            ctx, target, principal, seen = call
+            upstream_answer = cw.UpstreamResponse(seen.status, seen.headers, whole)
+            result = await self._call(request, "shape", self.adapters["shape"].transform_response_with_policy, ctx, target, principal, upstream_answer)
+            sent = result.apply(upstream_answer)
+            response = Response(sent.body, status_code=sent.status)
+            headers = [(_latin1(name).lower(), _latin1(value)) for name, value in sent.headers]
+            response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
+            return response
+        finally:  # after the transform: its hook time counts, and the instances opened ahead are the next request's
+            self._finish(request, request.outcome)
 
     async def _relay(self, request: _Request, answer: Answer, call: Optional[Tuple[Any, ...]] = None,
-                     *, streamed: bool = True) -> AsyncIterator[bytes]:
+                     *, streamed: bool = True, finish: bool = True) -> AsyncIterator[bytes]:
         """The upstream's bytes as they come (raw: a compressed answer stays compressed,
         with its content-encoding), each chunk reported before it is passed on. With
         ``call`` (a streamed answer a cc-lb 1.0 shape plugin transforms), each complete event
         goes through ``transform_sse_event`` first; usage is read from the upstream's bytes.
         ``streamed``: under a StreamingResponse, whose task group cancels the relay when the
         client leaves (anyio cancels at every await), so the clean-up is shielded; an answer
-        read whole runs in the request's own task, where that costs for nothing."""
+        read whole runs in the request's own task, where that costs for nothing. ``finish``:
+        the request ends here (else its caller ends it, with ``request.outcome``)."""
         scanner = UsageScanner(answer.header("content-type"), bool(answer.header("content-encoding")))
         index, finished = 0, False
         # A streamed answer's transform calls run in one instance, taken here, released at the end.
@@ -808,7 +815,10 @@ class Proxy:
                 if not finished:
                     with contextlib.suppress(cw.ObservabilityError):
                         await self.observe(request, cw.ErrorEvent("stream_aborted", "the answer ended early", "proxy"))
-            self._finish(request, outcome)
+            if finish:
+                self._finish(request, outcome)
+            else:
+                request.outcome = outcome
 
     async def _failed(self, request: _Request, status: int, hook: str, exc: Exception) -> Response:
         message = f"{hook} plugin {self._name(hook)!r} failed: {exc}"
