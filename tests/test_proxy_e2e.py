@@ -483,8 +483,8 @@ def test_an_unknown_key_is_401_and_reaches_no_plugin(tmp_path, upstream, start_p
 def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstream, start_proxy, pool_size):
     """Each request's observe instance (its events are observed after the upstream was
     asked, or after a whole answer was sent) is closed when the request ends, for whole and
-    streamed answers. With room in the pool the filter, shape and observe instances of the
-    next request are open already (prepared), and nothing else is."""
+    streamed answers. With room in the pool the filter and shape instances of the next
+    request are open already (prepared), and nothing else is."""
     fake, server = upstream
     proxy = start_proxy(write_config(tmp_path, server.url, pool_size=pool_size))
     for index in range(6):
@@ -496,10 +496,10 @@ def test_requests_leave_no_instance_open_but_the_next_requests(tmp_path, upstrea
     native = cw.BACKEND == "cython" and os.environ.get(NATIVE_CALLS_ENV) != "0"
     prepared = native and pool_size >= proxy_app.PREPARE_MIN_POOL
     assert [proxy.proxy.adapters[hook]._loaded().native.has_prepared if native else False
-            for hook in ("filter", "shape", "observe")] == [prepared, prepared, prepared]
+            for hook in ("filter", "shape", "observe")] == [prepared, prepared, False]
     stats = proxy.proxy.host.memory_pool_stats()
     if stats is not None:  # the page-resetting pool counts the memories in use
-        assert stats.in_use == (3 if prepared else 0)
+        assert stats.in_use == (2 if prepared else 0)
 
 
 def test_a_request_whose_held_back_events_raise_is_still_accounted_for_and_releases_its_instance(
@@ -521,7 +521,7 @@ def test_a_request_whose_held_back_events_raise_is_still_accounted_for_and_relea
     assert proxy.proxy._open_scopes == 0
     stats = proxy.proxy.host.memory_pool_stats()
     if stats is not None:
-        assert stats.in_use <= 3  # the next request's prepared instances at most
+        assert stats.in_use <= 2  # the next request's prepared instances at most
     assert any("reporting the answer failed" in r.getMessage() for r in caplog.records)
 
 

@@ -102,10 +102,9 @@ RETRY_STATUSES = frozenset({429, 529})
 BUFFERED_ANSWER_BYTES = 1 << 20
 #: The methods the public listener forwards (under /v1/).
 FORWARDED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
-#: The smallest [host] pool_size with which the filter, shape and observe instances are opened
-#: ahead (three slots held; scopes may hold half the pool; the calls of the requests in
-#: flight need the rest).
-PREPARE_MIN_POOL = 12
+#: The smallest [host] pool_size with which the filter and shape instances are opened ahead
+#: (two slots held; scopes may hold half the pool, the calls need the rest).
+PREPARE_MIN_POOL = 8
 #: Events a request holds back at most (_observe_later): a long stream's are observed in batches.
 DEFERRED_EVENTS_MAX = 128
 #: An upstream's failure warnings are logged at most once per this many seconds.
@@ -350,12 +349,13 @@ class Proxy:
     def _observe_later(self) -> bool:
         """Whether a request's events may be observed later than the moment they describe:
         the observe slot passes failures through (so no failure can change the answer) and
-        runs inline. Then the events are held back and observed as the request ends (a whole
-        answer's after it was sent, a stream's once it ended, DEFERRED_EVENTS_MAX at a time
-        while it runs): the same calls, in the same order, in the request's instance, off
-        the client's wait and back to back, where the plugin's code and memory are still
-        in the CPU's caches. A plugin sees no difference: it has no clock, and a FRESH
-        instance sees no other request's events."""
+        runs inline. Then the events are held back: a whole answer's are observed after it
+        was sent (those before it, then its own as they come), a stream's once it ended
+        (DEFERRED_EVENTS_MAX at a time while it runs), an error's when the request ends.
+        The same calls, in the same order, in the request's instance, off the client's wait;
+        a stream's back to back, where the plugin's code and memory stay in the CPU's caches.
+        A plugin sees no difference: it has no clock, and a FRESH instance sees no other
+        request's events."""
         adapter = self.adapters.get("observe")
         return adapter is None or (adapter.failure_policy is cw.FailurePolicy.PASS_THROUGH
                                    and not self.config.slots["observe"].offload_to_thread)
@@ -757,6 +757,8 @@ class Proxy:
         counter = SseEventCounter()
         outcome: Any = answer.status_code  # the requests metric's label
         try:
+            if not streamed:  # an answer read whole: the events so far now, its own as they come (measured faster)
+                self._observe_deferred(request)
             try:
                 async for chunk in answer.iter_raw():
                     events = counter.count(chunk) if scanner.sse else 1
@@ -858,15 +860,17 @@ class Proxy:
                 self.hook_samples.append(request.hook_s)
 
     def _prepare_instances(self, request: _Request) -> None:
-        """The next request's filter, shape and observe instances, opened as this one ends
-        (for a whole answer: after it was sent), so their instantiation is off the next
-        request's path. Counted in this request's hook time. Each holds a pool slot until a
-        call or a scope takes it: only with room in the pool (``PREPARE_MIN_POOL``)."""
+        """The next request's filter and shape instances, opened as this one ends (for a
+        whole answer: after it was sent), so their instantiation is off the next request's
+        path. Counted in this request's hook time. Each holds a pool slot until a call
+        takes it: only with room in the pool (``PREPARE_MIN_POOL``). The observe slot's is
+        not: its instance opens off the path anyway, and one held a whole request ahead
+        measured slower (its memory has gone cold by then)."""
         pool_size = self.config.host.pool_size
         if pool_size and pool_size < PREPARE_MIN_POOL:
             return
         started = time.perf_counter()
-        for hook in ("filter", "shape", "observe"):
+        for hook in ("filter", "shape"):
             adapter = self.adapters.get(hook)
             if adapter is not None:
                 adapter.prepare_instance()
