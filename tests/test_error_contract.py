@@ -962,6 +962,13 @@ METHOD_TABLE: Dict[str, Tuple[Callable[[], Dict[str, Any]], Dict[str, List[Bad]]
         {"event": [T("int", lambda: 1, "event", False), T("wire-chunk", lambda: wire.Chunk(1, 2, 3), "event", False)],
          "scope": [T("str", lambda: "scope", "observe.scope")]},
     ),
+    "observe_batch": (
+        lambda: {"events": [cw.Chunk(1, 2, 3)], "scope": None},
+        {"events": [T("int", lambda: 1, "ObservabilityHook.observe_batch.events"), T("int-item", lambda: [1], "event", False),
+                    T("wire-chunk-item", lambda: [wire.Chunk(1, 2, 3)], "event", False),
+                    T("deep-list", deep_list, "event", False)],
+         "scope": [T("str", lambda: "scope", "observe.scope")]},
+    ),
 }
 
 METHOD_CASES = [
@@ -986,7 +993,7 @@ def _method(plugin_host: Any, method: str) -> Callable[..., Any]:
         return getattr(plugin_host.register_shape("s", "passthrough", _plugin_bytes("shape_passthrough")), method)
     if method in ("transform_response", "transform_response_with_policy", "transform_sse_event", "sse_stream"):
         return getattr(plugin_host.register_shape("s10", "tool-rename", _plugin_bytes("tool_rename_shape_1_0")), method)
-    if method in ("observe", "observe_with_policy"):
+    if method in ("observe", "observe_with_policy", "observe_batch"):
         return getattr(plugin_host.register_observe("o", "counter", _plugin_bytes("observe_counter")), method)
     if method == "close":
         return cw.PluginHost().close  # a host of its own: the shared one stays open
