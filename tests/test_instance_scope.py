@@ -291,7 +291,9 @@ def test_a_signal_handler_that_raises_stops_a_batch_between_two_calls():
         finally:
             signal.signal(signal.SIGUSR1, previous)
         stats = slot.stats()
-    assert 0 < stats.calls < len(events) and stats.errors == {}
+    # Between two calls (the extension's loop) or inside one's Python (the ctypes path,
+    # counted there as that call's error, as observe() counts it): never after the batch.
+    assert 0 < stats.calls < len(events) and stats.errors in ({}, {"Interrupted": 1})
 
 
 def test_a_batch_of_something_not_iterable_is_the_callers_error():
