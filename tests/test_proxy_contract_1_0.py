@@ -76,6 +76,22 @@ def test_a_buffered_answer_is_mapped_back_while_the_upstream_sees_the_renamed_to
     assert native is None or native.has_prepared
 
 
+def test_a_buffered_transform_whose_read_raises_still_ends_its_request(tmp_path, upstream, start_proxy):
+    """A bug while the answer is read whole (here: the read raises) must not leave the
+    request unaccounted for or its observe instance open (found by review)."""
+    _, server = upstream
+    proxy = start_proxy(config_1_0(tmp_path, server.url))
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    proxy.proxy._read_whole = broken
+    samples = len(proxy.proxy.hook_samples)
+    answer = proxy.client.post("/v1/messages", content=json.dumps(body()).encode(), headers={"x-api-key": PROXY_KEY})
+    assert answer.status_code == 500
+    assert len(proxy.proxy.hook_samples) == samples + 1 and proxy.proxy._open_scopes == 0
+
+
 def test_a_streamed_answer_is_mapped_back_event_by_event(tmp_path, upstream, start_proxy):
     fake, server = upstream
     proxy = start_proxy(config_1_0(tmp_path, server.url))

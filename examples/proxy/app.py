@@ -723,8 +723,8 @@ class Proxy:
     async def _transform_buffered(self, request: _Request, answer: Answer, call: Tuple[Any, ...]) -> Response:
         """The whole answer, read (usage counted on the upstream's bytes), then through
         ``transform_response``; a failure sends the upstream's answer as it came."""
-        whole = await self._read_whole(request, answer, finish=False)
         try:
+            whole = await self._read_whole(request, answer, finish=False)
             if isinstance(whole, Response):  # a part of an answer is not transformed
                 return whole
             ctx, target, principal, seen = call
@@ -736,7 +736,7 @@ class Proxy:
             response.raw_headers = [h for h in headers if h[0] != b"content-length"] + [(b"content-length", str(len(sent.body)).encode())]
             return response
         finally:  # after the transform: its hook time counts, and the instances opened ahead are the next request's
-            self._finish(request, request.outcome)
+            self._finish(request, answer.status_code if request.outcome is None else request.outcome)
 
     async def _relay(self, request: _Request, answer: Answer, call: Optional[Tuple[Any, ...]] = None,
                      *, streamed: bool = True, finish: bool = True) -> AsyncIterator[bytes]:
