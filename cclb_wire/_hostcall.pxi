@@ -301,9 +301,10 @@ cdef class NativePlugin:
 
     def prepare(self, str hook):
         """FRESH: open the next call's instance now, while nothing waits; the next fresh
-        call, or the next ``pin()``, takes it instead of instantiating. It is as fresh as one opened at the call
-        (nothing has run in it but the start function, which runs at instantiation either
-        way; the deadline and fuel are armed again for the call). True once one is ready;
+        call, or the next ``pin()``, takes it instead of instantiating (``_fresh``). It is as
+        fresh as one opened at the call (nothing has run in it but the start function, which
+        runs at instantiation either way; the deadline and fuel are armed again for the
+        call). True once one is ready;
         False under REUSE_PER_THREAD or while another thread prepares. Raises what
         instantiation raises (``hook`` names the call for its errors)."""
         cdef Guest g
@@ -335,14 +336,12 @@ cdef class NativePlugin:
     def discard_prepared(self, bint hold=False):
         """Close the prepared instance, if one waits, and any prepare() running now keeps
         nothing; with ``hold``, prepare() opens none until allow_prepare()."""
-        cdef void* store = self.spare.store if self.has_spare else NULL
+        cdef Guest g
         self.discards += 1
         if hold:
             self.prepare_held = True
-        self.has_spare = False
-        memset(&self.spare, 0, sizeof(Guest))
-        if store != NULL:
-            _WT.store_delete(store)
+        if self._take_prepared(&g):
+            _WT.store_delete(g.store)
 
     def allow_prepare(self):
         """prepare() may open instances again (after discard_prepared(hold=True))."""
@@ -354,6 +353,22 @@ cdef class NativePlugin:
         return self.has_spare
 
     # -- the pieces of a call ------------------------------------------------------
+
+    cdef bint _take_prepared(self, Guest* into) noexcept:
+        """Move the prepared instance, if one waits, into ``into`` (the GIL held: one taker)."""
+        if not self.has_spare:
+            return False
+        into[0] = self.spare
+        memset(&self.spare, 0, sizeof(Guest))
+        self.has_spare = False
+        return True
+
+    cdef int _fresh(self, Guest* g, int hook) except -1:
+        """A fresh instance into ``g``: the prepared one (never used, as fresh as a new one),
+        else a new one."""
+        if not self._take_prepared(g):
+            self._open(g, hook)
+        return 0
 
     cdef int _enter(self, int hook) except -1:
         """The thread's stack check, then the gate (the ctypes path's order)."""
@@ -570,14 +585,9 @@ cdef class NativePlugin:
                 else:
                     self._clear_refused_grow(&reused.g, hook)
                 g = &reused.g
-            elif self.has_spare:  # opened ahead by prepare(): never used, as fresh as a new one
-                fresh = self.spare
-                memset(&self.spare, 0, sizeof(Guest))
-                self.has_spare = False
-                g = &fresh
             else:
                 g = &fresh
-                self._open(g, hook)
+                self._fresh(g, hook)
             try:
                 self._arm(g, hook)
                 self._request(g, hook, job, encoded, &pointer, &size)
@@ -609,12 +619,7 @@ cdef class NativePlugin:
         cdef int index = _HOOK_NAMES.index(hook)
         self._enter(index)
         try:
-            if self.has_spare:
-                pinned.g = self.spare
-                memset(&self.spare, 0, sizeof(Guest))
-                self.has_spare = False
-            else:
-                self._open(&pinned.g, index)
+            self._fresh(&pinned.g, index)
         except BaseException:
             pinned._release()
             raise

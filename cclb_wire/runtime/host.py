@@ -119,7 +119,7 @@ class PluginHost:
             raise PluginError(f"close(): {self._gate.active} call(s) or registration(s) still running after {timeout} s")
         with self._lock:
             for loaded in self._slots.values():
-                _discard_prepared(loaded, hold=True)
+                _discard_prepared(loaded)
             self._slots.clear()
             self._modules.clear()
         self._release()
@@ -203,7 +203,7 @@ class PluginHost:
     def _retire(self, loaded: Optional[Loaded]) -> None:
         """A plugin left its slot: its module may become a spare (called with the lock held)."""
         if loaded is not None:
-            _discard_prepared(loaded, hold=True)  # its pool slot is free at once, not when the plugin is collected
+            _discard_prepared(loaded)  # its pool slot is free at once, not when the plugin is collected
             self._modules.retire(loaded.module_key, loaded.module, lambda key: _module_in_slots(self._slots, key) is not None)
 
     def _register(
@@ -229,7 +229,7 @@ class PluginHost:
                     self._slot_policies[key] = failure_policy  # ... and the policy it states
                     return adapter(self, kind, slot_key)
             if current is not None:  # admission may need the pool slot it holds: none is opened meanwhile
-                _discard_prepared(current, hold=True)
+                _discard_prepared(current)
             try:
                 loaded = self._admit(kind, name, data, content_hash)
                 with self._lock:
@@ -369,11 +369,11 @@ class PluginHost:
         return MemoryPoolStats(slots=self.config.pool_size, keep_resident_bytes=PAGE_RESET_KEEP_RESIDENT, **counters)
 
 
-def _discard_prepared(loaded: Loaded, hold: bool = False) -> None:
-    """Close the instance a plugin has opened ahead (``prepare_instance``), if any; with
-    ``hold``, open none until ``allow_prepare()`` (never, for a plugin that left its slot)."""
+def _discard_prepared(loaded: Loaded) -> None:
+    """Close the instance a plugin has opened ahead (``prepare_instance``), if any, and open
+    none until ``allow_prepare()`` (never, for a plugin that left its slot)."""
     if loaded.native is not None:
-        loaded.native.discard_prepared(hold)
+        loaded.native.discard_prepared(hold=True)
 
 
 def _module_in_slots(slots: Dict[Tuple[str, str], Loaded], key: bytes) -> Any:
