@@ -4,6 +4,7 @@ headers) go over a raw socket, byte for byte as written here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -650,8 +651,6 @@ class _RecordingTransport:
 
 
 def test_writes_of_one_step_go_out_as_one_send():
-    import asyncio
-
     from cclb_proxy.server import _JoiningTransport
 
     async def main() -> None:
@@ -683,8 +682,6 @@ class _SwallowingClient:
         self.closed = 0
 
     async def send(self, *args: Any) -> Any:
-        import asyncio
-
         client = self
 
         class Answer:
@@ -700,8 +697,6 @@ class _SwallowingClient:
 
 @pytest.mark.parametrize("watched", [True, False])  # the server tells (httptools), or a task asks receive()
 def test_an_answer_that_comes_despite_the_cancel_is_closed(watched):
-    import asyncio
-
     from cclb_proxy.server import DisconnectWatch
 
     async def main() -> int:
@@ -727,8 +722,6 @@ def test_an_answer_that_comes_despite_the_cancel_is_closed(watched):
 
 
 def test_a_whole_answer_is_reported_even_when_sending_it_fails():
-    import asyncio
-
     reported = []
 
     async def after() -> None:
