@@ -106,6 +106,11 @@ guests = _load_guest_generator()
 SPIN_CALL_SECONDS = 0.0025
 THREAD_COUNTS = (1, 2, 4)
 SPIN_THREAD_COUNTS = (1, 2)
+#: A threaded round lasts at least this long (~40 spin calls). Shorter rounds measure how
+#: soon the kernel moves freshly woken threads to an idle core (a few ms here), not whether
+#: the calls run in parallel: with one 2.5 ms spin call per thread, 2 threads measured
+#: 1.0-1.3x of 1 thread; with 20 calls each, 1.9-2.0x.
+THREAD_ROUND_SECONDS = 0.1
 #: The wasmtime-py host's limits and deadline: our host's defaults (1 s of 10 ms epoch ticks, + 1).
 MEMORY_LIMIT = 128 * 1024 * 1024
 DEADLINE_TICKS = 101
@@ -257,7 +262,7 @@ def threaded(name: str, group: str, function: Callable[[], object], threads: int
              gangs: List[ThreadGang]) -> Contender:
     # Every gang does the same total work per round, so a gang that does not scale
     # takes as long as one thread would.
-    calls = max(1, calls_per_batch(function, batch_seconds) // threads)
+    calls = max(1, calls_per_batch(function, max(batch_seconds, THREAD_ROUND_SECONDS)) // threads)
     gang = ThreadGang(function, threads)
     gangs.append(gang)
     gang.run(1)  # each thread makes its instance before the first round
