@@ -256,6 +256,29 @@ def test_a_cancelled_send_closes_its_connection_and_frees_its_place():
     run(main())
 
 
+def test_a_request_that_waits_too_long_for_a_connection_times_out():
+    """max_connections requests at once; the next waits upstream_timeout_s for a place, then
+    fails as a timeout (PoolTimeout); a place given back serves the next."""
+
+    async def main() -> None:
+        server = await serve(misbehaving(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab", 5))  # half a body, held
+        client = HttptoolsClient(1, 0.2)  # one request at a time
+        first = await client.send("POST", server.url, [], b"{}")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UpstreamTimeout, match="PoolTimeout"):
+            await asyncio.wait_for(client.send("POST", server.url, [], b"{}"), 5)  # a regression fails, not hangs
+        assert loop.time() - started >= 0.15  # it waited for a place first
+        await first.aclose()
+        third = await client.send("POST", server.url, [], b"{}")
+        assert third.status_code == 200 and len(server.heads) == 2
+        await third.aclose()
+        await client.aclose()
+        await server.__aexit__()
+
+    run(main())
+
+
 def test_nothing_past_the_end_of_an_answer_is_taken():
     """An upstream that sends more than the answer in one read (found by review: the
     extra became part of this answer, and the connection was reused for the next)."""

@@ -349,7 +349,7 @@ class _Connection(asyncio.Protocol):
     async def wait(self, timeout_s: float) -> None:
         self.waiter = self._loop.create_future()
         try:
-            await within(self.waiter, timeout_s)
+            await settled(self.waiter, timeout_s)
         finally:
             self.waiter = None
 
@@ -422,10 +422,13 @@ class HttptoolsClient:
         request = _request_bytes(method, target, authority, headers, content)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
-        try:  # all max_connections in use for timeout_s: as if the upstream did not answer
-            await within(self._slots.acquire(), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout("PoolTimeout") from None
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free connection slot: taken at once, no timer needed
+        else:
+            try:  # all max_connections in use for timeout_s: as if the upstream did not answer
+                await within(self._slots.acquire(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout("PoolTimeout") from None
         connection: Optional[_Connection] = None
         try:
             connection = self._pooled(key) or await self._connect(key)
@@ -433,7 +436,7 @@ class HttptoolsClient:
             assert connection.transport is not None
             connection.transport.write(request)
             try:
-                await within(connection.head, self.timeout_s)
+                await settled(connection.head, self.timeout_s)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout("ReadTimeout") from None
             if connection.error is not None:
@@ -501,6 +504,24 @@ async def within(awaitable: Any, timeout_s: float) -> Any:
         async with asyncio.timeout(timeout_s):
             return await awaitable
     return await asyncio.wait_for(awaitable, timeout_s)
+
+
+async def settled(future: "asyncio.Future[None]", timeout_s: float) -> None:
+    """Wait for one of a connection's own futures, or asyncio.TimeoutError after ``timeout_s``:
+    a timer fails the future (asyncio.timeout makes an object and cancels the task: 3.5 us a
+    request more, measured on uvloop). Every setter of these futures checks done() first."""
+    if not future.done():
+        timer = future.get_loop().call_later(timeout_s, _time_out, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+    future.result()
+
+
+def _time_out(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 #: RFC 9110 tchar: what a method or a header name may be made of.
