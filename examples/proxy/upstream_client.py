@@ -349,7 +349,7 @@ class _Connection(asyncio.Protocol):
     async def wait(self, timeout_s: float) -> None:
         self.waiter = self._loop.create_future()
         try:
-            await settled(self.waiter, timeout_s)
+            await _settled(self.waiter, timeout_s)
         finally:
             self.waiter = None
 
@@ -398,8 +398,9 @@ class HttptoolsClient:
     """HTTP/1.1 on asyncio's transports, answers parsed by httptools (llhttp, C): a pool of
     kept-alive connections per origin, at most ``max_connections`` requests at once, TLS
     for ``https`` with the system's trust store. Header bytes go out as given, so every
-    request goes out byte for byte. ``timeout_s`` bounds the connect, the wait for the
-    answer's headers (UpstreamTimeout) and each wait for more of the body (UpstreamBroken)."""
+    request goes out byte for byte. ``timeout_s`` bounds the wait for a connection slot, the
+    connect, the wait for the answer's headers (UpstreamTimeout: PoolTimeout, ConnectTimeout,
+    ReadTimeout) and each wait for more of the body (UpstreamBroken)."""
 
     def __init__(self, max_connections: int, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -422,7 +423,7 @@ class HttptoolsClient:
         request = _request_bytes(method, target, authority, headers, content)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_connections)
-        if not self._slots.locked():
+        if _UNLOCKED_MEANS_NO_WAIT and not self._slots.locked():
             await self._slots.acquire()  # a free connection slot: taken at once, no timer needed
         else:
             try:  # all max_connections in use for timeout_s: as if the upstream did not answer
@@ -436,7 +437,7 @@ class HttptoolsClient:
             assert connection.transport is not None
             connection.transport.write(request)
             try:
-                await settled(connection.head, self.timeout_s)
+                await _settled(connection.head, self.timeout_s)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout("ReadTimeout") from None
             if connection.error is not None:
@@ -496,6 +497,12 @@ class HttptoolsClient:
         self._idle.clear()
 
 
+#: Whether asyncio.Semaphore.acquire() returns at once when locked() is False. Not so in
+#: 3.10.4-3.10.7 (bpo-45997, undone by gh-90155): acquire() also waited while an earlier
+#: waiter's wake-up was pending, so a send there would wait for a slot with no timeout.
+_UNLOCKED_MEANS_NO_WAIT = sys.version_info >= (3, 11)
+
+
 async def within(awaitable: Any, timeout_s: float) -> Any:
     """``awaitable``'s result, or asyncio.TimeoutError after ``timeout_s``. From 3.11 on with
     asyncio.timeout: 3.11's wait_for returns a result that arrives in the step the task is
@@ -506,10 +513,11 @@ async def within(awaitable: Any, timeout_s: float) -> Any:
     return await asyncio.wait_for(awaitable, timeout_s)
 
 
-async def settled(future: "asyncio.Future[None]", timeout_s: float) -> None:
-    """Wait for one of a connection's own futures, or asyncio.TimeoutError after ``timeout_s``:
-    a timer fails the future (asyncio.timeout makes an object and cancels the task: ~3 us more
-    a wait, measured on uvloop). Every setter of these futures checks done() first."""
+async def _settled(future: "asyncio.Future[None]", timeout_s: float) -> None:
+    """Wait for one of a connection's own futures (``head``, ``waiter``), or asyncio.TimeoutError
+    after ``timeout_s``: a timer fails the future (asyncio.timeout makes an object and cancels
+    the task: ~3 us more a wait, measured on uvloop). Only for a plain future whose every
+    setter checks done() first: not for a Task or a future chained to another."""
     if future.done():
         return future.result()
     timer = future.get_loop().call_later(timeout_s, _time_out, future)
