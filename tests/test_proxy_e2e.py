@@ -710,8 +710,9 @@ def test_metrics_export_the_proxy_and_plugin_stats(tmp_path, upstream, start_pro
     # Buckets are cumulative.
     buckets = [v for (name, labels), v in samples.items() if name == "cclb_plugin_call_seconds_bucket" and ("kind", "observe") in labels]
     assert buckets == sorted(buckets)
-    hook_times = proxy.admin.get("/debug/hook-times").json()["hook_seconds"]
-    assert len(hook_times) == 3 and all(0 < t < 1 for t in hook_times)
+    hook_times = proxy.admin.get("/debug/hook-times").json()
+    assert len(hook_times["hook_seconds"]) == 3 and all(0 < t < 1 for t in hook_times["hook_seconds"])
+    assert hook_times["upstream_attempts"] == [1, 1, 1]  # the 401 ran no hook: no sample
 
 
 def test_config_errors_name_the_key(tmp_path):

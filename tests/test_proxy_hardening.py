@@ -463,6 +463,7 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     codes = [getattr(e, "code", type(e).__name__) for e in proxy.events]
     assert codes.count("UpstreamChosen") == 2 and "upstream_unreachable" in codes
     assert _attempts(proxy) == {("primary", "unreachable"): 1.0, ("secondary", "answered"): 1.0}
+    assert proxy.admin.get("/debug/hook-times").json()["upstream_attempts"] == [2]  # the load test's split
     health = proxy.admin.get("/healthz").json()["upstreams"]
     assert health["primary"]["consecutive_failures"] == 1 and health["primary"]["last_error"].startswith("unreachable: ")
     assert "Connect" in health["primary"]["last_error"]  # httpx's ConnectError, aiohttp's ClientConnectorError
