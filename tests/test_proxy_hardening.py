@@ -470,6 +470,18 @@ def test_an_unreachable_first_upstream_fails_over_to_the_next(tmp_path, upstream
     assert health["secondary"]["consecutive_failures"] == 0 and health["secondary"]["last_error"] is None
 
 
+def test_hook_time_samples_count_the_upstream_attempts_begun_and_only_with_debug_endpoints(tmp_path, upstream, start_proxy):
+    _, server = upstream
+    proxy = start_proxy(_failover_config(tmp_path, server.url, server.url))  # both kept; the first answers
+    assert proxy.post({"model": "m"}).status_code == 200
+    assert proxy.admin.get("/debug/hook-times").json() == {"hook_seconds": [pytest.approx(proxy.proxy.hook_samples[0][0])],
+                                                           "upstream_attempts": [1]}
+    quiet = start_proxy(_failover_config(tmp_path, server.url, server.url, debug_endpoints=False))
+    assert quiet.post({"model": "m"}).status_code == 200
+    assert len(quiet.proxy.hook_samples) == 0 and quiet.admin.get("/debug/hook-times").status_code == 404
+    assert "cclb_proxy_hook_seconds_count 1.0" in quiet.admin.get("/metrics").text  # the histogram still has it
+
+
 async def _json_that_breaks_off(scope: Dict[str, Any], receive: Any, send: Any) -> None:
     """A JSON answer that declares 100 bytes and sends 10."""
     if await served_lifespan(scope, receive, send):
